@@ -1,0 +1,5 @@
+import sys
+
+from lradvisor.cli import main
+
+sys.exit(main())

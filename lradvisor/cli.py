@@ -1,0 +1,123 @@
+"""Command line: `lradvisor train|sweep|compare ...` (also `python -m lradvisor ...`).
+
+Every flag here has the same name (dashes for underscores) and default as the MLproject parameter it
+backs; a test holds the two together. Everything is validated before any MLflow run is touched.
+"""
+
+import argparse
+import os
+import sys
+import warnings
+
+from lradvisor.arms import ARMS, UsageError
+
+# Quiet MLflow's console chatter; users can still override these.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        self.exit(2, f"{self.prog}: error: {message}; see --help\n")
+
+
+def add_training_args(p):
+    g = p.add_argument_group("training (the published setup)")
+    g.add_argument("--arm", default="baseline", help=f"preset: {', '.join(ARMS)}")
+    g.add_argument("--epochs", type=int, default=20, help="epochs to train")
+    g.add_argument("--seed", type=int, default=0, help="seed of init, shuffling, augmentation and subset")
+    g.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    g.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=0.001, help="SGD weight decay")
+    g.add_argument("--step-size", type=int, default=5, help="StepLR: cut the LR every this many epochs")
+    g.add_argument("--gamma", type=float, default=0.1, help="StepLR: multiply the LR by this at each cut")
+    g.add_argument("--subset-ratio", type=float, default=1.0, help="class-stratified fraction of the training set, in (0, 1]")
+    g.add_argument("--data-dir", default="data", help="folder holding (or receiving) cifar-10-batches-py")
+    g.add_argument("--model", default="resnet18", help="resnet18 (CIFAR stem) or resnet18_imagenet_stem")
+    g.add_argument("--device", default="auto", help=DEVICES)
+    g.add_argument("--compile", type=int, default=0, help="1: torch.compile the model (one-time compile cost)")
+    g = p.add_argument_group("LLM advisor (arms other than baseline)")
+    g.add_argument("--signals", default="", help="override the arm's prompt signals: comma list of losses, lr_history, grad_norms, per_class")
+    g.add_argument("--every", default="", help="override the arm's cadence: ask after every N-th epoch (0 = never)")
+    g.add_argument("--window", type=int, default=5, help="how many recent epochs the prompt shows")
+    g.add_argument("--parser", default="regex", help="regex (published: first number after 'learning rate'/'LR') or json (response schema)")
+    g.add_argument("--max-factor", type=float, default=0.0, help="clamp an accepted LR to [s/f, s*f] around the scheduler's s; 0 = off")
+    g.add_argument("--advisor", default="gemini", help="gemini, or replay (answers from --replay-run-id, no network)")
+    g.add_argument("--replay-run-id", default="", help="run whose recorded replies --advisor replay uses")
+    g.add_argument("--llm-model", default="gemini-3.5-flash", help="Gemini model to ask")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    g.add_argument("--thinking-budget", type=int, default=-1, help="thinking tokens (0 = off); -1 = the model's default, not sent")
+    g.add_argument("--llm-attempts", type=int, default=6, help="attempts per exchange (429/5xx/timeouts are retried)")
+    g.add_argument("--llm-max-wait", type=float, default=60.0, help="cap of the exponential backoff in seconds (a server's retryDelay is always honoured)")
+    g.add_argument("--llm-timeout", type=float, default=60.0, help="timeout of one Gemini request in seconds")
+    g.add_argument("--on-advisor-error", default="continue", help="continue (keep the scheduler's LR) or fail (end the run FAILED)")
+
+
+def check_training_args(a):
+    """Raise UsageError naming the valid values for the first invalid parameter."""
+    from lradvisor.model import MODELS
+    rules = [
+        (a.arm in ARMS, f"unknown arm {a.arm!r}; valid arms: {', '.join(ARMS)}"),
+        (a.epochs > 0, f"epochs must be > 0, got {a.epochs}"),
+        (a.batch_size > 0, f"batch_size must be > 0, got {a.batch_size}"),
+        (a.lr > 0, f"lr must be > 0, got {a.lr}"),
+        (0 <= a.momentum < 1, f"momentum must be in [0, 1), got {a.momentum}"),
+        (a.weight_decay >= 0, f"weight_decay must be >= 0, got {a.weight_decay}"),
+        (a.step_size > 0, f"step_size must be > 0, got {a.step_size}"),
+        (a.gamma > 0, f"gamma must be > 0, got {a.gamma}"),
+        (0 < a.subset_ratio <= 1, f"subset_ratio must be in (0, 1], got {a.subset_ratio}"),
+        (a.model in MODELS, f"unknown model {a.model!r}; valid models: {', '.join(MODELS)}"),
+        (a.device == "auto" or a.device == "cpu" or a.device.split(":")[0] == "cuda", f"unknown device {a.device!r}; valid: {DEVICES}"),
+        (a.compile in (0, 1), f"compile must be 0 or 1, got {a.compile}"),
+        (a.window > 0, f"window must be > 0, got {a.window}"),
+        (a.parser in ("regex", "json"), f"unknown parser {a.parser!r}; valid: regex, json"),
+        (a.max_factor == 0 or a.max_factor >= 1, f"max_factor must be 0 (off) or >= 1, got {a.max_factor}"),
+        (a.advisor in ("gemini", "replay"), f"unknown advisor {a.advisor!r}; valid: gemini, replay"),
+        (a.llm_attempts > 0, f"llm_attempts must be > 0, got {a.llm_attempts}"),
+        (a.llm_max_wait >= 0, f"llm_max_wait must be >= 0, got {a.llm_max_wait}"),
+        (a.llm_timeout > 0, f"llm_timeout must be > 0, got {a.llm_timeout}"),
+        (a.on_advisor_error in ("continue", "fail"), f"unknown on_advisor_error {a.on_advisor_error!r}; valid: continue, fail"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise UsageError(message)
+    from lradvisor.arms import resolve
+    resolve(a.arm, a.signals, a.every)
+
+
+def build_parser():
+    p = Parser(prog="lradvisor", description="Can an LLM, asked between epochs, schedule the learning rate better than StepLR?")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    t = sub.add_parser("train", help="train one arm, tracked in MLflow", description="Train one arm, tracked in MLflow.")
+    add_training_args(t)
+    t.add_argument("--experiment", default="lradvisor", help="MLflow experiment (ignored inside `mlflow run`, which picks it)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from lradvisor.data import DataError
+    try:
+        if args.command == "train":
+            check_training_args(args)
+            from lradvisor import train
+            train.main(args)
+    except (UsageError, DataError) as e:
+        print(f"lradvisor {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lradvisor {args.command}: interrupted; the run was ended KILLED", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from lradvisor.advisor import AdvisorError
+        from lradvisor.train import TrainingError
+        if not isinstance(e, (TrainingError, AdvisorError)):
+            raise  # a bug: the traceback helps more than one line (the run is already marked FAILED)
+        print(f"lradvisor {args.command}: error: {e} (the run was ended FAILED)", file=sys.stderr)
+        return 1
+    return 0

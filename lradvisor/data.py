@@ -1,0 +1,173 @@
+"""CIFAR-10: find or download the python-format batches, read them safely, and serve augmented batches.
+
+The whole dataset lives on the training device as uint8 (150 MB for the train set), and crop, flip and
+normalisation are done on whole batches with tensor ops, the way airbench does it: no DataLoader, no
+worker processes, no per-image Python. The same code runs on CPU for the tests.
+"""
+
+import os
+import pickle
+import warnings
+
+import numpy as np
+import torch
+
+CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILES = ["test_batch"]
+# Standard CIFAR-10 per-channel statistics (of the training set), as most CIFAR code uses.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+
+
+class DataError(Exception):
+    """The data set is missing or unreadable; the message says how to fix it."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading the batch files
+
+class _BatchUnpickler(pickle.Unpickler):
+    """The batch files are pickles written by Python 2 numpy. They need numpy's array reconstructors and
+    nothing else, so anything else (os.system, builtins.eval, ...) is refused: a crafted file in data_dir
+    cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes; it only converts text
+
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of the CIFAR-10 format")
+        return super().find_class(module, name)
+
+
+def _read_batch(path):
+    with open(path, "rb") as f:
+        try:
+            d = _BatchUnpickler(f, encoding="latin1").load()
+        except Exception as e:
+            raise DataError(f"cannot read {path}: {e}; replace it with the file from the official archive") from e
+    d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+    if "data" not in d or "labels" not in d:
+        raise DataError(f"{path} is not a CIFAR-10 batch (it has no 'data' and 'labels')")
+    x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return x, np.asarray(d["labels"], dtype=np.int64)
+
+
+def _checksums():
+    """Official md5 of every batch file, taken from torchvision so there is one source of truth."""
+    from torchvision.datasets import CIFAR10
+    return dict(CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])])
+
+
+def ensure_cifar10(data_dir):
+    """Return the path of cifar-10-batches-py under data_dir, downloading the archive on first use."""
+    folder = os.path.join(data_dir, FOLDER)
+    if not os.path.isdir(folder):
+        from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import download_and_extract_archive
+        try:  # torchvision's downloader checks the archive's md5 before extracting it
+            download_and_extract_archive(CIFAR10.url, data_dir, filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+        except Exception as e:
+            raise DataError(
+                f"CIFAR-10 not found in {os.path.abspath(folder)} and the download failed ({type(e).__name__}: {e}); "
+                f"extract {CIFAR10.url} into {os.path.abspath(data_dir)}, or make a small offline copy with "
+                f"`python scripts/make_fake_cifar.py --out {data_dir}`") from e
+    missing = [f for f in TRAIN_FILES + TEST_FILES if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise DataError(f"{folder} lacks {', '.join(missing)}; extract the complete official archive there")
+    from torchvision.datasets.utils import check_integrity
+    # People point data_dir at their own copies, and the tests at synthetic ones: warn, don't refuse.
+    bad = [name for name, md5 in _checksums().items()
+           if os.path.isfile(os.path.join(folder, name)) and not check_integrity(os.path.join(folder, name), md5)]
+    if bad:
+        warnings.warn(f"CIFAR-10 files in {folder} do not match the official md5: {', '.join(bad)}; using them as they are")
+    return folder
+
+
+def load_cifar10(data_dir):
+    """Return (x_train, y_train, x_test, y_test) as uint8 NCHW and int64 numpy arrays."""
+    folder = ensure_cifar10(data_dir)
+    train = [_read_batch(os.path.join(folder, f)) for f in TRAIN_FILES]
+    x_test, y_test = _read_batch(os.path.join(folder, TEST_FILES[0]))
+    return np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_test, y_test
+
+
+def stratified_subset(labels, ratio, seed):
+    """Indices of a class-stratified, seed-determined `ratio` of the examples (at least one per class)."""
+    if ratio >= 1:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keep.append(rng.permutation(idx)[:max(1, round(ratio * len(idx)))])
+    return np.sort(np.concatenate(keep))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batches on the device
+
+def normalize(x_uint8):
+    """uint8 NCHW -> float normalised with the CIFAR-10 channel statistics."""
+    mean = torch.tensor(MEAN, device=x_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x_uint8.device).view(1, 3, 1, 1)
+    return (x_uint8.float() / 255 - mean) / std
+
+
+def augment(x_padded, generator, pad=4):
+    """Random 32x32 crop of 4-pixel zero-padded images and a random horizontal flip, per image, as one
+    gather over the whole batch (the same distribution as torchvision's RandomCrop(32, 4) + flip)."""
+    n, c, hp, wp = x_padded.shape
+    h, w = hp - 2 * pad, wp - 2 * pad
+    dev = x_padded.device
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+    flip = torch.rand(n, device=dev, generator=generator) < 0.5
+    cols = torch.arange(w, device=dev)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols)  # a flip is reading the columns backwards
+    rows = dy[:, None] + torch.arange(h, device=dev)
+    cols = dx[:, None] + cols
+    i = torch.arange(n, device=dev)[:, None, None, None]
+    ch = torch.arange(c, device=dev)[None, :, None, None]
+    return x_padded[i, ch, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class Loader:
+    """Shuffled, augmented, normalised batches of a uint8 dataset that already sits on `device`."""
+
+    def __init__(self, x, y, batch_size, train, seed, channels_last=False, drop_last=False):
+        self.x, self.y, self.batch_size, self.train = x, y, batch_size, train
+        self.channels_last, self.drop_last = channels_last, drop_last
+        # Pad once up front; per batch only the crop offsets change.
+        self.x_padded = torch.nn.functional.pad(x, (4, 4, 4, 4)) if train else None
+        self.generator = torch.Generator(device=x.device)
+        self.generator.manual_seed(seed)
+
+    def __len__(self):
+        n = len(self.x)
+        # A last training batch of one image would break BatchNorm; drop it (only tiny subsets hit this).
+        drop = self.drop_last or (self.train and n % self.batch_size == 1 and n > 1)
+        return n // self.batch_size if drop else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.x)
+        order = torch.randperm(n, device=self.x.device, generator=self.generator) if self.train else None
+        for k in range(len(self)):
+            sl = slice(k * self.batch_size, (k + 1) * self.batch_size)
+            if self.train:
+                idx = order[sl]
+                xb, yb = augment(self.x_padded[idx], self.generator), self.y[idx]
+            else:
+                xb, yb = self.x[sl], self.y[sl]
+            xb = normalize(xb)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yield xb, yb

@@ -1,0 +1,162 @@
+"""Train one arm: ResNet-18 on CIFAR-10, SGD + StepLR, optionally an LLM choosing the next epoch's LR.
+
+Read top to bottom: set-up (device, data, model, optimizer), then one loop over epochs that trains,
+evaluates, logs one row of metrics, steps StepLR, and, when the arm asks, lets the advisor overwrite the
+LR of the next epoch. Inside an epoch nothing is read back to the host: loss, correct counts and gradient
+norms accumulate on the device and are read once at its end.
+"""
+
+import contextlib
+import math
+import signal
+import sys
+import time
+
+import mlflow
+import torch
+import torch.nn.functional as F
+
+from lradvisor import advisor, arms, tracking
+from lradvisor.data import CLASSES, Loader, load_cifar10, stratified_subset
+from lradvisor.model import build_model
+
+
+class TrainingError(Exception):
+    """Training cannot go on (e.g. the loss diverged); the message says why."""
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise arms.UsageError(f"device {name!r} asked for but CUDA is not available here; use --device auto or cpu")
+    return dev
+
+
+def total_grad_norm(params):
+    """L2 norm of all gradients together, as a device tensor (no sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def train_epoch(model, opt, loader, autocast):
+    model.train()
+    dev = loader.x.device
+    loss_sum, correct, norm_sum = (torch.zeros((), device=dev) for _ in range(3))
+    params = [p for p in model.parameters() if p.requires_grad]
+    n = steps = 0
+    for xb, yb in loader:
+        with autocast():
+            out = model(xb)
+            loss = F.cross_entropy(out, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm_sum += total_grad_norm(params)  # before the optimizer step, as the prompt describes it
+        opt.step()
+        loss_sum += loss.detach().float() * len(yb)
+        correct += (out.argmax(1) == yb).sum()
+        n, steps = n + len(yb), steps + 1
+    loss_sum, correct, norm_sum = torch.stack([loss_sum, correct, norm_sum]).tolist()  # the one sync
+    return loss_sum / n, 100 * correct / n, norm_sum / steps
+
+
+@torch.no_grad()
+def evaluate(model, loader, autocast):
+    model.eval()
+    dev = loader.x.device
+    loss_sum = torch.zeros((), device=dev)
+    right = torch.zeros(len(CLASSES), device=dev)
+    total = torch.zeros(len(CLASSES), device=dev)
+    for xb, yb in loader:
+        with autocast():
+            out = model(xb)
+        loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
+        right.index_add_(0, yb, (out.argmax(1) == yb).float())
+        total.index_add_(0, yb, torch.ones_like(yb, dtype=torch.float))
+    n = total.sum().item()
+    per_class = (100 * right / total.clamp(min=1)).tolist()
+    return loss_sum.item() / n, 100 * right.sum().item() / n, dict(zip(CLASSES, per_class))
+
+
+def params_of(args, spec, device, n_train, n_test):
+    p = {k: v for k, v in vars(args).items() if k not in ("command", "experiment")}
+    p.update({"arm.signals": ",".join(spec["signals"]) or "none", "arm.every": spec["every"],
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch_version": torch.__version__, "n_train": n_train, "n_test": n_test})
+    return p
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt("terminated (SIGTERM)")
+
+
+def main(args):
+    """Validated args in, a finished MLflow run out. Raises UsageError/DataError before any run exists."""
+    spec = arms.resolve(args.arm, args.signals, args.every)
+    device = pick_device(args.device)
+    ask = advisor.make_asker(args, spec)  # checks credentials / the replay run before training starts
+
+    # ---- data: the whole set on the device, uint8
+    x_tr, y_tr, x_te, y_te = load_cifar10(args.data_dir)
+    keep = stratified_subset(y_tr, args.subset_ratio, args.seed)
+    x_tr, y_tr = torch.from_numpy(x_tr[keep]).to(device), torch.from_numpy(y_tr[keep]).to(device)
+    x_te, y_te = torch.from_numpy(x_te).to(device), torch.from_numpy(y_te).to(device)
+    cuda = device.type == "cuda"
+    train_loader = Loader(x_tr, y_tr, args.batch_size, train=True, seed=args.seed, channels_last=cuda)
+    test_loader = Loader(x_te, y_te, 1000, train=False, seed=args.seed, channels_last=cuda)
+
+    # ---- model and optimizer: fp32 on CPU (the tests), bf16 autocast + channels_last on CUDA
+    torch.manual_seed(args.seed)
+    model = build_model(args.model).to(device)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                          weight_decay=args.weight_decay, **({"fused": True} if cuda else {"foreach": True}))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.step_size, gamma=args.gamma)
+    step_model = torch.compile(model) if args.compile else model
+
+    run = tracking.open_run(args.experiment)
+    signal.signal(signal.SIGTERM, _sigterm)  # a killed sweep worker ends its run KILLED, not RUNNING
+    try:
+        tracking.log_params_once(params_of(args, spec, device, len(y_tr), len(y_te)))
+        mlflow.set_tag("arm", args.arm)
+        advisor.prepare_run(spec)
+        history = {"lr": [], "train_loss": [], "grad_norm": [], "class_acc": []}
+        for epoch in range(1, args.epochs + 1):
+            lr = opt.param_groups[0]["lr"]
+            t0 = time.perf_counter()
+            train_loss, train_acc, grad_norm = train_epoch(step_model, opt, train_loader, autocast)
+            train_s = time.perf_counter() - t0
+            if not math.isfinite(train_loss):
+                raise TrainingError(f"training loss became non-finite ({train_loss}) in epoch {epoch} at lr {lr:g}; "
+                                    "lower --lr or --max-factor")
+            test_loss, test_acc, class_acc = evaluate(step_model, test_loader, autocast)
+            seconds = time.perf_counter() - t0
+            mlflow.log_metrics({"lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                                "test_loss": test_loss, "test_acc": test_acc, "grad_norm": grad_norm,
+                                "epoch_seconds": seconds, "images_per_second": len(y_tr) / train_s,
+                                **{f"class_acc/{c}": a for c, a in class_acc.items()}}, step=epoch)
+            print(f"epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}  train_loss {train_loss:.4f}  "
+                  f"test_acc {test_acc:6.2f}%  {seconds:6.1f}s", flush=True)
+            for key, value in zip(history, (lr, train_loss, grad_norm, class_acc)):
+                history[key].append(value)
+
+            sched.step()
+            # Asking after the final epoch could change nothing, so it is never done.
+            if spec["every"] and epoch % spec["every"] == 0 and epoch < args.epochs:
+                scheduler_lr = opt.param_groups[0]["lr"]
+                new_lr = advisor.consult(ask, args, spec, epoch, history, scheduler_lr)
+                for group in opt.param_groups:  # later StepLR cuts apply to the LLM's LR
+                    group["lr"] = new_lr
+    except KeyboardInterrupt as e:
+        tracking.end_failed("KILLED", str(e) or "interrupted (Ctrl-C)")
+        raise
+    except BaseException as e:
+        tracking.end_failed("FAILED", f"{type(e).__name__}: {e}", e)
+        raise
+    mlflow.end_run("FINISHED")
+    print(f"run {run.info.run_id} finished: test_acc {test_acc:.2f}% after {args.epochs} epochs", file=sys.stderr)
+    return run.info.run_id
