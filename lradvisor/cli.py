@@ -16,7 +16,6 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
-warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
 DEVICES = "auto, cpu, cuda or cuda:N"
 
 
@@ -100,6 +99,7 @@ def build_parser():
 
 
 def main(argv=None):
+    warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"  # one line, no source
     args = build_parser().parse_args(argv)
     from lradvisor.data import DataError
     try:

@@ -1,0 +1,126 @@
+"""The CIFAR-10 reader and the on-device loader, against the real file format and torchvision references."""
+
+import hashlib
+import http.server
+import os
+import pickle
+import shutil
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2 as T
+from torchvision.datasets import CIFAR10
+
+from lradvisor import data
+from conftest import cli, runs_of
+
+
+def test_reads_real_format(cifar_dir):
+    x_tr, y_tr, x_te, y_te = data.load_cifar10(cifar_dir)
+    assert x_tr.shape == (80, 3, 32, 32) and x_tr.dtype == np.uint8
+    assert x_te.shape == (40, 3, 32, 32) and sorted(set(y_tr.tolist())) == list(range(10))
+    # Same bytes as a plain pickle.load of the file (the reader only restricts what may be loaded).
+    with open(os.path.join(cifar_dir, data.FOLDER, "test_batch"), "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    assert np.array_equal(x_te.reshape(40, -1), raw["data"]) and y_te.tolist() == raw["labels"]
+
+
+def test_checksum_mismatch_is_a_warning_naming_the_file(cifar_dir):
+    with pytest.warns(UserWarning, match="data_batch_1"):
+        data.ensure_cifar10(cifar_dir)
+
+
+def test_crafted_pickle_cannot_run_code(cifar_dir, tmp_path):
+    shutil.copytree(cifar_dir, tmp_path, dirs_exist_ok=True)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(tmp_path / data.FOLDER / "data_batch_3", "wb") as f:
+        pickle.dump({"data": Evil(), "labels": [0]}, f, protocol=2)
+    with pytest.raises(data.DataError, match="refusing to load.*system"):
+        data.load_cifar10(str(tmp_path))
+    assert not marker.exists()
+
+
+def test_missing_data_is_one_clear_line(tmp_path, capsys, tracking_uri):
+    # No network to the CIFAR host here: the real torchvision download fails and we say what to do.
+    assert cli("train", "--data-dir", tmp_path, "--epochs", 1, "--experiment", "missing_data") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CIFAR-10 not found in" in err[0] and "make_fake_cifar.py" in err[0]
+    assert runs_of("missing_data") == []
+
+
+def _serve(folder):
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_downloads_and_verifies_archive_on_first_use(cifar_dir, tmp_path, monkeypatch):
+    """The real torchvision download path, from a local HTTP server holding a real-format archive."""
+    served = tmp_path / "served"
+    served.mkdir()
+    with tarfile.open(served / CIFAR10.filename, "w:gz") as tar:
+        tar.add(os.path.join(cifar_dir, data.FOLDER), arcname=data.FOLDER)
+    md5 = hashlib.md5((served / CIFAR10.filename).read_bytes()).hexdigest()
+    server = _serve(served)
+    try:
+        monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{server.server_port}/{CIFAR10.filename}")
+        monkeypatch.setattr(CIFAR10, "tgz_md5", "0" * 32)  # a corrupt download is refused ...
+        with pytest.raises(data.DataError, match="download failed"):
+            data.ensure_cifar10(str(tmp_path / "bad"))
+        monkeypatch.setattr(CIFAR10, "tgz_md5", md5)  # ... a good one is extracted and read
+        x_tr, _, _, _ = data.load_cifar10(str(tmp_path / "good"))
+        assert x_tr.shape[0] == 80
+    finally:
+        server.shutdown()
+
+
+def test_stratified_subset():
+    labels = np.repeat(np.arange(10), 50)
+    a = data.stratified_subset(labels, 0.2, seed=3)
+    assert np.bincount(labels[a]).tolist() == [10] * 10
+    assert np.array_equal(a, data.stratified_subset(labels, 0.2, seed=3))
+    assert not np.array_equal(a, data.stratified_subset(labels, 0.2, seed=4))
+    assert len(data.stratified_subset(labels, 1.0, seed=0)) == 500
+
+
+def test_batch_augmentation_matches_torchvision_reference():
+    """Every augmented image is exactly one of the 81 crops x 2 flips torchvision's RandomCrop(32, 4) +
+    RandomHorizontalFlip can produce, and the offsets and flips are spread like theirs."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    out = data.augment(torch.nn.functional.pad(x, (4, 4, 4, 4)), g)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = T.Pad(4)(x)
+    found = []
+    for i in range(len(x)):
+        crops = {(dy, dx): T.functional.crop(padded[i], dy, dx, 32, 32) for dy in range(9) for dx in range(9)}
+        cands = [(dy, dx, f) for (dy, dx), c in crops.items() for f in (0, 1)
+                 if torch.equal(out[i], T.functional.horizontal_flip(c) if f else c)]
+        assert cands, f"image {i} is no crop/flip of its input"
+        found.append(cands[0])
+    flips = sum(f for _, _, f in found)
+    assert 16 < flips < 48  # Binomial(64, 0.5)
+    assert 2.5 < np.mean([dy for dy, _, _ in found]) < 5.5  # uniform on 0..8 has mean 4
+    # Normalisation equals torchvision's ToDtype + Normalize.
+    ref = T.Normalize(data.MEAN, data.STD)(T.ToDtype(torch.float32, scale=True)(x))
+    assert torch.allclose(data.normalize(x), ref, atol=1e-5)
+
+
+def test_loader_covers_each_image_once_per_epoch():
+    x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 32, 32).contiguous()
+    y = torch.arange(10)
+    loader = data.Loader(x, y, batch_size=4, train=True, seed=0)
+    seen = torch.cat([yb for _, yb in loader])
+    assert sorted(seen.tolist()) == list(range(10)) and len(loader) == 3
+    again = torch.cat([yb for _, yb in data.Loader(x, y, batch_size=4, train=True, seed=0)])
+    assert torch.equal(seen, again)

@@ -1,0 +1,127 @@
+"""One arm end to end: the CLI and `mlflow run`, the StepLR trajectory, determinism, honest run endings."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, cli, history, mlflow_run, runs_of
+from lradvisor.cli import build_parser
+from lradvisor.data import CLASSES
+
+TINY = ["--batch-size", 16, "--subset-ratio", 0.5]  # 40 training images, 3 steps an epoch
+METRICS = ["lr", "train_loss", "train_acc", "test_loss", "test_acc", "grad_norm", "epoch_seconds",
+           "images_per_second"] + [f"class_acc/{c}" for c in CLASSES]
+
+
+def test_lr_trajectory_equals_steplr(cifar_dir, experiment):
+    assert cli("train", "--data-dir", cifar_dir, "--epochs", 20, "--batch-size", 20, "--subset-ratio", 0.25,
+               "--experiment", experiment) == 0
+    (run,) = runs_of(experiment)
+    logged = [v for _, v in history(run.info.run_id, "lr")]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.1)
+    ref = []
+    for _ in range(20):
+        ref.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert logged == pytest.approx(ref, rel=1e-12)
+    assert logged[0] == 0.1 and logged[5] == pytest.approx(0.01) and logged[19] == pytest.approx(1e-4)
+
+
+def test_same_seed_same_run_other_seed_differs(cifar_dir, experiment):
+    for seed in (1, 1, 2):
+        assert cli("train", "--data-dir", cifar_dir, "--epochs", 2, "--seed", seed, *TINY, "--experiment", experiment) == 0
+    runs = sorted(runs_of(experiment), key=lambda r: r.info.start_time)
+    curves = [[history(r.info.run_id, k) for k in ("train_loss", "grad_norm", "test_loss")] for r in runs]
+    assert curves[0] == curves[1]
+    assert curves[0] != curves[2]
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--arm", "nope"], "valid arms: baseline, cadence3"),
+    (["--epochs", 0], "epochs must be > 0"),
+    (["--epochs", "abc"], "invalid int value"),
+    (["--subset-ratio", 1.5], "subset_ratio must be in (0, 1]"),
+    (["--batch-size", 0], "batch_size must be > 0"),
+    (["--lr", -0.1], "lr must be > 0"),
+    (["--model", "vgg"], "valid models: resnet18, resnet18_imagenet_stem"),
+    (["--signals", "losses,vibes"], "comma-separated list of losses, lr_history"),
+])
+def test_bad_input_is_one_line_and_no_run(flags, says, cifar_dir, experiment, capsys):
+    assert cli("train", "--data-dir", cifar_dir, *flags, "--experiment", experiment) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert runs_of(experiment) == []
+
+
+def test_mlflow_run_end_to_end(cifar_dir, experiment):
+    p = mlflow_run(experiment, data_dir=cifar_dir, epochs=2, batch_size=16, subset_ratio=0.5)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (run,) = runs_of(experiment)
+    assert run.info.status == "FINISHED"
+    for key in METRICS:
+        assert [s for s, _ in history(run.info.run_id, key)] == [1, 2], key
+    params = run.data.params
+    assert params["arm"] == "baseline" and params["epochs"] == "2" and params["device_name"] == "cpu"
+    assert params["torch_version"] == torch.__version__ and params["momentum"] == "0.9"
+    assert run.data.tags["arm"] == "baseline"
+    assert "epoch   2/2" in p.stdout
+
+
+def test_mlflow_run_bad_input_fails_the_run_it_made(cifar_dir, experiment):
+    p = mlflow_run(experiment, data_dir=cifar_dir, arm="nope")
+    assert p.returncode != 0
+    assert "unknown arm 'nope'; valid arms: baseline" in p.stderr
+    assert [r.info.status for r in runs_of(experiment)] == ["FAILED"]
+
+
+def test_diverging_loss_ends_failed_with_reason(cifar_dir, experiment, capsys):
+    assert cli("train", "--data-dir", cifar_dir, "--epochs", 3, "--lr", 1e12, *TINY, "--experiment", experiment) == 1
+    assert "non-finite" in capsys.readouterr().err
+    (run,) = runs_of(experiment)
+    assert run.info.status == "FAILED" and "non-finite" in run.data.tags["failure_reason"]
+
+
+def test_interrupt_mid_epoch_ends_killed_and_keeps_what_was_logged(cifar_dir, experiment):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lradvisor", "train", "--data-dir", cifar_dir, "--epochs", "100",
+                             "--batch-size", "8", "--experiment", experiment], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # the first epoch's line: it is logged, and epoch 2 is under way
+        assert line.startswith("epoch   1/100"), line + proc.stderr.read()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+    (run,) = runs_of(experiment)
+    assert run.info.status == "KILLED" and "interrupt" in run.data.tags["failure_reason"]
+    assert history(run.info.run_id, "train_loss")[0][0] == 1
+
+
+def test_mlproject_matches_cli():
+    with open(os.path.join(ROOT, "MLproject")) as f:
+        spec = yaml.safe_load(f)
+    params = spec["entry_points"]["main"]["parameters"]
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {a.dest: a for a in train._actions if a.option_strings and a.dest not in ("help", "experiment")}
+    assert set(params) == set(flags)
+    command = spec["entry_points"]["main"]["command"]
+    for name, p in params.items():
+        assert str(p["default"]) == str(flags[name].default), name
+        assert f"{flags[name].option_strings[0]} {{{name}}}" in command, name
+    assert spec["conda_env"] == "conda.yaml"
+    with open(os.path.join(ROOT, "conda.yaml")) as f:
+        conda_pip = next(d for d in yaml.safe_load(f)["dependencies"] if isinstance(d, dict))["pip"]
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        assert conda_pip == tomllib.load(f)["project"]["dependencies"]
