@@ -7,7 +7,6 @@ trace span. The API key is read by the SDK from the environment and never passes
 """
 
 import os
-import re
 import time
 import warnings
 
@@ -32,25 +31,38 @@ def make_asker(args, spec):
     return gemini_asker(args)
 
 
-def prepare_run(spec):
-    """Traces would switch the experiment page to the GenAI layout; keep it on the training-runs table."""
-    if spec["every"]:
-        exp_id = mlflow.active_run().info.experiment_id
-        mlflow.MlflowClient().set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+def prepare_run(args, spec):
+    if not spec["every"]:
+        return
+    # Traces would switch the experiment page to the GenAI layout; keep it on the training-runs table.
+    exp_id = mlflow.active_run().info.experiment_id
+    mlflow.MlflowClient().set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+    if args.advisor == "replay":
+        mlflow.set_tag("replay_of", args.replay_run_id)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Gemini through google-genai, with tenacity retries
 
+def _error_details(exc):
+    """The google.rpc detail objects of an API error body (RetryInfo, QuotaFailure, ...)."""
+    body = getattr(exc, "details", None)
+    body = body.get("error", body) if isinstance(body, dict) else {}
+    return [d for d in body.get("details") or [] if isinstance(d, dict)]
+
+
 def _retry_delay(exc):
-    """Seconds the server asked us to wait (google.rpc.RetryInfo in the error body), else 0."""
-    m = re.search(r"'retryDelay': '([\d.]+)s'", str(getattr(exc, "details", "")))
-    return float(m.group(1)) if m else 0.0
+    """Seconds the server asked us to wait (google.rpc.RetryInfo, e.g. "45.8s"), else 0."""
+    for d in _error_details(exc):
+        if d.get("@type", "").endswith("RetryInfo"):
+            return float(str(d.get("retryDelay", "0s")).rstrip("s") or 0)
+    return 0.0
 
 
 def _per_day_quota(exc):
     # A QuotaFailure naming a per-day quota will not clear in minutes: retrying only burns the run's time.
-    return "PerDay" in str(getattr(exc, "details", ""))
+    return any("PerDay" in str(v.get("quotaId", "")) for d in _error_details(exc)
+               if d.get("@type", "").endswith("QuotaFailure") for v in d.get("violations") or [])
 
 
 def _retryable(exc):
@@ -132,7 +144,8 @@ def replay_asker(run_id):
     if not run_id:
         raise UsageError("--advisor replay needs --replay-run-id RUN_ID of a run that logged advisor/calls.json")
     try:
-        table = mlflow.load_table(TABLE, run_ids=[run_id])
+        client = mlflow.MlflowClient()
+        table = client.load_table(client.get_run(run_id).info.experiment_id, TABLE, run_ids=[run_id])
     except Exception as e:
         raise UsageError(f"cannot read {TABLE} of run {run_id!r} for replay ({type(e).__name__}: {e}); "
                          "give the id of a finished LLM-arm run on this tracking server") from None

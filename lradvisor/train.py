@@ -123,7 +123,7 @@ def main(args):
     try:
         tracking.log_params_once(params_of(args, spec, device, len(y_tr), len(y_te)))
         mlflow.set_tag("arm", args.arm)
-        advisor.prepare_run(spec)
+        advisor.prepare_run(args, spec)
         history = {"lr": [], "train_loss": [], "grad_norm": [], "class_acc": []}
         for epoch in range(1, args.epochs + 1):
             lr = opt.param_groups[0]["lr"]
@@ -157,6 +157,8 @@ def main(args):
     except BaseException as e:
         tracking.end_failed("FAILED", f"{type(e).__name__}: {e}", e)
         raise
+    if ask:
+        mlflow.flush_trace_async_logging()  # traces are exported in the background; finish before the run does
     mlflow.end_run("FINISHED")
     print(f"run {run.info.run_id} finished: test_acc {test_acc:.2f}% after {args.epochs} epochs", file=sys.stderr)
     return run.info.run_id
