@@ -24,11 +24,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see --help\n")
 
 
-def add_training_args(p):
+def add_training_args(p, sweep=False):
     g = p.add_argument_group("training (the published setup)")
-    g.add_argument("--arm", default="baseline", help=f"preset: {', '.join(ARMS)}")
+    if not sweep:  # a sweep takes lists of these instead
+        g.add_argument("--arm", default="baseline", help=f"preset: {', '.join(ARMS)}")
+        g.add_argument("--seed", type=int, default=0, help="seed of init, shuffling, augmentation and subset")
     g.add_argument("--epochs", type=int, default=20, help="epochs to train")
-    g.add_argument("--seed", type=int, default=0, help="seed of init, shuffling, augmentation and subset")
     g.add_argument("--batch-size", type=int, default=128, help="training batch size")
     g.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
@@ -95,6 +96,24 @@ def build_parser():
     t = sub.add_parser("train", help="train one arm, tracked in MLflow", description="Train one arm, tracked in MLflow.")
     add_training_args(t)
     t.add_argument("--experiment", default="lradvisor", help="MLflow experiment (ignored inside `mlflow run`, which picks it)")
+
+    s = sub.add_parser("sweep", help="train arms x seeds, nested under one parent run",
+                       description="Train every arm x seed as its own run, nested under one parent sweep run.")
+    g = s.add_argument_group("sweep")
+    g.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms to run")
+    g.add_argument("--seeds", default="0", help="comma-separated seeds; every arm runs with each")
+    g.add_argument("--sweep-id", default="", help="id tagging the sweep's runs; reuse one to resume (default: generated)")
+    g.add_argument("--parallel", type=int, default=1, help="arms trained at once, as separate processes (one GPU each when there are several)")
+    add_training_args(s, sweep=True)
+    s.add_argument("--experiment", default="lradvisor", help="MLflow experiment (ignored inside `mlflow run`, which picks it)")
+
+    c = sub.add_parser("compare", help="tables and overlay plots of finished runs, from the tracking server",
+                       description="Compare the finished runs of a sweep (or an experiment, or given runs) from the tracking server.")
+    c.add_argument("--sweep-id", default="", help="compare the runs of this sweep")
+    c.add_argument("--experiment", default="", help="or: every finished training run of this experiment")
+    c.add_argument("--run-ids", default="", help="or: these comma-separated run ids")
+    c.add_argument("--baseline", default="baseline", help="arm the others are measured against")
+    c.add_argument("--output-dir", default="outputs", help="folder the figures and tables are written to")
     return p
 
 
@@ -107,6 +126,14 @@ def main(argv=None):
             check_training_args(args)
             from lradvisor import train
             train.main(args)
+        elif args.command == "sweep":
+            from lradvisor import sweep
+            for arm in sweep.parse_list(args.arms, "arms", valid=list(ARMS)):
+                check_training_args(argparse.Namespace(**vars(args), arm=arm, seed=0))
+            return sweep.main(args)
+        elif args.command == "compare":
+            from lradvisor import compare
+            return compare.main(args)
     except (UsageError, DataError) as e:
         print(f"lradvisor {args.command}: error: {e}", file=sys.stderr)
         return 2

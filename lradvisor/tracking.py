@@ -11,7 +11,8 @@ def open_run(experiment, run_name=None):
     """Inside `mlflow run` (MLFLOW_RUN_ID is set) attach to its run; otherwise start one in `experiment`."""
     if os.environ.get("MLFLOW_RUN_ID"):
         return mlflow.start_run()  # set_experiment() here would raise: the run already has one
-    mlflow.set_experiment(experiment)
+    if experiment:
+        mlflow.set_experiment(experiment)
     return mlflow.start_run(run_name=run_name)
 
 

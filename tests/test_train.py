@@ -108,18 +108,25 @@ def test_interrupt_mid_epoch_ends_killed_and_keeps_what_was_logged(cifar_dir, ex
     assert history(run.info.run_id, "train_loss")[0][0] == 1
 
 
-def test_mlproject_matches_cli():
+@pytest.mark.parametrize("entry_point, command, cli_only", [
+    ("main", "train", {"experiment"}), ("sweep", "sweep", {"experiment"}), ("compare", "compare", set())])
+def test_mlproject_matches_cli(entry_point, command, cli_only):
+    """MLproject files rot silently: every parameter is a CLI flag with the same default, and is passed on."""
     with open(os.path.join(ROOT, "MLproject")) as f:
         spec = yaml.safe_load(f)
-    params = spec["entry_points"]["main"]["parameters"]
-    train = build_parser()._subparsers._group_actions[0].choices["train"]
-    flags = {a.dest: a for a in train._actions if a.option_strings and a.dest not in ("help", "experiment")}
-    assert set(params) == set(flags)
-    command = spec["entry_points"]["main"]["command"]
-    for name, p in params.items():
+    ep = spec["entry_points"][entry_point]
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    flags = {a.dest: a for a in sub._actions if a.option_strings and a.dest != "help" and a.dest not in cli_only}
+    assert set(ep["parameters"]) == set(flags)
+    for name, p in ep["parameters"].items():
         assert str(p["default"]) == str(flags[name].default), name
-        assert f"{flags[name].option_strings[0]} {{{name}}}" in command, name
-    assert spec["conda_env"] == "conda.yaml"
+        assert f"{flags[name].option_strings[0]} {{{name}}}" in ep["command"], name
+    assert ep["command"].startswith(f"python -m lradvisor {command} ")
+
+
+def test_conda_env_lists_the_package_dependencies():
+    with open(os.path.join(ROOT, "MLproject")) as f:
+        assert yaml.safe_load(f)["conda_env"] == "conda.yaml"
     with open(os.path.join(ROOT, "conda.yaml")) as f:
         conda_pip = next(d for d in yaml.safe_load(f)["dependencies"] if isinstance(d, dict))["pip"]
     import tomllib

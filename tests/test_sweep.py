@@ -1,0 +1,144 @@
+"""Sweep and compare against a real `mlflow server` on a loopback port, over HTTP."""
+
+import csv
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+import matplotlib.image
+import mlflow
+import pytest
+
+from conftest import ROOT, cli, mlflow_run
+from fake_gemini import FakeGemini, error, reply
+
+SHARED = {"epochs": 2, "batch_size": 20, "subset_ratio": 0.25}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real MLflow server (sqlite backend, proxied artifacts) in its own process group."""
+    d = tmp_path_factory.mktemp("server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(d / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
+                             "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            env=env, stdout=log, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("mlflow server did not come up: " + open(d / "server.log").read()[-2000:])
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # uvicorn's workers too, not only the main pid
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture
+def remote(server, monkeypatch):
+    """Point this test (and the processes it starts) at the server; back to the local store afterwards."""
+    local = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    mlflow.set_tracking_uri(server)
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri(local)
+
+
+def sweep_runs(client, sweep_id):
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exp_ids, f"tags.sweep_id = '{sweep_id}'")
+
+
+def test_sweep_then_compare_through_mlflow_run(cifar_dir, remote, tmp_path, capfd):
+    with FakeGemini([reply("The learning rate should be 0.05.")]) as g:
+        p = mlflow_run("sweeps", env=g.env(), entry_point="sweep", arms="baseline,losses", seeds="0,1",
+                       sweep_id="s1", parallel=2, data_dir=cifar_dir, **SHARED)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "sweep s1: 4 finished, 0 failed, 0 skipped" in p.stdout
+
+    runs = sweep_runs(remote, "s1")
+    (parent,) = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("role") == "arm"]
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    assert {(r.data.tags["arm"], r.data.params["seed"]) for r in children} == {
+        ("baseline", "0"), ("baseline", "1"), ("losses", "0"), ("losses", "1")}
+    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+
+    out = tmp_path / "cmp"
+    p = mlflow_run("sweeps", entry_point="compare", sweep_id="s1", output_dir=out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "| arm | seeds | final test acc (%)" in p.stdout
+
+    for name, size in [("overlay_losses.png", (800, 1200)), ("overview.png", (800, 1200))]:
+        assert matplotlib.image.imread(out / name).shape[:2] == size
+    assert matplotlib.image.imread(out / "class_heatmap.png").shape[1] == 1000
+
+    # Every number in the table is what the server's metric histories say.
+    final = {}
+    for r in children:
+        hist = sorted(remote.get_metric_history(r.info.run_id, "test_acc"), key=lambda m: m.step)
+        final.setdefault(r.data.tags["arm"], []).append(hist[-1].value)
+    with open(out / "results.csv") as f:
+        rows = {r["arm"]: r for r in csv.DictReader(f)}
+    for arm, accs in final.items():
+        assert float(rows[arm]["final_test_acc_mean"]) == pytest.approx(statistics.mean(accs), abs=1e-9)
+        assert float(rows[arm]["final_test_acc_std"]) == pytest.approx(statistics.stdev(accs), abs=1e-9)
+    assert float(rows["losses"]["delta_vs_baseline"]) == pytest.approx(
+        statistics.mean(final["losses"]) - statistics.mean(final["baseline"]), abs=1e-9)
+    assert rows["baseline"]["delta_vs_baseline"] == ""
+    assert float(rows["losses"]["llm_calls"]) == 1 and float(rows["losses"]["accepted"]) == 1
+    assert float(rows["losses"]["lowest_lr"]) == 0.05 and float(rows["baseline"]["lowest_lr"]) == 0.1
+
+    (cmp_run,) = [r for r in sweep_runs(remote, "s1") if r.data.tags.get("role") == "compare"]
+    logged = {a.path for a in remote.list_artifacts(cmp_run.info.run_id)}
+    assert {"results.md", "results.csv", "overlay_losses.png", "overview.png", "class_heatmap.png"} <= logged
+
+    # The same sweep again: everything is already FINISHED with these parameters, nothing new runs.
+    capfd.readouterr()
+    assert cli("sweep", "--arms", "baseline,losses", "--seeds", "0,1", "--sweep-id", "s1", "--parallel", 2,
+               "--data-dir", cifar_dir, "--experiment", "sweeps",
+               *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)]) == 0
+    assert "4 already finished" in capfd.readouterr().out
+    assert len([r for r in sweep_runs(remote, "s1") if r.data.tags.get("role") == "arm"]) == 4
+
+    # Without the baseline, the table still comes out, without the Δ column's values.
+    capfd.readouterr()
+    losses_ids = ",".join(r.info.run_id for r in children if r.data.tags["arm"] == "losses")
+    assert cli("compare", "--run-ids", losses_ids, "--output-dir", tmp_path / "nobase") == 0
+    captured = capfd.readouterr()
+    assert "no finished 'baseline' run" in captured.err and "| losses | 0,1 |" in captured.out
+
+
+def test_failing_arm_is_reported_while_the_others_finish(cifar_dir, remote, capfd, monkeypatch):
+    with FakeGemini([error(500)]) as g:
+        for k, v in g.env().items():
+            monkeypatch.setenv(k, v)
+        code = cli("sweep", "--arms", "baseline,losses", "--sweep-id", "s2", "--data-dir", cifar_dir,
+                   "--on-advisor-error", "fail", "--llm-attempts", 1, "--experiment", "sweeps",
+                   *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)])
+    assert code == 1
+    out = capfd.readouterr().out
+    assert "sweep s2: 1 finished, 1 failed, 0 skipped" in out and "FAILED" in out
+    status = {r.data.tags.get("arm", "parent"): r.info.status for r in sweep_runs(remote, "s2")}
+    assert status == {"baseline": "FINISHED", "losses": "FAILED", "parent": "FAILED"}
+
+
+def test_compare_says_when_there_is_nothing(remote, capfd, tmp_path):
+    assert cli("compare", "--sweep-id", "no-such-sweep", "--output-dir", tmp_path) == 1
+    assert "no finished training runs in sweep no-such-sweep" in capfd.readouterr().err
