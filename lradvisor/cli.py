@@ -114,6 +114,10 @@ def build_parser():
     c.add_argument("--run-ids", default="", help="or: these comma-separated run ids")
     c.add_argument("--baseline", default="baseline", help="arm the others are measured against")
     c.add_argument("--output-dir", default="outputs", help="folder the figures and tables are written to")
+
+    from lradvisor.bench import build_parser as bench_parser
+    bench_parser(sub.add_parser("bench", help="time our training loop against a typical DataLoader loop",
+                                description="Time our training loop against a typical DataLoader loop (scripts/benchmark.py)."))
     return p
 
 
@@ -134,6 +138,9 @@ def main(argv=None):
         elif args.command == "compare":
             from lradvisor import compare
             return compare.main(args)
+        elif args.command == "bench":
+            from lradvisor import bench
+            return bench.main(args)
     except (UsageError, DataError) as e:
         print(f"lradvisor {args.command}: error: {e}", file=sys.stderr)
         return 2

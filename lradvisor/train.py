@@ -40,7 +40,8 @@ def total_grad_norm(params):
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-def train_epoch(model, opt, loader, autocast):
+def train_epoch(model, opt, loader, autocast, live=""):
+    """One epoch; `live` (a prefix) shows a step counter on a terminal, which needs no sync."""
     model.train()
     dev = loader.x.device
     loss_sum, correct, norm_sum = (torch.zeros((), device=dev) for _ in range(3))
@@ -57,6 +58,8 @@ def train_epoch(model, opt, loader, autocast):
         loss_sum += loss.detach().float() * len(yb)
         correct += (out.argmax(1) == yb).sum()
         n, steps = n + len(yb), steps + 1
+        if live and steps % 10 == 0:
+            print(f"\r{live} step {steps}/{len(loader)}", end="", flush=True)
     loss_sum, correct, norm_sum = torch.stack([loss_sum, correct, norm_sum]).tolist()  # the one sync
     return loss_sum / n, 100 * correct / n, norm_sum / steps
 
@@ -91,6 +94,25 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt("terminated (SIGTERM)")
 
 
+def setup(args, x_tr, y_tr, x_te, y_te):
+    """Loaders, model, optimizer, scheduler and autocast exactly as an arm trains (the benchmark times this)."""
+    cuda = x_tr.device.type == "cuda"
+    train_loader = Loader(x_tr, y_tr, args.batch_size, train=True, seed=args.seed, channels_last=cuda)
+    test_loader = Loader(x_te, y_te, 1000, train=False, seed=args.seed, channels_last=cuda)
+    # fp32 on CPU (the tests); bf16 autocast + channels_last + fused SGD on CUDA
+    torch.manual_seed(args.seed)
+    model = build_model(args.model).to(x_tr.device)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                          weight_decay=args.weight_decay, **({"fused": True} if cuda else {"foreach": True}))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.step_size, gamma=args.gamma)
+    step_model = torch.compile(model) if args.compile else model
+    return train_loader, test_loader, step_model, opt, sched, autocast
+
+
 def main(args):
     """Validated args in, a finished MLflow run out. Raises UsageError/DataError before any run exists."""
     spec = arms.resolve(args.arm, args.signals, args.every)
@@ -102,21 +124,7 @@ def main(args):
     keep = stratified_subset(y_tr, args.subset_ratio, args.seed)
     x_tr, y_tr = torch.from_numpy(x_tr[keep]).to(device), torch.from_numpy(y_tr[keep]).to(device)
     x_te, y_te = torch.from_numpy(x_te).to(device), torch.from_numpy(y_te).to(device)
-    cuda = device.type == "cuda"
-    train_loader = Loader(x_tr, y_tr, args.batch_size, train=True, seed=args.seed, channels_last=cuda)
-    test_loader = Loader(x_te, y_te, 1000, train=False, seed=args.seed, channels_last=cuda)
-
-    # ---- model and optimizer: fp32 on CPU (the tests), bf16 autocast + channels_last on CUDA
-    torch.manual_seed(args.seed)
-    model = build_model(args.model).to(device)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        model = model.to(memory_format=torch.channels_last)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                          weight_decay=args.weight_decay, **({"fused": True} if cuda else {"foreach": True}))
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.step_size, gamma=args.gamma)
-    step_model = torch.compile(model) if args.compile else model
+    train_loader, test_loader, step_model, opt, sched, autocast = setup(args, x_tr, y_tr, x_te, y_te)
 
     run = tracking.open_run(args.experiment)
     signal.signal(signal.SIGTERM, _sigterm)  # a killed sweep worker ends its run KILLED, not RUNNING
@@ -128,7 +136,8 @@ def main(args):
         for epoch in range(1, args.epochs + 1):
             lr = opt.param_groups[0]["lr"]
             t0 = time.perf_counter()
-            train_loss, train_acc, grad_norm = train_epoch(step_model, opt, train_loader, autocast)
+            live = f"epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}" if sys.stdout.isatty() else ""
+            train_loss, train_acc, grad_norm = train_epoch(step_model, opt, train_loader, autocast, live)
             train_s = time.perf_counter() - t0
             if not math.isfinite(train_loss):
                 raise TrainingError(f"training loss became non-finite ({train_loss}) in epoch {epoch} at lr {lr:g}; "
@@ -139,7 +148,7 @@ def main(args):
                                 "test_loss": test_loss, "test_acc": test_acc, "grad_norm": grad_norm,
                                 "epoch_seconds": seconds, "images_per_second": len(y_tr) / train_s,
                                 **{f"class_acc/{c}": a for c, a in class_acc.items()}}, step=epoch)
-            print(f"epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}  train_loss {train_loss:.4f}  "
+            print(f"{chr(13) if live else ''}epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}  train_loss {train_loss:.4f}  "
                   f"test_acc {test_acc:6.2f}%  {seconds:6.1f}s", flush=True)
             for key, value in zip(history, (lr, train_loss, grad_norm, class_acc)):
                 history[key].append(value)

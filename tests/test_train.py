@@ -1,5 +1,6 @@
 """One arm end to end: the CLI and `mlflow run`, the StepLR trajectory, determinism, honest run endings."""
 
+import json
 import os
 import signal
 import subprocess
@@ -132,3 +133,14 @@ def test_conda_env_lists_the_package_dependencies():
     import tomllib
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         assert conda_pip == tomllib.load(f)["project"]["dependencies"]
+
+
+def test_benchmark_script_prints_both_loops(tmp_path):
+    """Smoke test only: speed is measured by running the script, never asserted in tests."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--train-size", "48",
+                        "--test-size", "32", "--epochs", "1", "--batch-size", "16", "--workers", "0",
+                        "--data-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    ours, ref = [json.loads(line) for line in p.stdout.splitlines()]
+    assert ours["loop"] == "ours" and ref["loop"] == "reference" and ours["data"] == "synthetic"
+    assert ours["train_images_per_s"] > 0 and ours["speedup_vs_reference"] > 0 and ref["device"] == "cpu"
