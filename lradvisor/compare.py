@@ -26,7 +26,12 @@ def find_runs(args):
     client = MlflowClient()
     finished = "attributes.status = 'FINISHED'"
     if args.run_ids:
-        runs = [client.get_run(r.strip()) for r in args.run_ids.split(",") if r.strip()]
+        runs = []
+        for run_id in [r.strip() for r in args.run_ids.split(",") if r.strip()]:
+            try:
+                runs.append(client.get_run(run_id))
+            except mlflow.exceptions.MlflowException:
+                raise UsageError(f"no run {run_id!r} on {mlflow.get_tracking_uri()}") from None
         runs = [r for r in runs if r.info.status == "FINISHED"]
     elif args.sweep_id:
         exp_ids = [e.experiment_id for e in client.search_experiments()]

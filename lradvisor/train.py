@@ -28,7 +28,10 @@ class TrainingError(Exception):
 def pick_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise arms.UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise arms.UsageError(f"device {name!r} asked for but CUDA is not available here; use --device auto or cpu")
     return dev
