@@ -124,10 +124,10 @@ def gemini_asker(args):
             return out
         cand = resp.candidates[0] if resp.candidates else None
         parts = (cand.content.parts if cand and cand.content and cand.content.parts else None) or []
-        usage = resp.usage_metadata
+        usage, finish = resp.usage_metadata, cand.finish_reason if cand else None
         out.update(
             reply="".join(p.text for p in parts if p.text and not p.thought),
-            model_version=resp.model_version, finish_reason=cand.finish_reason.name if cand and cand.finish_reason else "",
+            model_version=resp.model_version, finish_reason=getattr(finish, "name", finish or ""),
             latency_s=time.perf_counter() - t0,
             prompt_tokens=usage.prompt_token_count if usage else None,
             output_tokens=usage.candidates_token_count if usage else None,

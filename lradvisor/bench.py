@@ -153,10 +153,34 @@ def build_parser(p=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--compile", type=int, default=0, help="1: torch.compile our model")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the reference loop")
+    p.add_argument("--processes", type=int, default=1,
+                   help="N > 1: run N copies of our loop at once (as a sweep with parallel=N does) and report their sum")
     return p
 
 
+def concurrent(args):
+    """Sweep throughput: N processes of our loop at once on the same device, against one alone."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "lradvisor", "bench", "--loops", "ours", "--processes", "1"]
+    for key in ("epochs", "batch_size", "train_size", "test_size", "data_dir", "device", "compile"):
+        cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(args.processes)]
+    lines = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit("benchmark: a concurrent process failed")
+    total = sum(r["train_images_per_s"] for r in lines)
+    print(json.dumps({"loop": f"ours x{args.processes} concurrent", "device": lines[0]["device"],
+                      "torch": lines[0]["torch"], "processes": args.processes,
+                      "total_train_images_per_s": round(total, 1),
+                      "per_process_train_images_per_s": [r["train_images_per_s"] for r in lines],
+                      "achieved_tflops": round(total * TRAIN_FLOP / 1e12, 3)}), flush=True)
+    return 0
+
+
 def main(args):
+    if args.processes > 1:
+        return concurrent(args)
     from lradvisor.train import pick_device
     device = pick_device(args.device)
     loops = [s.strip() for s in args.loops.split(",") if s.strip()]
