@@ -62,7 +62,6 @@ def check_training_args(a):
     """Raise UsageError naming the valid values for the first invalid parameter."""
     from lradvisor.model import MODELS
     rules = [
-        (a.arm in ARMS, f"unknown arm {a.arm!r}; valid arms: {', '.join(ARMS)}"),
         (a.epochs > 0, f"epochs must be > 0, got {a.epochs}"),
         (a.batch_size > 0, f"batch_size must be > 0, got {a.batch_size}"),
         (a.lr > 0, f"lr must be > 0, got {a.lr}"),
