@@ -183,15 +183,14 @@ def consult(ask, args, spec, epoch, history, scheduler_lr):
         span.set_outputs({k: v for k, v in got.items() if k != "model"})
     if "error" in got:
         proposed, applied, accepted, reason = None, scheduler_lr, False, got["error"]
-        if args.on_advisor_error == "fail" and args.advisor == "gemini":
-            _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, reason)
-            raise AdvisorError(f"Gemini exchange after epoch {epoch} failed ({reason}) and --on-advisor-error is fail")
     else:
         proposed, why = P.PARSERS[args.parser](got["reply"])
         applied, accepted, reason = P.decide(proposed, scheduler_lr, args.max_factor)
         if proposed is None:
             reason = why if got["reply"] else f"no reply text (finish_reason {got.get('finish_reason') or 'none'})"
     _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, reason)
+    if "error" in got and args.on_advisor_error == "fail" and args.advisor == "gemini":
+        raise AdvisorError(f"Gemini exchange after epoch {epoch} failed ({reason}) and --on-advisor-error is fail")
     print(f"  advisor after epoch {epoch}: proposed {proposed if proposed is not None else '-'}, "
           f"next lr {applied:.4g} ({reason})", flush=True)
     return applied

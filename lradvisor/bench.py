@@ -12,6 +12,7 @@ ResNet-18 count: ~0.56 GMAC forward per image, so ~3.3 GFLOP per trained image (
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -39,7 +40,6 @@ def sync(device):
 def get_data(args):
     """Real CIFAR-10 when data_dir holds it, else random CIFAR-shaped data (speed does not depend on it)."""
     from lradvisor.data import FOLDER, load_cifar10
-    import os
     if os.path.isdir(os.path.join(args.data_dir, FOLDER)):
         x_tr, y_tr, x_te, y_te = load_cifar10(args.data_dir)
         source = "cifar10"

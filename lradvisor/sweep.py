@@ -9,6 +9,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,8 @@ def main(args):
             proc.wait()
         tracking.end_failed("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}", e)
         raise
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)  # the logs are artifacts of their runs by now
 
     failed = [k for k, v in results.items() if not v[0]]
     print(f"\nsweep {sweep_id}: {len(results) - len(failed)} finished, {len(failed)} failed, {len(skipped)} skipped")

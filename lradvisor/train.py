@@ -80,9 +80,9 @@ def evaluate(model, loader, autocast):
         loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
         right.index_add_(0, yb, (out.argmax(1) == yb).float())
         total.index_add_(0, yb, torch.ones_like(yb, dtype=torch.float))
-    n = total.sum().item()
-    per_class = (100 * right / total.clamp(min=1)).tolist()
-    return loss_sum.item() / n, 100 * right.sum().item() / n, dict(zip(CLASSES, per_class))
+    per_class = 100 * right / total.clamp(min=1)
+    loss_sum, n, n_right, *per_class = torch.cat([torch.stack([loss_sum, total.sum(), right.sum()]), per_class]).tolist()
+    return loss_sum / n, 100 * n_right / n, dict(zip(CLASSES, per_class))
 
 
 def params_of(args, spec, device, n_train, n_test):

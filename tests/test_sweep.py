@@ -14,7 +14,7 @@ import matplotlib.image
 import mlflow
 import pytest
 
-from conftest import ROOT, cli, mlflow_run
+from conftest import cli, mlflow_run
 from fake_gemini import FakeGemini, error, reply
 
 SHARED = {"epochs": 2, "batch_size": 20, "subset_ratio": 0.25}
