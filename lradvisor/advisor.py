@@ -14,7 +14,7 @@ import mlflow
 import tenacity
 
 from lradvisor import prompt as P
-from lradvisor.arms import UsageError
+from lradvisor.arms import UsageError, flag
 
 TABLE = "advisor/calls.json"
 
@@ -88,7 +88,7 @@ def gemini_asker(args):
     vertex = os.environ.get("GOOGLE_GENAI_USE_VERTEXAI", "").lower() in ("1", "true")
     if not vertex and not (os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY")):
         raise UsageError(f"arm {args.arm!r} asks Gemini but no key is set: export GOOGLE_API_KEY or GEMINI_API_KEY "
-                         "(or GOOGLE_GENAI_USE_VERTEXAI=true for Vertex AI), or use --advisor replay")
+                         f"(or GOOGLE_GENAI_USE_VERTEXAI=true for Vertex AI), or use {flag('advisor', 'replay')}")
     try:  # base URL (GOOGLE_GEMINI_BASE_URL), key and Vertex settings all come from the SDK's environment
         client = genai.Client(http_options=types.HttpOptions(timeout=int(args.llm_timeout * 1000)))
     except Exception as e:
@@ -141,8 +141,8 @@ def gemini_asker(args):
 # Replay: answer from a recorded run, no network
 
 def replay_asker(run_id):
-    if not run_id:
-        raise UsageError("--advisor replay needs --replay-run-id RUN_ID of a run that logged advisor/calls.json")
+    if run_id in ("", "none"):
+        raise UsageError(f"{flag('advisor', 'replay')} needs {flag('replay_run_id', 'RUN_ID')} of a run that logged {TABLE}")
     try:
         client = mlflow.MlflowClient()
         table = client.load_table(client.get_run(run_id).info.experiment_id, TABLE, run_ids=[run_id])
@@ -174,40 +174,46 @@ def replay_asker(run_id):
 # ----------------------------------------------------------------------------------------------------------
 # One exchange: ask, parse, decide, record
 
-def consult(ask, args, spec, epoch, history, scheduler_lr):
-    """Return the LR for the next epoch, and log the exchange."""
+def consult(ask, args, spec, epoch, history, scheduler_lr, journal=None):
+    """Return the LR for the next epoch and the exchange's row of the calls table, after logging it (the
+    row goes to `journal` first, so that it survives a tracking server that goes away meanwhile)."""
     text = P.build_prompt(spec["signals"], history, scheduler_lr, args.window, json_reply=args.parser == "json")
-    with mlflow.start_span(name=f"advisor epoch {epoch}", span_type="LLM") as span:
-        span.set_inputs({"model": args.llm_model, "prompt": text, "epoch": epoch})
+    # The trace list shows span names: say which run and epoch each exchange belongs to.
+    with mlflow.start_span(name=f"{args.arm} s{args.seed} epoch {epoch}", span_type="LLM") as span:
+        span.set_inputs({"arm": args.arm, "seed": args.seed, "epoch": epoch, "model": args.llm_model, "prompt": text})
         got = ask(epoch, text)
-        span.set_outputs({k: v for k, v in got.items() if k != "model"})
-    if "error" in got:
-        proposed, applied, accepted, reason = None, scheduler_lr, False, got["error"]
-    else:
-        proposed, why = P.PARSERS[args.parser](got["reply"])
-        applied, accepted, reason = P.decide(proposed, scheduler_lr, args.max_factor)
-        if proposed is None:
-            reason = why if got["reply"] else f"no reply text (finish_reason {got.get('finish_reason') or 'none'})"
-    _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, reason)
+        if "error" in got:
+            proposed, applied, accepted, reason = None, scheduler_lr, False, got["error"]
+        else:
+            proposed, why = P.PARSERS[args.parser](got["reply"])
+            applied, accepted, reason = P.decide(proposed, scheduler_lr, args.max_factor)
+            if proposed is None:
+                reason = why if got["reply"] else f"no reply text (finish_reason {got.get('finish_reason') or 'none'})"
+        span.set_outputs({"parsed_lr": proposed, "applied_lr": applied, "accepted": accepted, "reason": reason,
+                          **{k: v for k, v in got.items() if k != "model"}})
+    row = _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, reason, journal)
     if "error" in got and args.on_advisor_error == "fail" and args.advisor == "gemini":
-        raise AdvisorError(f"Gemini exchange after epoch {epoch} failed ({reason}) and --on-advisor-error is fail")
+        raise AdvisorError(f"Gemini exchange after epoch {epoch} failed ({reason}) and on_advisor_error is fail")
     print(f"  advisor after epoch {epoch}: proposed {proposed if proposed is not None else '-'}, "
           f"next lr {applied:.4g} ({reason})", flush=True)
-    return applied
+    return applied, row
 
 
-def _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, reason):
+def _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, reason, journal=None):
+    # The decision first and the long texts last: the UI's table shows the first columns without scrolling.
+    row = {"epoch": epoch, "parsed_lr": proposed, "scheduler_lr": scheduler_lr, "applied_lr": applied,
+           "accepted": accepted, "reason": reason, "model": got.get("model"), "model_version": got.get("model_version"),
+           "attempts": got.get("attempts"), "latency_s": got.get("latency_s"), "prompt_tokens": got.get("prompt_tokens"),
+           "output_tokens": got.get("output_tokens"), "thought_tokens": got.get("thought_tokens"),
+           "finish_reason": got.get("finish_reason"), "prompt": text, "reply": got.get("reply")}
+    if journal is not None:
+        journal.append({"epoch": epoch, "advisor": row})
+    mlflow.log_table({k: [v] for k, v in row.items()}, artifact_file=TABLE)
     folder = f"advisor/epoch_{epoch:02d}"
     mlflow.log_text(text, f"{folder}/prompt.txt")
     mlflow.log_text(got.get("reply") or "", f"{folder}/reply.txt")
-    row = {"epoch": epoch, "model": got.get("model"), "model_version": got.get("model_version"),
-           "prompt": text, "reply": got.get("reply"), "parsed_lr": proposed, "scheduler_lr": scheduler_lr,
-           "applied_lr": applied, "accepted": accepted, "reason": reason, "attempts": got.get("attempts"),
-           "latency_s": got.get("latency_s"), "prompt_tokens": got.get("prompt_tokens"),
-           "output_tokens": got.get("output_tokens"), "thought_tokens": got.get("thought_tokens"),
-           "finish_reason": got.get("finish_reason")}
-    mlflow.log_table({k: [v] for k, v in row.items()}, artifact_file=TABLE)
     metrics = {"advisor_accepted": float(accepted)}
     if proposed is not None:
         metrics["advisor_proposed_lr"] = proposed
     mlflow.log_metrics(metrics, step=epoch)
+    return row

@@ -6,6 +6,8 @@ The published study's arms each add one signal to the recent losses; parameters 
 (`--signals losses,grad_norms,per_class --every 2`).
 """
 
+import os
+
 ARMS = {
     "baseline":   dict(signals=(), every=0),
     "cadence3":   dict(signals=("losses",), every=3),
@@ -22,19 +24,26 @@ class UsageError(Exception):
     """A parameter is invalid; the message names the valid values."""
 
 
-def resolve(arm, signals="", every=""):
+def flag(name, value):
+    """How the user sets a parameter where they are: `-P name=value` under `mlflow run`, else `--name value`."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return f"-P {name}={value}"
+    return f"--{name.replace('_', '-')} {value}"
+
+
+def resolve(arm, signals="preset", every="preset"):
     """The effective definition of an arm: the preset with the `signals` / `every` overrides applied
-    ("" keeps the preset's value)."""
+    ("preset" or "" keeps the preset's value)."""
     if arm not in ARMS:
         raise UsageError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
     spec = dict(ARMS[arm])
-    if signals != "":
+    if signals not in ("", "preset"):
         names = tuple(s.strip() for s in signals.split(",") if s.strip())
         bad = [s for s in names if s not in SIGNALS]
         if bad or not names:
             raise UsageError(f"invalid signals {signals!r}; give a comma-separated list of {', '.join(SIGNALS)}")
         spec["signals"] = names
-    if every != "":
+    if every not in ("", "preset"):
         try:
             spec["every"] = int(every)
         except ValueError:

@@ -5,23 +5,45 @@ backs; a test holds the two together. Everything is validated before any MLflow 
 """
 
 import argparse
+import math
 import os
+import re
 import sys
 import warnings
 
+from lradvisor import __version__
 from lradvisor.arms import ARMS, UsageError
 
 # Quiet MLflow's console chatter; users can still override these.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+# MLflow retries a dead server for ~4 minutes by default (16 when it hangs); these bound that to ~2 minutes
+# (4 retries 2-16 s apart, 20 s per request), enough to ride out a server restart.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 DEVICES = "auto, cpu, cuda or cuda:N"
+# String parameters whose default is "not given". MLflow stores an empty default as the literal '', so
+# these defaults are words instead (and "" given by hand is read as the word).
+UNSET = {"signals": "preset", "every": "preset", "replay_run_id": "none", "sweep_id": "new",
+         "experiment": "none", "run_ids": "none"}
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not usage + message
-        self.exit(2, f"{self.prog}: error: {message}; see --help\n")
+    def __init__(self, *args, **kwargs):
+        # No prefix matching: `mlflow run -P step=1` appends `--step 1`, which would silently become --step-size.
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):  # one line, not usage + message; main() prints it (and marks an mlflow-run run)
+        unknown = re.findall(r"(?:^|\s)--([\w-]+)", message) if message.startswith("unrecognized arguments") else []
+        if unknown and os.environ.get("MLFLOW_RUN_ID"):
+            keys = ", ".join(k.replace("-", "_") for k in unknown)
+            message = f"unknown parameter {keys} (given as -P); see the entry point's parameters in MLproject"
+        raise UsageError(f"{message}; see {self.prog} --help")
 
 
 def add_training_args(p, sweep=False):
@@ -42,13 +64,13 @@ def add_training_args(p, sweep=False):
     g.add_argument("--device", default="auto", help=DEVICES)
     g.add_argument("--compile", type=int, default=0, help="1: torch.compile the model (one-time compile cost)")
     g = p.add_argument_group("LLM advisor (arms other than baseline)")
-    g.add_argument("--signals", default="", help="override the arm's prompt signals: comma list of losses, lr_history, grad_norms, per_class")
-    g.add_argument("--every", default="", help="override the arm's cadence: ask after every N-th epoch (0 = never)")
+    g.add_argument("--signals", default="preset", help="override the arm's prompt signals: comma list of losses, lr_history, grad_norms, per_class")
+    g.add_argument("--every", default="preset", help="override the arm's cadence: ask after every N-th epoch (0 = never)")
     g.add_argument("--window", type=int, default=5, help="how many recent epochs the prompt shows")
     g.add_argument("--parser", default="regex", help="regex (published: first number after 'learning rate'/'LR') or json (response schema)")
     g.add_argument("--max-factor", type=float, default=0.0, help="clamp an accepted LR to [s/f, s*f] around the scheduler's s; 0 = off")
     g.add_argument("--advisor", default="gemini", help="gemini, or replay (answers from --replay-run-id, no network)")
-    g.add_argument("--replay-run-id", default="", help="run whose recorded replies --advisor replay uses")
+    g.add_argument("--replay-run-id", default="none", help="run whose recorded replies --advisor replay uses")
     g.add_argument("--llm-model", default="gemini-3.5-flash", help="Gemini model to ask")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     g.add_argument("--thinking-budget", type=int, default=-1, help="thinking tokens (0 = off); -1 = the model's default, not sent")
@@ -61,6 +83,9 @@ def add_training_args(p, sweep=False):
 def check_training_args(a):
     """Raise UsageError naming the valid values for the first invalid parameter."""
     from lradvisor.model import MODELS
+    floats = [k for k, v in vars(a).items() if isinstance(v, float) and not math.isfinite(v)]
+    if floats:  # inf and nan pass every comparison below in one direction or the other
+        raise UsageError(f"{floats[0]} must be a finite number, got {getattr(a, floats[0])}")
     rules = [
         (a.epochs > 0, f"epochs must be > 0, got {a.epochs}"),
         (a.batch_size > 0, f"batch_size must be > 0, got {a.batch_size}"),
@@ -79,7 +104,8 @@ def check_training_args(a):
         (a.advisor in ("gemini", "replay"), f"unknown advisor {a.advisor!r}; valid: gemini, replay"),
         (a.llm_attempts > 0, f"llm_attempts must be > 0, got {a.llm_attempts}"),
         (a.llm_max_wait >= 0, f"llm_max_wait must be >= 0, got {a.llm_max_wait}"),
-        (a.llm_timeout > 0, f"llm_timeout must be > 0, got {a.llm_timeout}"),
+        # The SDK takes whole milliseconds, and 0 means no timeout at all.
+        (a.llm_timeout >= 1, f"llm_timeout must be >= 1 (seconds), got {a.llm_timeout}"),
         (a.on_advisor_error in ("continue", "fail"), f"unknown on_advisor_error {a.on_advisor_error!r}; valid: continue, fail"),
     ]
     for ok, message in rules:
@@ -91,6 +117,7 @@ def check_training_args(a):
 
 def build_parser():
     p = Parser(prog="lradvisor", description="Can an LLM, asked between epochs, schedule the learning rate better than StepLR?")
+    p.add_argument("--version", action="version", version=f"lradvisor {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     t = sub.add_parser("train", help="train one arm, tracked in MLflow", description="Train one arm, tracked in MLflow.")
     add_training_args(t)
@@ -101,18 +128,19 @@ def build_parser():
     g = s.add_argument_group("sweep")
     g.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms to run")
     g.add_argument("--seeds", default="0", help="comma-separated seeds; every arm runs with each")
-    g.add_argument("--sweep-id", default="", help="id tagging the sweep's runs; reuse one to resume (default: generated)")
+    g.add_argument("--sweep-id", default="new", help="id tagging the sweep's runs (letters, digits, _ . -); reuse one to resume; new: a generated one")
     g.add_argument("--parallel", type=int, default=1, help="arms trained at once, as separate processes (one GPU each when there are several)")
     add_training_args(s, sweep=True)
     s.add_argument("--experiment", default="lradvisor", help="MLflow experiment (ignored inside `mlflow run`, which picks it)")
 
     c = sub.add_parser("compare", help="tables and overlay plots of finished runs, from the tracking server",
                        description="Compare the finished runs of a sweep (or an experiment, or given runs) from the tracking server.")
-    c.add_argument("--sweep-id", default="", help="compare the runs of this sweep")
-    c.add_argument("--experiment", default="", help="or: every finished training run of this experiment")
-    c.add_argument("--run-ids", default="", help="or: these comma-separated run ids")
+    c.add_argument("--sweep-id", default="none", help="compare the runs of this sweep")
+    c.add_argument("--experiment", default="none", help="or: every finished training run of this experiment")
+    c.add_argument("--run-ids", default="none", help="or: these comma-separated run ids")
     c.add_argument("--baseline", default="baseline", help="arm the others are measured against")
-    c.add_argument("--output-dir", default="outputs", help="folder the figures and tables are written to")
+    c.add_argument("--output-dir", default="outputs", help="folder the figures and tables are written to (an earlier compare's files there are replaced)")
+    c.add_argument("--margin", type=float, default=0.0, help="points: verdict better/worse only when the whole 95%% CI of Δ lies beyond ±margin")
 
     from lradvisor.bench import build_parser as bench_parser
     bench_parser(sub.add_parser("bench", help="time our training loop against a typical DataLoader loop",
@@ -120,19 +148,42 @@ def build_parser():
     return p
 
 
+def refuse(command, message, argv):
+    """One line on stderr. Under `mlflow run` the run it made before we started gets the reason and the arm,
+    so the FAILED run it leaves behind says why."""
+    print(f"lradvisor {command or ''}: error: {message}".replace("  ", " "), file=sys.stderr)
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        from lradvisor import tracking
+        arm = next((b for a, b in zip(argv, argv[1:]) if a == "--arm"), None)
+        tracking.mark_refused(run_id, message, arm)
+    return 2
+
+
 def main(argv=None):
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"  # one line, no source
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in ("train", "sweep", "compare", "bench")), None)
     from lradvisor.data import DataError
     try:
+        args = build_parser().parse_args(argv)
+        for key, word in UNSET.items():  # "" and the word mean the same; records always show the word
+            if getattr(args, key, None) == "" and (key != "experiment" or args.command == "compare"):
+                setattr(args, key, word)
+        if args.command in ("train", "sweep", "compare"):
+            from lradvisor import tracking
+            if args.command == "train":
+                check_training_args(args)
+            elif args.command == "sweep":
+                from lradvisor import sweep
+                sweep.check_args(args)
+                for arm in sweep.parse_list(args.arms, "arms", valid=list(ARMS)):
+                    check_training_args(argparse.Namespace(**vars(args), arm=arm, seed=0))
+            tracking.check_server()  # seconds, not minutes, to learn that the tracking server is not there
         if args.command == "train":
-            check_training_args(args)
             from lradvisor import train
             train.main(args)
         elif args.command == "sweep":
-            from lradvisor import sweep
-            for arm in sweep.parse_list(args.arms, "arms", valid=list(ARMS)):
-                check_training_args(argparse.Namespace(**vars(args), arm=arm, seed=0))
             return sweep.main(args)
         elif args.command == "compare":
             from lradvisor import compare
@@ -141,16 +192,19 @@ def main(argv=None):
             from lradvisor import bench
             return bench.main(args)
     except (UsageError, DataError) as e:
-        print(f"lradvisor {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return refuse(command, str(e), argv)
     except KeyboardInterrupt:
-        print(f"lradvisor {args.command}: interrupted; the run was ended KILLED", file=sys.stderr)
+        print(f"lradvisor {command}: interrupted; the run was ended KILLED", file=sys.stderr)
         return 130
     except Exception as e:
         from lradvisor.advisor import AdvisorError
+        from lradvisor.tracking import ServerLost
         from lradvisor.train import TrainingError
+        if isinstance(e, ServerLost):
+            print(f"lradvisor {command}: error: {e}", file=sys.stderr)
+            return 1
         if not isinstance(e, (TrainingError, AdvisorError)):
             raise  # a bug: the traceback helps more than one line (the run is already marked FAILED)
-        print(f"lradvisor {args.command}: error: {e} (the run was ended FAILED)", file=sys.stderr)
+        print(f"lradvisor {command}: error: {e} (the run was ended FAILED)", file=sys.stderr)
         return 1
     return 0

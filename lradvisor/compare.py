@@ -1,41 +1,57 @@
-"""Compare finished runs from the tracking server: the published results table (with more columns) and
-overlay plots of each LLM arm against the baseline, mean and min-max band over seeds.
+"""Compare finished runs from the tracking server: the results table with paired statistics against the
+baseline, overlay plots of each arm against it (mean and min-max band over seeds), a forest plot of the
+differences, and a per-class heatmap.
 
-Everything is read back from MLflow (any server, or the embedded default) and written to --output-dir,
-then logged as the artifacts of a `compare` run in the same experiment.
+Runs are grouped by arm *and* configuration: runs of one arm that differ in any training parameter other than
+the seed are separate rows, named by what differs (`baseline [step_size=1]`). Everything is read back from
+MLflow (any server, or the embedded default), written to --output-dir, and logged as the artifacts of a
+`compare` run in the same experiment: exactly the files this compare wrote, and the ids of the runs it read.
 """
 
 import csv
+import glob
 import math
 import os
+import re
 import statistics
 import sys
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from lradvisor import tracking
+from lradvisor import stats, tracking
 from lradvisor.arms import ARMS, UsageError
 from lradvisor.data import CLASSES
 
 CURVES = [("lr", "learning rate", True), ("train_loss", "training loss", False),
           ("test_acc", "test accuracy (%)", False), ("grad_norm", "gradient norm", False)]
+# Params that say where or how a run was recorded, not what it trained: runs differing only in these are
+# seeds of one configuration. (A replay's source run differs per seed by construction.)
+NOT_CONFIG = {"seed", "device_name", "torch_version", "replay_run_id"}
+BUDGET = ("llm_calls", "llm_tokens", "llm_seconds", "train_seconds")
+# The files a compare writes; an earlier compare's are removed from output_dir first, nothing else is touched.
+OURS = ("results.md", "results.csv", "overview.png", "class_heatmap.png", "forest.png", "overlay_*.png")
 
 
 def find_runs(args):
+    for key in ("run_ids", "sweep_id", "experiment"):  # "none": not given
+        if getattr(args, key) == "none":
+            setattr(args, key, "")
     client = MlflowClient()
     finished = "attributes.status = 'FINISHED'"
     if args.run_ids:
-        runs = []
-        for run_id in [r.strip() for r in args.run_ids.split(",") if r.strip()]:
+        runs, ids = [], [tracking.check_id(r.strip(), "run id") for r in args.run_ids.split(",") if r.strip()]
+        for run_id in ids:
             try:
                 runs.append(client.get_run(run_id))
             except mlflow.exceptions.MlflowException:
                 raise UsageError(f"no run {run_id!r} on {mlflow.get_tracking_uri()}") from None
         runs = [r for r in runs if r.info.status == "FINISHED"]
     elif args.sweep_id:
+        tracking.check_id(args.sweep_id, "sweep_id")
         exp_ids = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(exp_ids, f"tags.sweep_id = '{args.sweep_id}' and {finished}", max_results=5000)
+        runs = client.search_runs(exp_ids, f"tags.sweep_id = {tracking.quote(args.sweep_id)} and {finished}",
+                                  max_results=5000)
     elif args.experiment:
         exp = client.get_experiment_by_name(args.experiment)
         if exp is None:
@@ -46,97 +62,209 @@ def find_runs(args):
     return [r for r in runs if "arm" in r.data.tags]  # training runs only, not sweep or compare runs
 
 
-def collect(runs):
-    """arm -> list of per-run dicts: seed, run_id, curves {key: [values by epoch]}, final class accuracies."""
-    client = MlflowClient()
+def config_of(run):
+    return tuple(sorted((k, v) for k, v in run.data.params.items() if k not in NOT_CONFIG))
+
+
+def group(runs):
+    """label -> runs of one arm and one configuration. The label is the arm, plus what differs from the
+    arm's other configurations when it has several."""
     by_arm = {}
-    for r in sorted(runs, key=lambda r: (r.data.tags["arm"], r.data.params.get("seed", ""))):
-        curves = {}
-        for key in [k for k, _, _ in CURVES] + ["advisor_accepted"]:
-            hist = sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)
-            curves[key] = [m.value for m in hist]
-        by_arm.setdefault(r.data.tags["arm"], []).append({
-            "seed": r.data.params.get("seed", "?"), "run_id": r.info.run_id, "curves": curves,
-            "class_acc": {c: r.data.metrics.get(f"class_acc/{c}", math.nan) for c in CLASSES}})
+    for r in runs:
+        by_arm.setdefault(r.data.tags["arm"], {}).setdefault(config_of(r), []).append(r)
     order = [a for a in ARMS if a in by_arm] + sorted(a for a in by_arm if a not in ARMS)
-    return {a: by_arm[a] for a in order}
+    groups = {}
+    for arm in order:
+        configs = by_arm[arm]
+        varying = sorted({k for c in configs for k, v in c if any(dict(o).get(k) != v for o in configs)})
+        for config, members in sorted(configs.items()):
+            d = dict(config)
+            label = arm + (" [" + ", ".join(f"{k}={d.get(k, '')}" for k in varying) + "]" if varying else "")
+            groups[label] = {"arm": arm, "config": d, "runs": members}
+    return groups
 
 
-def table(by_arm, baseline):
+def collect(groups):
+    """Per run: seed, run_id, curves {key: [values by epoch]}, final class accuracies, budget. One run per seed
+    (the latest, when a seed was run twice with the same configuration)."""
+    client = MlflowClient()
+    notes = []
+    for label, g in groups.items():
+        latest = {}
+        for r in sorted(g["runs"], key=lambda r: r.info.start_time):
+            latest[r.data.params.get("seed", "?")] = r
+        if len(latest) < len(g["runs"]):
+            notes.append(f"{label}: {len(g['runs']) - len(latest)} repeated seed(s); the latest run of each is used")
+        g["seeds"] = []
+        for seed, r in sorted(latest.items(), key=lambda kv: (len(kv[0]), kv[0])):
+            curves = {}
+            for key in [k for k, _, _ in CURVES] + ["advisor_accepted", "advisor_proposed_lr"]:
+                hist = sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)
+                curves[key] = [m.value for m in hist]
+                curves[key + "_steps"] = [m.step for m in hist]
+            g["seeds"].append({
+                "seed": seed, "run_id": r.info.run_id, "curves": curves,
+                "class_acc": {c: r.data.metrics.get(f"class_acc/{c}", math.nan) for c in CLASSES},
+                "budget": {k: r.data.metrics.get(k) for k in BUDGET}})
+    return notes
+
+
+def pick_baselines(groups, baseline):
+    """label -> label of the baseline group it is measured against (None if there is none). `baseline` names an
+    arm or a row label; with several baseline configurations each row gets the one differing from it least."""
+    if baseline in groups:
+        return {label: baseline for label in groups}, []
+    candidates = [label for label, g in groups.items() if g["arm"] == baseline]
+    pairs, notes = {}, []
+    for label, g in groups.items():
+        def distance(b):
+            base = groups[b]["config"]
+            return sum(1 for k in base if k in g["config"] and g["config"][k] != base[k])
+        ranked = sorted(candidates, key=distance)
+        if len(ranked) > 1 and distance(ranked[0]) == distance(ranked[1]) and label not in candidates:
+            notes.append(f"{label}: several {baseline!r} configurations fit equally; give --baseline one of: "
+                         + "; ".join(candidates))
+            pairs[label] = None
+        else:
+            pairs[label] = ranked[0] if ranked else None
+    return pairs, notes
+
+
+def table(groups, pairs, margin):
     rows = []
-    base = by_arm.get(baseline)
-    base_mean = statistics.mean(r["curves"]["test_acc"][-1] for r in base) if base else None
-    for arm, runs in by_arm.items():
-        finals = [r["curves"]["test_acc"][-1] for r in runs]
-        mean = statistics.mean(finals)
-        rows.append({
-            "arm": arm, "seeds": ",".join(r["seed"] for r in runs), "runs": len(runs),
-            "epochs": ",".join(sorted({str(len(r["curves"]["test_acc"])) for r in runs})),
-            "final_test_acc_mean": mean, "final_test_acc_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-            "delta_vs_baseline": None if base_mean is None or arm == baseline else mean - base_mean,
-            "llm_calls": statistics.mean(len(r["curves"]["advisor_accepted"]) for r in runs),
-            "accepted": statistics.mean(sum(r["curves"]["advisor_accepted"]) for r in runs),
-            "lowest_lr": min(min(r["curves"]["lr"]) for r in runs)})
+    for label, g in groups.items():
+        finals = {s["seed"]: s["curves"]["test_acc"][-1] for s in g["seeds"]}
+        base_label = pairs.get(label)
+        base = {s["seed"]: s["curves"]["test_acc"][-1] for s in groups[base_label]["seeds"]} if base_label else {}
+        vals = list(finals.values())
+        row = {"arm": label, "seeds": ",".join(finals), "runs": len(finals),
+               "epochs": ",".join(sorted({str(len(s["curves"]["test_acc"])) for s in g["seeds"]})),
+               "final_test_acc_mean": statistics.mean(vals),
+               "final_test_acc_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+               "baseline": base_label or "", "pairs": 0, "unpaired_seeds": "",
+               "delta_vs_baseline": None, "delta_ci_low": None, "delta_ci_high": None, "p_value": None,
+               "verdict": ""}
+        if base_label and base_label != label:
+            paired = [s for s in finals if s in base]
+            row["unpaired_seeds"] = ",".join([f"{s} (no {base_label})" for s in finals if s not in base]
+                                             + [f"{s} (only {base_label})" for s in base if s not in finals])
+            test = stats.paired([finals[s] for s in paired], [base[s] for s in paired], margin)
+            row.update(pairs=len(paired), **test)
+        for key in BUDGET:
+            got = [s["budget"][key] for s in g["seeds"] if s["budget"][key] is not None]
+            row[key] = statistics.mean(got) if got else None
+        row["accepted"] = statistics.mean(sum(s["curves"]["advisor_accepted"]) for s in g["seeds"])
+        row["lowest_lr"] = min(min(s["curves"]["lr"]) for s in g["seeds"])
+        rows.append(row)
     return rows
 
 
-def _num(x):
-    return f"{x:g}" if x == int(x) else f"{x:.1f}"
+def _f(x, fmt):
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-def markdown(rows, baseline):
-    lines = [f"| arm | seeds | final test acc (%) | Δ vs {baseline} (points) | LLM calls | accepted | lowest LR |",
-             "|---|---|---|---|---|---|---|"]
+def markdown(rows, margin):
+    lines = ["| arm | seeds | final test acc (%) | Δ vs baseline (points) | 95 % CI | p | verdict | "
+             "LLM calls | accepted | LLM tokens | LLM s | train s | lowest LR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = f"{r['final_test_acc_mean']:.2f}" + (f" ± {r['final_test_acc_std']:.2f}" if r["runs"] > 1 else "")
-        delta = "—" if r["delta_vs_baseline"] is None else f"{r['delta_vs_baseline']:+.2f}"
-        lines.append(f"| {r['arm']} | {r['seeds']} | {acc} | {delta} | {_num(r['llm_calls'])} | "
-                     f"{_num(r['accepted'])} | {r['lowest_lr']:.3g} |")
-    return "\n".join(lines) + "\n"
+        ci = "—" if r["delta_ci_low"] is None else f"[{r['delta_ci_low']:+.2f}, {r['delta_ci_high']:+.2f}]"
+        verdict = r["verdict"] or "—"
+        lines.append(f"| {r['arm']} | {r['seeds']} | {acc} | {_f(r['delta_vs_baseline'], '+.2f')} | {ci} | "
+                     f"{_f(r['p_value'], '.3g')} | {verdict} | {_f(r['llm_calls'], 'g')} | {_f(r['accepted'], 'g')} | "
+                     f"{_f(r['llm_tokens'], '.0f')} | {_f(r['llm_seconds'], '.1f')} | {_f(r['train_seconds'], '.1f')} | "
+                     f"{r['lowest_lr']:.3g} |")
+    notes = [f"Δ: mean over seeds of (arm − its baseline) in final test accuracy, paired by seed; CI: t "
+             f"distribution, n−1 df; p: two-sided paired t-test; verdict: CI entirely above +{margin:g} / below "
+             f"−{margin:g} points → better / worse, else inconclusive."]
+    unpaired = [f"{r['arm']}: {r['unpaired_seeds']}" for r in rows if r["unpaired_seeds"]]
+    if unpaired:
+        notes.append("Unpaired seeds (not in Δ): " + "; ".join(unpaired) + ".")
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Figures
 
-def _band(ax, runs, key, label, color):
-    n = max(len(r["curves"][key]) for r in runs)
-    steps = list(range(1, n + 1))
-    cols = [[r["curves"][key][i] for r in runs if i < len(r["curves"][key])] for i in range(n)]
-    ax.plot(steps, [statistics.mean(c) for c in cols], label=label, color=color, lw=1.8)
-    if len(runs) > 1:
-        ax.fill_between(steps, [min(c) for c in cols], [max(c) for c in cols], color=color, alpha=0.2, lw=0)
-
-
-def curves_figure(by_arm, arms, path, title, baseline):
+def _plt():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _band(ax, seeds, key, label, color, log):
+    n = max(len(s["curves"][key]) for s in seeds)
+    steps = list(range(1, n + 1))
+    cols = [[s["curves"][key][i] for s in seeds if i < len(s["curves"][key])] for i in range(n)]
+    # On a log axis the middle of 0.1 and 0.001 is 0.01, not 0.05: average LRs geometrically.
+    mid = [math.exp(statistics.mean(math.log(v) for v in c)) if log else statistics.mean(c) for c in cols]
+    ax.plot(steps, mid, label=label, color=color, lw=1.8)
+    if len(seeds) > 1:
+        ax.fill_between(steps, [min(c) for c in cols], [max(c) for c in cols], color=color, alpha=0.2, lw=0)
+
+
+def _rejected(ax, seeds, color):
+    """Proposals the rule turned down, at the epoch they were meant for (the one after the exchange)."""
+    pts = [(step + 1, lr) for s in seeds
+           for step, lr in zip(s["curves"]["advisor_proposed_lr_steps"], s["curves"]["advisor_proposed_lr"])
+           if lr > 0 and dict(zip(s["curves"]["advisor_accepted_steps"], s["curves"]["advisor_accepted"])).get(step) == 0]
+    if pts:
+        ax.scatter(*zip(*pts), marker="x", color=color, s=30, zorder=3, label="rejected proposal")
+
+
+def curves_figure(groups, labels, path, title, colors):
+    plt = _plt()
     from matplotlib.ticker import MaxNLocator
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
-    known = list(ARMS) + sorted(a for a in by_arm if a not in ARMS)  # one colour per arm in every figure
     for ax, (key, label, log) in zip(axes.flat, CURVES):
-        for arm in arms:
-            color = "black" if arm == baseline else plt.get_cmap("tab10")(known.index(arm) % 10)
-            _band(ax, by_arm[arm], key, arm, color)
+        for name in labels:
+            _band(ax, groups[name]["seeds"], key, name, colors[name], log)
+            if key == "lr":
+                _rejected(ax, groups[name]["seeds"], colors[name])
         ax.set(title=label, xlabel="epoch", yscale="log" if log else "linear")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(title + " (mean over seeds, band = min-max)")
+    fig.suptitle(title + " (mean over seeds, geometric for the LR; band = min-max)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def heatmap(by_arm, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    arms = list(by_arm)
-    grid = [[statistics.mean(r["class_acc"][c] for r in by_arm[a]) for c in CLASSES] for a in arms]
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * len(arms)), dpi=100)
+def forest(rows, path, margin):
+    """Δ with its 95 % CI per row: how a difference of a few points should be read."""
+    plt = _plt()
+    rows = [r for r in rows if r["delta_vs_baseline"] is not None]
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.45 * len(rows)), dpi=100)
+    for i, r in enumerate(rows):
+        color = {"better": "tab:green", "worse": "tab:red"}.get(r["verdict"], "tab:gray")
+        if r["delta_ci_low"] is not None:
+            ax.plot([r["delta_ci_low"], r["delta_ci_high"]], [i, i], color=color, lw=2)
+        ax.plot(r["delta_vs_baseline"], i, "o", color=color)
+        p = "" if r["p_value"] is None or math.isnan(r["p_value"]) else f"p={r['p_value']:.2g}"
+        ax.annotate(f"n={r['pairs']} {p} {r['verdict']}", (1.01, i), xycoords=("axes fraction", "data"),
+                    va="center", fontsize=8)
+    ax.axvline(0, color="black", lw=1)
+    if margin:
+        ax.axvspan(-margin, margin, color="gray", alpha=0.15, lw=0)
+    ax.set(yticks=range(len(rows)), yticklabels=[f"{r['arm']} vs {r['baseline']}" for r in rows],
+           xlabel="Δ final test accuracy vs baseline (points), mean and 95 % CI over paired seeds")
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def heatmap(groups, path):
+    plt = _plt()
+    labels = list(groups)
+    grid = [[statistics.mean(s["class_acc"][c] for s in groups[a]["seeds"]) for c in CLASSES] for a in labels]
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * len(labels)), dpi=100)
     im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    ax.set(xticks=range(len(CLASSES)), xticklabels=CLASSES, yticks=range(len(arms)), yticklabels=arms,
+    ax.set(xticks=range(len(CLASSES)), xticklabels=CLASSES, yticks=range(len(labels)), yticklabels=labels,
            title="final per-class test accuracy (%)")
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
@@ -147,7 +275,44 @@ def heatmap(by_arm, path):
     plt.close(fig)
 
 
+def _filename(label):
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).strip("_")
+
+
+def write_outputs(groups, rows, pairs, args):
+    """Write every output into output_dir (after removing an earlier compare's) and return their paths."""
+    os.makedirs(args.output_dir, exist_ok=True)
+    for pattern in OURS:
+        for old in glob.glob(os.path.join(args.output_dir, pattern)):
+            os.remove(old)
+    out = lambda name: os.path.join(args.output_dir, name)  # noqa: E731
+    written = [out("results.md"), out("results.csv")]
+    with open(written[0], "w") as f:
+        f.write(markdown(rows, args.margin))
+    with open(written[1], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cmap = _plt().get_cmap("tab10")  # one colour per row in every figure; baselines in black
+    colors = {label: "black" if label in pairs.values() else cmap(i % 10) for i, label in enumerate(groups)}
+    for label in groups:
+        base = pairs.get(label)
+        if base and base != label:
+            written.append(out(f"overlay_{_filename(label)}.png"))
+            curves_figure(groups, [base, label], written[-1], f"{label} vs {base}", colors)
+    written.append(out("overview.png"))
+    curves_figure(groups, list(groups), written[-1], "all arms", colors)
+    written.append(out("class_heatmap.png"))
+    heatmap(groups, written[-1])
+    if any(r["delta_vs_baseline"] is not None for r in rows):
+        written.append(out("forest.png"))
+        forest(rows, written[-1], args.margin)
+    return written
+
+
 def main(args):
+    if not math.isfinite(args.margin) or args.margin < 0:
+        raise UsageError(f"margin must be a finite number >= 0 (points), got {args.margin}")
     runs = find_runs(args)
     what = (f"sweep {args.sweep_id}" if args.sweep_id else f"experiment {args.experiment}" if args.experiment
             else "the given runs")
@@ -155,43 +320,43 @@ def main(args):
         print(f"lradvisor compare: no finished training runs in {what} on {mlflow.get_tracking_uri()}; nothing to compare",
               file=sys.stderr)
         return 1
-    by_arm = collect(runs)
-    if args.baseline not in by_arm:
-        print(f"note: no finished {args.baseline!r} run in {what}: no Δ column and no overlays against it", file=sys.stderr)
-    epochs = {arm: sorted({len(r["curves"]["test_acc"]) for r in rs}) for arm, rs in by_arm.items()}
+    groups = group(runs)
+    notes = collect(groups)
+    pairs, more = pick_baselines(groups, args.baseline)
+    notes += more
+    if not any(pairs.values()):
+        notes.append(f"no finished {args.baseline!r} run in {what}: no Δ column and no overlays against it")
+    epochs = {label: sorted({len(s["curves"]["test_acc"]) for s in g["seeds"]}) for label, g in groups.items()}
     if len({e for es in epochs.values() for e in es}) > 1:
-        print("note: the runs trained for different numbers of epochs ("
-              + ", ".join(f"{a}: {'/'.join(map(str, e))}" for a, e in epochs.items()) + "); final accuracies are not like for like",
-              file=sys.stderr)
+        notes.append("the runs trained for different numbers of epochs ("
+                     + ", ".join(f"{a}: {'/'.join(map(str, e))}" for a, e in epochs.items())
+                     + "); final accuracies are not like for like")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    rows = table(by_arm, args.baseline)
-    md = markdown(rows, args.baseline)
-    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(args.output_dir, "results.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    if args.baseline in by_arm:
-        for arm in by_arm:
-            if arm != args.baseline:
-                curves_figure(by_arm, [args.baseline, arm], os.path.join(args.output_dir, f"overlay_{arm}.png"),
-                              f"{arm} vs {args.baseline}", args.baseline)
-    curves_figure(by_arm, list(by_arm), os.path.join(args.output_dir, "overview.png"), "all arms", args.baseline)
-    heatmap(by_arm, os.path.join(args.output_dir, "class_heatmap.png"))
-    print(md)
+    rows = table(groups, pairs, args.margin)
+    written = write_outputs(groups, rows, pairs, args)
+    print(markdown(rows, args.margin))
 
     exp_id = runs[0].info.experiment_id
     if not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(experiment_id=exp_id)
-    run = tracking.open_run(None, run_name=f"compare-{args.sweep_id or 'runs'}")
+    name = f"compare-{args.sweep_id or args.experiment or 'runs'}"
+    run = tracking.open_run(None, run_name=name)
     try:
-        mlflow.set_tags({"role": "compare", "sweep_id": args.sweep_id, "compared_runs": len(runs)})
-        mlflow.log_artifacts(args.output_dir)
+        mlflow.set_tags({"role": "compare", "sweep_id": args.sweep_id, "compared_runs": len(runs),
+                         "mlflow.runName": name})
+        tracking.log_params_once({"baseline": args.baseline, "margin": args.margin})
+        for path in written:
+            mlflow.log_artifact(path)
+        mlflow.log_table({"row": [label for label, g in groups.items() for _ in g["seeds"]],
+                          "arm": [g["arm"] for g in groups.values() for _ in g["seeds"]],
+                          "seed": [s["seed"] for g in groups.values() for s in g["seeds"]],
+                          "run_id": [s["run_id"] for g in groups.values() for s in g["seeds"]]},
+                         artifact_file="compared_runs.json")
     except BaseException as e:
         tracking.end_failed("FAILED", f"{type(e).__name__}: {e}", e)
         raise
-    mlflow.end_run("FINISHED")
-    print(f"wrote {args.output_dir}/ and logged it to run {run.info.run_id}")
+    tracking.end_finished()
+    print(f"wrote {args.output_dir}/ and logged it to run {run.info.run_id}\n  view: {tracking.ui_link(exp_id)}")
     return 0

@@ -57,8 +57,26 @@ def _read_batch(path):
     d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
     if "data" not in d or "labels" not in d:
         raise DataError(f"{path} is not a CIFAR-10 batch (it has no 'data' and 'labels')")
-    x = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return x, np.asarray(d["labels"], dtype=np.int64)
+    x, y = d["data"], d["labels"]
+    # A wrong file would otherwise fail deep in a reshape, index out of range mid-run, or (labels fewer than
+    # images) train misaligned and finish as if nothing were wrong.
+    if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 2 and x.shape[1] == 3 * 32 * 32):
+        shape = getattr(x, "shape", None)
+        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got "
+                        f"{type(x).__name__} {getattr(x, 'dtype', '')} {shape}; replace it with the official file")
+    try:
+        y = np.asarray(y)
+        ok = y.ndim == 1 and np.issubdtype(y.dtype, np.integer)
+    except Exception:
+        ok = False
+    if not ok:
+        raise DataError(f"{path}: 'labels' must be a list of integers; replace it with the official file")
+    if len(y) != len(x):
+        raise DataError(f"{path}: {len(y)} labels for {len(x)} images; replace it with the official file")
+    if len(y) and not (0 <= y.min() and y.max() < len(CLASSES)):
+        raise DataError(f"{path}: labels must lie in 0..{len(CLASSES) - 1}, found {y.min()}..{y.max()}; "
+                        "replace it with the official file")
+    return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
 
 
 def _checksums():

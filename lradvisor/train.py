@@ -8,7 +8,6 @@ norms accumulate on the device and are read once at its end.
 
 import contextlib
 import math
-import signal
 import sys
 import time
 
@@ -93,10 +92,6 @@ def params_of(args, spec, device, n_train, n_test):
     return p
 
 
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt("terminated (SIGTERM)")
-
-
 def setup(args, x_tr, y_tr, x_te, y_te):
     """Loaders, model, optimizer, scheduler and autocast exactly as an arm trains (the benchmark times this)."""
     cuda = x_tr.device.type == "cuda"
@@ -129,48 +124,68 @@ def main(args):
     x_te, y_te = torch.from_numpy(x_te).to(device), torch.from_numpy(y_te).to(device)
     train_loader, test_loader, step_model, opt, sched, autocast = setup(args, x_tr, y_tr, x_te, y_te)
 
-    run = tracking.open_run(args.experiment)
-    signal.signal(signal.SIGTERM, _sigterm)  # a killed sweep worker ends its run KILLED, not RUNNING
-    try:
-        tracking.log_params_once(params_of(args, spec, device, len(y_tr), len(y_te)))
-        mlflow.set_tag("arm", args.arm)
-        advisor.prepare_run(args, spec)
-        history = {"lr": [], "train_loss": [], "grad_norm": [], "class_acc": []}
-        for epoch in range(1, args.epochs + 1):
-            lr = opt.param_groups[0]["lr"]
-            t0 = time.perf_counter()
-            live = f"epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}" if sys.stdout.isatty() else ""
-            train_loss, train_acc, grad_norm = train_epoch(step_model, opt, train_loader, autocast, live)
-            train_s = time.perf_counter() - t0
-            if not math.isfinite(train_loss):
-                raise TrainingError(f"training loss became non-finite ({train_loss}) in epoch {epoch} at lr {lr:g}; "
-                                    "lower --lr or --max-factor")
-            test_loss, test_acc, class_acc = evaluate(step_model, test_loader, autocast)
-            seconds = time.perf_counter() - t0
-            mlflow.log_metrics({"lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                                "test_loss": test_loss, "test_acc": test_acc, "grad_norm": grad_norm,
-                                "epoch_seconds": seconds, "images_per_second": len(y_tr) / train_s,
-                                **{f"class_acc/{c}": a for c, a in class_acc.items()}}, step=epoch)
-            print(f"{chr(13) if live else ''}epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}  train_loss {train_loss:.4f}  "
-                  f"test_acc {test_acc:6.2f}%  {seconds:6.1f}s", flush=True)
-            for key, value in zip(history, (lr, train_loss, grad_norm, class_acc)):
-                history[key].append(value)
+    # Ctrl-C or SIGTERM (a sweep stopping its children) ends the run KILLED, not RUNNING, and only once.
+    with tracking.interrupts_end_runs():
+        run = tracking.open_run(args.experiment)
+        epoch, journal = 0, []  # journal: what this epoch logs, kept until it has been sent: the tracking server may go away
+        try:
+            tracking.log_params_once(params_of(args, spec, device, len(y_tr), len(y_te)))
+            mlflow.set_tag("arm", args.arm)
+            advisor.prepare_run(args, spec)
+            history = {"lr": [], "train_loss": [], "grad_norm": [], "class_acc": []}
+            # What the run cost, for compare's budget columns: LLM calls, tokens (prompt + output + thinking) and
+            # seconds waited, and seconds of training + evaluation.
+            budget = {"llm_calls": 0, "llm_tokens": 0, "llm_seconds": 0.0, "train_seconds": 0.0}
+            for epoch in range(1, args.epochs + 1):
+                journal = []
+                lr = opt.param_groups[0]["lr"]
+                t0 = time.perf_counter()
+                live = f"epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}" if sys.stdout.isatty() else ""
+                train_loss, train_acc, grad_norm = train_epoch(step_model, opt, train_loader, autocast, live)
+                train_s = time.perf_counter() - t0
+                if not math.isfinite(train_loss):
+                    raise TrainingError(f"training loss became non-finite ({train_loss}) in epoch {epoch} at lr {lr:g}; "
+                                        "lower --lr or --max-factor")
+                test_loss, test_acc, class_acc = evaluate(step_model, test_loader, autocast)
+                seconds = time.perf_counter() - t0
+                budget["train_seconds"] += seconds
+                metrics = {"lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                           "test_loss": test_loss, "test_acc": test_acc, "grad_norm": grad_norm,
+                           "epoch_seconds": seconds, "images_per_second": len(y_tr) / train_s,
+                           **{f"class_acc/{c}": a for c, a in class_acc.items()}}
+                journal.append({"epoch": epoch, "metrics": metrics})
+                mlflow.log_metrics(metrics, step=epoch)
+                print(f"{chr(13) if live else ''}epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}  train_loss {train_loss:.4f}  "
+                      f"test_acc {test_acc:6.2f}%  {seconds:6.1f}s", flush=True)
+                for key, value in zip(history, (lr, train_loss, grad_norm, class_acc)):
+                    history[key].append(value)
 
-            sched.step()
-            # Asking after the final epoch could change nothing, so it is never done.
-            if spec["every"] and epoch % spec["every"] == 0 and epoch < args.epochs:
-                scheduler_lr = opt.param_groups[0]["lr"]
-                new_lr = advisor.consult(ask, args, spec, epoch, history, scheduler_lr)
-                for group in opt.param_groups:  # later StepLR cuts apply to the LLM's LR
-                    group["lr"] = new_lr
-    except KeyboardInterrupt as e:
-        tracking.end_failed("KILLED", str(e) or "interrupted (Ctrl-C)")
-        raise
-    except BaseException as e:
-        tracking.end_failed("FAILED", f"{type(e).__name__}: {e}", e)
-        raise
-    if ask:
-        mlflow.flush_trace_async_logging()  # traces are exported in the background; finish before the run does
-    mlflow.end_run("FINISHED")
-    print(f"run {run.info.run_id} finished: test_acc {test_acc:.2f}% after {args.epochs} epochs", file=sys.stderr)
+                sched.step()
+                # Asking after the final epoch could change nothing, so it is never done.
+                if spec["every"] and epoch % spec["every"] == 0 and epoch < args.epochs:
+                    scheduler_lr = opt.param_groups[0]["lr"]
+                    new_lr, row = advisor.consult(ask, args, spec, epoch, history, scheduler_lr, journal)
+                    budget["llm_calls"] += 1
+                    budget["llm_seconds"] += row["latency_s"] or 0
+                    budget["llm_tokens"] += sum(row[k] or 0 for k in ("prompt_tokens", "output_tokens", "thought_tokens"))
+                    for group in opt.param_groups:  # later StepLR cuts apply to the LLM's LR
+                        group["lr"] = new_lr
+            journal = [{"budget": budget}]
+            mlflow.log_metrics(budget)
+        except BaseException as e:
+            why = tracking.server_down(timeout=3) if not isinstance(e, KeyboardInterrupt) else None
+            if why:  # nothing more can be recorded there: keep it here and say where
+                path = tracking.save_unsent(run.info.run_id, journal)
+                raise tracking.ServerLost(f"lost the tracking server {mlflow.get_tracking_uri()} ({why}) in epoch "
+                                          f"{epoch}; the run stays RUNNING there; what this epoch could not send is in {path}") from e
+            if isinstance(e, KeyboardInterrupt):
+                tracking.end_failed("KILLED", str(e) or "interrupted (Ctrl-C)")
+            else:
+                tracking.end_failed("FAILED", f"{type(e).__name__}: {e}", e)
+            raise
+        if ask:
+            mlflow.flush_trace_async_logging()  # traces are exported in the background; finish before the run does
+        tracking.end_finished()
+        print(f"run {run.info.run_id} finished: test_acc {test_acc:.2f}% after {args.epochs} epochs\n"
+              f"  view: {tracking.ui_link(run.info.experiment_id)}", file=sys.stderr)
     return run.info.run_id

@@ -4,9 +4,14 @@ Everything goes through the real entry points: `python scripts/make_fake_cifar.p
 (`lradvisor.cli.main`, in-process for speed) and `mlflow run` (as a subprocess).
 """
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import mlflow
 import pytest
@@ -20,6 +25,19 @@ def cifar_dir(tmp_path_factory):
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--out", str(out),
                     "--train-per-class", "8", "--test-per-class", "4"], check=True, capture_output=True)
     return str(out)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def outside_the_checkout(tmp_path_factory):
+    """Run every test from a temp folder: MLflow's defaults (./mlruns, ./mlflow.db) and our own files
+    (lradvisor-unsent-*.json) land there, never in the checkout; fail if anything lands there anyway."""
+    before = set(os.listdir(ROOT))
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(cwd)
+    new = set(os.listdir(ROOT)) - before - {".pytest_cache", "__pycache__"}
+    assert not new, f"the tests wrote into the checkout: {sorted(new)}"
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +85,34 @@ def mlflow_run(experiment, env=None, entry_point="main", **params):
     full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
     full_env.update(env or {})
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=600)
+
+
+@contextlib.contextmanager
+def mlflow_server(d):
+    """A real MLflow server (sqlite backend, proxied artifacts) on a loopback port, in its own process group;
+    yields (url, process)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(d / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
+                             "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            env=env, stdout=log, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("mlflow server did not come up: " + open(d / "server.log").read()[-2000:])
+        yield url, proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a test may have stopped it already
+            os.killpg(proc.pid, signal.SIGTERM)  # uvicorn's workers too, not only the main pid
+        proc.wait(timeout=30)
+        log.close()

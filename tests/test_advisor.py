@@ -75,6 +75,9 @@ def test_losses_arm_published_exchange_via_mlflow_run(cifar_dir, experiment, tmp
 
     rows = calls(run)
     assert [r["epoch"] for r in rows] == [1, 2]
+    # The decision first, so the UI's table shows it without scrolling; the long texts last.
+    assert list(rows[0])[:6] == ["epoch", "parsed_lr", "scheduler_lr", "applied_lr", "accepted", "reason"]
+    assert list(rows[0])[-2:] == ["prompt", "reply"]
     assert rows[0]["parsed_lr"] == 0.01 and rows[0]["scheduler_lr"] == 0.2 and rows[0]["applied_lr"] == 0.01
     assert rows[0]["accepted"] and rows[0]["model_version"] == "gemini-3.5-flash-001"
     assert rows[0]["prompt_tokens"] == 120 and rows[0]["output_tokens"] == 30 and rows[0]["finish_reason"] == "STOP"
@@ -84,6 +87,10 @@ def test_losses_arm_published_exchange_via_mlflow_run(cifar_dir, experiment, tmp
 
     traces = mlflow.search_traces(locations=[run.info.experiment_id], run_id=rid, return_type="list")
     assert len(traces) == 2
+    spans = sorted((t.data.spans[0] for t in traces), key=lambda s: s.name)
+    assert [s.name for s in spans] == ["losses s0 epoch 1", "losses s0 epoch 2"]
+    assert spans[0].outputs["parsed_lr"] == 0.01 and spans[0].outputs["applied_lr"] == 0.01
+    assert spans[0].outputs["accepted"] is True and spans[0].outputs["reason"] == "accepted"
     exp = mlflow.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 

@@ -2,19 +2,13 @@
 
 import csv
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import time
-import urllib.request
 
 import matplotlib.image
 import mlflow
 import pytest
 
-from conftest import cli, mlflow_run
+from conftest import cli, mlflow_run, mlflow_server
 from fake_gemini import FakeGemini, error, reply
 
 SHARED = {"epochs": 2, "batch_size": 20, "subset_ratio": 0.25}
@@ -22,32 +16,8 @@ SHARED = {"epochs": 2, "batch_size": 20, "subset_ratio": 0.25}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """A real MLflow server (sqlite backend, proxied artifacts) in its own process group."""
-    d = tmp_path_factory.mktemp("server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(d / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
-                             "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            env=env, stdout=log, stderr=log, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("mlflow server did not come up: " + open(d / "server.log").read()[-2000:])
+    with mlflow_server(tmp_path_factory.mktemp("server")) as (url, _):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # uvicorn's workers too, not only the main pid
-        proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture
@@ -76,6 +46,7 @@ def test_sweep_then_compare_through_mlflow_run(cifar_dir, remote, tmp_path, capf
     (parent,) = [r for r in runs if r.data.tags.get("role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("role") == "arm"]
     assert parent.info.status == "FINISHED" and len(children) == 4
+    assert parent.data.tags["mlflow.runName"] == "sweep-s1"  # not mlflow run's random name
     assert {(r.data.tags["arm"], r.data.params["seed"]) for r in children} == {
         ("baseline", "0"), ("baseline", "1"), ("losses", "0"), ("losses", "1")}
     assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
@@ -106,6 +77,7 @@ def test_sweep_then_compare_through_mlflow_run(cifar_dir, remote, tmp_path, capf
     assert float(rows["losses"]["lowest_lr"]) == 0.05 and float(rows["baseline"]["lowest_lr"]) == 0.1
 
     (cmp_run,) = [r for r in sweep_runs(remote, "s1") if r.data.tags.get("role") == "compare"]
+    assert cmp_run.data.tags["mlflow.runName"] == "compare-s1"
     logged = {a.path for a in remote.list_artifacts(cmp_run.info.run_id)}
     assert {"results.md", "results.csv", "overlay_losses.png", "overview.png", "class_heatmap.png"} <= logged
 

@@ -93,7 +93,7 @@ def test_diverging_loss_ends_failed_with_reason(cifar_dir, experiment, capsys):
 def test_interrupt_mid_epoch_ends_killed_and_keeps_what_was_logged(cifar_dir, experiment):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "lradvisor", "train", "--data-dir", cifar_dir, "--epochs", "100",
-                             "--batch-size", "8", "--experiment", experiment], cwd=ROOT, env=env,
+                             "--batch-size", "8", "--experiment", experiment], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()  # the first epoch's line: it is logged, and epoch 2 is under way
@@ -138,7 +138,7 @@ def test_benchmark_script_prints_both_loops(tmp_path):
     """Smoke test only: speed is measured by running the script, never asserted in tests."""
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--train-size", "48",
                         "--test-size", "32", "--epochs", "1", "--batch-size", "16", "--workers", "0",
-                        "--data-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+                        "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     ours, ref = [json.loads(line) for line in p.stdout.splitlines()]
     assert ours["loop"] == "ours" and ref["loop"] == "reference" and ours["data"] == "synthetic"

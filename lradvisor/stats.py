@@ -1,0 +1,30 @@
+"""Paired statistics for compare: is an arm's difference from the baseline more than seed noise?
+
+Runs are paired by seed (same seed = same initialisation, data order and augmentation), so the per-seed
+differences d_i = arm_i - baseline_i cancel what the seed does to both. With n pairs:
+  Δ = mean(d), 95 % CI = Δ ± t(0.975, n-1) · sd(d) / √n, p = two-sided paired t-test (scipy.stats.ttest_rel);
+  verdict = "better" if the whole CI lies above +margin, "worse" if below -margin, else "inconclusive".
+"""
+
+import math
+import statistics
+
+
+def paired(arm, base, margin=0.0):
+    """arm, base: final accuracies (points) of the same seeds in the same order."""
+    from scipy import stats
+    n = len(arm)
+    out = {"delta_vs_baseline": None, "delta_ci_low": None, "delta_ci_high": None, "p_value": None, "verdict": ""}
+    if n == 0:
+        return out
+    d = [a - b for a, b in zip(arm, base)]
+    out["delta_vs_baseline"] = statistics.mean(d)
+    if n < 2:
+        out["verdict"] = "inconclusive"
+        return out
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(d) / math.sqrt(n)
+    low, high = out["delta_vs_baseline"] - half, out["delta_vs_baseline"] + half
+    p = float(stats.ttest_rel(arm, base).pvalue)
+    out.update(delta_ci_low=low, delta_ci_high=high, p_value=None if math.isnan(p) else p,
+               verdict="better" if low > margin else "worse" if high < -margin else "inconclusive")
+    return out

@@ -1,0 +1,263 @@
+"""Records you can trust: the holes found when the tool was tried as a new user and under faults, each shut
+through the real entry points (the CLI, `mlflow run`, a real `mlflow server`)."""
+
+import glob
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import ROOT, cli, history, mlflow_run, mlflow_server, runs_of
+from lradvisor import data
+
+TINY = ["--batch-size", 20, "--subset-ratio", 0.25]
+
+
+def one_line(capsys, says):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    return err[0]
+
+
+# ---- 1, 11, 18: flags and refusals ------------------------------------------------------------------------
+
+def test_no_abbreviated_flags_and_unknown_mlflow_params_are_refused(cifar_dir, experiment, capsys):
+    assert cli("train", "--step", 1, "--data-dir", cifar_dir, "--experiment", experiment) == 2
+    one_line(capsys, "unrecognized arguments: --step 1")
+    assert runs_of(experiment) == []
+
+    p = mlflow_run(experiment, data_dir=cifar_dir, epochs=1, step=1)
+    assert p.returncode != 0
+    assert "unknown parameter step (given as -P)" in p.stderr
+    (run,) = runs_of(experiment)  # the one run `mlflow run` makes before our code starts: it says why
+    assert run.info.status == "FAILED" and "unknown parameter step" in run.data.tags["failure_reason"]
+    assert run.data.tags["arm"] == "baseline"
+    assert "''" not in run.data.params.values()  # unset string parameters are words, not a literal ''
+    assert run.data.params["signals"] == "preset" and run.data.params["replay_run_id"] == "none"
+
+
+def test_missing_key_under_mlflow_run_names_the_mlflow_parameter(cifar_dir, experiment):
+    env = {k: "" for k in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI")}
+    p = mlflow_run(experiment, env=env, arm="losses", data_dir=cifar_dir, epochs=1)
+    assert p.returncode != 0 and "or use -P advisor=replay" in p.stderr
+    (run,) = runs_of(experiment)
+    assert run.info.status == "FAILED" and "GOOGLE_API_KEY" in run.data.tags["failure_reason"]
+    assert run.data.tags["arm"] == "losses"
+
+
+def test_help_version_and_bad_arm_lists(cifar_dir, experiment, capsys):
+    assert cli("--version") == 0
+    assert capsys.readouterr().out.strip().startswith("lradvisor ")
+    assert cli("train", "--help") == 0
+    assert "(default: 20)" in capsys.readouterr().out
+    assert cli("sweep", "--arms", "baseline,losss,cadense3", "--data-dir", cifar_dir, "--experiment", experiment) == 2
+    one_line(capsys, "invalid arms: losss, cadense3; valid: baseline")
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--lr", "inf"], "lr must be a finite number"),
+    (["--gamma", "nan"], "gamma must be a finite number"),
+    (["--llm-timeout", 0.0004], "llm_timeout must be >= 1"),
+])
+def test_values_that_pass_comparisons_but_misbehave(flags, says, cifar_dir, experiment, capsys):
+    assert cli("train", "--data-dir", cifar_dir, *flags, "--experiment", experiment) == 2
+    one_line(capsys, says)
+    assert runs_of(experiment) == []
+
+
+# ---- 5, 7: the sweep checks everything before any run exists ----------------------------------------------
+
+@pytest.mark.parametrize("flags, says", [
+    (["--sweep-id", "af' and tags.arm = 'baseline"], "invalid sweep_id"),
+    (["--sweep-id", "a/b"], "invalid sweep_id"),
+    (["--device", "cuda"], "CUDA is not available"),
+    (["--data-dir", "/nonexistent/cifar"], "CIFAR-10 not found"),
+])
+def test_sweep_refuses_before_any_run(flags, says, cifar_dir, experiment, capsys):
+    argv = ["sweep", "--arms", "baseline", "--data-dir", cifar_dir, *flags, "--experiment", experiment]
+    assert cli(*argv) == 2
+    one_line(capsys, says)
+    assert runs_of(experiment) == []
+
+
+def test_compare_refuses_ids_that_would_inject_into_filters(tracking_uri, capsys, tmp_path):
+    assert cli("compare", "--sweep-id", "x' or tags.arm != 'y", "--output-dir", tmp_path) == 2
+    one_line(capsys, "invalid sweep_id")
+    assert cli("compare", "--run-ids", "abc,d'e", "--output-dir", tmp_path) == 2
+    one_line(capsys, "invalid run id")
+
+
+# ---- 6: batch files are validated when read ---------------------------------------------------------------
+
+def _corrupt(src, dst, name, change):
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    path = os.path.join(dst, data.FOLDER, name)
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="latin1")
+    change(d)
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda d: d.update(data=d["data"][:, :1000]), "must be a uint8 array of shape (N, 3072)"),
+    (lambda d: d.update(data=d["data"].astype(np.float32)), "must be a uint8 array"),
+    (lambda d: d["labels"].__setitem__(0, 57), "labels must lie in 0..9, found"),
+    (lambda d: d.update(labels=d["labels"][:-3]), "labels for"),
+    (lambda d: d.update(labels=["cat"] * len(d["labels"])), "'labels' must be a list of integers"),
+])
+def test_bad_batch_files_are_one_line_naming_the_file(change, says, cifar_dir, tmp_path, experiment, capsys):
+    _corrupt(cifar_dir, tmp_path, "data_batch_2", change)
+    assert cli("train", "--data-dir", tmp_path, "--epochs", 1, "--experiment", experiment) == 2
+    line = one_line(capsys, says)
+    assert "data_batch_2" in line
+    assert runs_of(experiment) == []
+
+
+# ---- 4: a tracking server that is not there, or goes away -------------------------------------------------
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dead_tracking_server_is_one_line_within_seconds(cifar_dir, tracking_uri, capsys):
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{_free_port()}")
+    try:
+        t0 = time.monotonic()
+        for command in (["train", "--data-dir", cifar_dir], ["sweep", "--data-dir", cifar_dir],
+                        ["compare", "--sweep-id", "x"]):
+            assert cli(*command) == 2
+            one_line(capsys, "cannot reach the tracking server http://127.0.0.1:")
+        assert time.monotonic() - t0 < 30
+    finally:
+        mlflow.set_tracking_uri(tracking_uri)
+
+
+def test_server_lost_mid_run_stops_and_keeps_what_was_not_sent(cifar_dir, tmp_path):
+    # Retries shortened for the test; the defaults (4 retries, 20 s timeout) bound it to ~2 minutes.
+    with mlflow_server(tmp_path) as (url, server):
+        env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONUNBUFFERED": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+        proc = subprocess.Popen([sys.executable, "-m", "lradvisor", "train", "--data-dir", cifar_dir, "--epochs", "50",
+                                 "--batch-size", "8", "--experiment", "lost"], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().startswith("epoch   1/50")
+            os.killpg(server.pid, signal.SIGKILL)
+            t0 = time.monotonic()
+            assert proc.wait(timeout=120) == 1
+            assert time.monotonic() - t0 < 60
+        finally:
+            proc.kill()
+    err = [line for line in proc.stderr.read().strip().splitlines() if not line.startswith("warning: CIFAR-10 files")]
+    assert len(err) == 1 and "lost the tracking server" in err[0], err
+    (path,) = glob.glob(str(tmp_path / "lradvisor-unsent-*.json"))
+    assert path in err[0]
+    kept = json.load(open(path))
+    assert kept["tracking_uri"] == url and kept["records"][0]["metrics"]["lr"] == 0.1
+
+
+# ---- 2, 3: compare keeps configurations apart and logs only its own files --------------------------------
+
+def test_compare_never_pools_configurations_and_logs_only_its_files(cifar_dir, experiment, tmp_path, capsys):
+    for epochs, step in ((1, 5), (2, 5), (2, 1)):
+        assert cli("train", "--data-dir", cifar_dir, "--epochs", epochs, "--step-size", step, *TINY,
+                   "--experiment", experiment) == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "overlay_from_an_earlier_compare.png").write_bytes(b"old")
+    (out / "my_notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert cli("compare", "--experiment", experiment, "--output-dir", out, "--baseline",
+               "baseline [epochs=2, step_size=5]") == 0
+    printed = capsys.readouterr().out
+    for label in ("baseline [epochs=1, step_size=5]", "baseline [epochs=2, step_size=5]", "baseline [epochs=2, step_size=1]"):
+        assert f"| {label} | 0 |" in printed
+
+    assert not (out / "overlay_from_an_earlier_compare.png").exists() and (out / "my_notes.txt").exists()
+    client = mlflow.MlflowClient()
+    (cmp,) = [r for r in runs_of(experiment) if r.data.tags.get("role") == "compare"]
+    assert cmp.data.tags["mlflow.runName"] == f"compare-{experiment}"
+    logged = {a.path for a in client.list_artifacts(cmp.info.run_id)}
+    assert logged == {p.name for p in out.iterdir() if p.name != "my_notes.txt"} | {"compared_runs.json"}
+    compared = client.load_table(cmp.info.experiment_id, "compared_runs.json", run_ids=[cmp.info.run_id])
+    trained = {r.info.run_id for r in runs_of(experiment) if r.data.tags.get("role") != "compare"}
+    assert set(compared["run_id"]) == trained and len(compared) == 3
+
+
+# ---- 9, 10, 12: runs end KILLED on signals, and keep their consoles ---------------------------------------
+
+def _read_until(stream, text, limit=120):
+    t0 = time.monotonic()
+    seen = []
+    while time.monotonic() - t0 < limit:
+        line = stream.readline()
+        seen.append(line)
+        if text in line or not line:
+            return "".join(seen)
+    return "".join(seen)
+
+
+def test_sigterm_to_a_sweep_ends_everything_killed_and_keeps_the_logs(cifar_dir, experiment):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lradvisor", "sweep", "--arms", "baseline", "--seeds", "0,1",
+                             "--parallel", "2", "--sweep-id", "term", "--data-dir", cifar_dir, "--epochs", "100",
+                             "--batch-size", "8", "--experiment", experiment], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = _read_until(proc.stdout, "epoch   1/100")
+        assert "epoch   1/100" in seen, seen
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130, proc.stdout.read()
+    finally:
+        proc.kill()
+    runs = runs_of(experiment)
+    status = sorted((r.data.tags.get("role"), r.info.status) for r in runs)
+    assert status == [("arm", "KILLED"), ("arm", "KILLED"), ("sweep", "KILLED")]
+    for child in [r for r in runs if r.data.tags["role"] == "arm"]:
+        (log,) = [a.path for a in mlflow.MlflowClient().list_artifacts(child.info.run_id) if a.path.endswith(".log")]
+        assert log == f"baseline-s{child.data.tags['seed']}.log"
+    assert glob.glob(os.path.join(tempfile.gettempdir(), "lradvisor-sweep-term-*")) == []
+
+
+def test_ctrl_c_under_mlflow_run_ends_the_run_killed(cifar_dir, experiment):
+    cmd = ["mlflow", "run", ROOT, "--env-manager", "local", "--experiment-name", experiment,
+           "-P", f"data_dir={cifar_dir}", "-P", "epochs=100", "-P", "batch_size=8"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    proc = subprocess.Popen(cmd, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        seen = _read_until(proc.stdout, "epoch   1/100")
+        assert "epoch   1/100" in seen, seen
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    for _ in range(50):  # MLflow's launcher marks it FAILED as it exits; our helper puts KILLED back right after
+        (run,) = runs_of(experiment)
+        if run.info.status == "KILLED":
+            break
+        time.sleep(0.2)
+    assert run.info.status == "KILLED", run.data.tags.get("failure_reason")
+    assert run.data.tags["failure_reason"] == "interrupted (Ctrl-C)"
+    assert history(run.info.run_id, "train_loss")[0][0] == 1
+
+
+# ---- 13: the link printed opens the runs table ------------------------------------------------------------
+
+def test_train_prints_the_runs_table_link(cifar_dir, experiment, capsys):
+    assert cli("train", "--data-dir", cifar_dir, "--epochs", 1, *TINY, "--experiment", experiment) == 0
+    (run,) = runs_of(experiment)
+    assert f"/#/experiments/{run.info.experiment_id}?workflowType=machine_learning" in capsys.readouterr().err
