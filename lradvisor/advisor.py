@@ -6,7 +6,9 @@ exchange to MLflow: prompt and reply as text artifacts, a row of advisor/calls.j
 trace span. The API key is read by the SDK from the environment and never passes through this module.
 """
 
+import json
 import os
+import random
 import time
 import warnings
 
@@ -24,11 +26,11 @@ class AdvisorError(Exception):
 
 
 def make_asker(args, spec):
+    """An asker is `ask(epoch, prompt, state) -> dict` (state: the scheduler's LR and the recent losses, for the
+    controls, which answer without an LLM). None for arms that never ask."""
     if not spec["every"]:
         return None
-    if args.advisor == "replay":
-        return replay_asker(args.replay_run_id)
-    return gemini_asker(args)
+    return ASKERS[spec["advisor"]](args)
 
 
 def prepare_run(args, spec):
@@ -37,7 +39,7 @@ def prepare_run(args, spec):
     # Traces would switch the experiment page to the GenAI layout; keep it on the training-runs table.
     exp_id = mlflow.active_run().info.experiment_id
     mlflow.MlflowClient().set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
-    if args.advisor == "replay":
+    if spec["advisor"] == "replay":
         mlflow.set_tag("replay_of", args.replay_run_id)
 
 
@@ -108,7 +110,7 @@ def gemini_asker(args):
         print(f"  gemini: {_describe(state.outcome.exception())}; retry {state.attempt_number}/{args.llm_attempts - 1} "
               f"in {state.next_action.sleep:.1f}s", flush=True)
 
-    def ask(epoch, text):
+    def ask(epoch, text, state=None):
         retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(args.llm_attempts), wait=wait,
                                      retry=tenacity.retry_if_exception(_retryable), before_sleep=log_retry,
                                      reraise=True)
@@ -138,9 +140,148 @@ def gemini_asker(args):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Any OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio, gateways) through the openai client
+
+def _local(url):
+    from urllib.parse import urlparse
+    host = urlparse(url).hostname or ""
+    return host in ("localhost", "127.0.0.1", "::1", "0.0.0.0") or host.endswith(".local")
+
+
+def _openai_retryable(exc):
+    import openai
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500
+    return isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError))
+
+
+def _retry_after(exc):
+    """Seconds from a Retry-After header (seconds or an HTTP date), else 0."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    value = headers.get("retry-after")
+    if not value:
+        return 0.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return 0.0
+
+
+def _openai_describe(exc):
+    import openai
+    if isinstance(exc, openai.APIStatusError):
+        return f"api error: {exc.status_code}: {exc.message}"
+    return f"api error: {type(exc).__name__}: {exc}"
+
+
+def openai_asker(args):
+    import openai
+    base = os.environ.get("OPENAI_BASE_URL", "")
+    key = os.environ.get("OPENAI_API_KEY")
+    if not key and not (base and _local(base)):
+        raise UsageError(f"arm {args.arm!r} asks an OpenAI-compatible server at {base or 'api.openai.com'}, which needs "
+                         "a key: export OPENAI_API_KEY (a local server at OPENAI_BASE_URL=http://127.0.0.1:PORT/v1 "
+                         f"needs none), or use {flag('advisor', 'replay')}")
+    # The client's own retries are off: tenacity is the one retry layer, as for Gemini. Local servers take any
+    # key; the placeholder never leaves this process except in the Authorization header to that server.
+    client = openai.OpenAI(api_key=key or "not-needed", max_retries=0, timeout=args.llm_timeout)
+    extra = {"temperature": args.temperature}
+    if args.parser == "json":
+        extra["response_format"] = {"type": "json_schema", "json_schema": {"name": "learning_rate", "strict": True,
+                                                                            "schema": P.JSON_SCHEMA}}
+
+    def wait(state):  # exponential backoff with jitter, but never sooner than the server's Retry-After
+        backoff = tenacity.wait_exponential_jitter(initial=1, max=args.llm_max_wait)(state)
+        return max(backoff, _retry_after(state.outcome.exception()))
+
+    def log_retry(state):
+        print(f"  openai: {_openai_describe(state.outcome.exception())}; retry {state.attempt_number}/"
+              f"{args.llm_attempts - 1} in {state.next_action.sleep:.1f}s", flush=True)
+
+    def create(text):
+        try:
+            return client.chat.completions.create(model=args.llm_model, messages=[{"role": "user", "content": text}],
+                                                  **extra)
+        except openai.BadRequestError as e:
+            if "response_format" not in extra or "response_format" not in str(e):
+                raise
+            # Many local servers do not do structured output: ask in plain text; the prompt still asks for JSON.
+            warnings.warn(f"the server refused response_format ({e.status_code}); asking without it from now on")
+            extra.pop("response_format")
+            return create(text)
+
+    def ask(epoch, text, state=None):
+        retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(args.llm_attempts), wait=wait,
+                                     retry=tenacity.retry_if_exception(_openai_retryable), before_sleep=log_retry,
+                                     reraise=True)
+        t0 = time.perf_counter()
+        out = {"model": args.llm_model, "attempts": 0}
+        try:
+            for attempt in retrying:
+                with attempt:
+                    out["attempts"] = attempt.retry_state.attempt_number
+                    resp = create(text)
+        except Exception as e:
+            out.update(error=_openai_describe(e), latency_s=time.perf_counter() - t0)
+            return out
+        choice = resp.choices[0] if resp.choices else None
+        usage = resp.usage
+        details = getattr(usage, "completion_tokens_details", None)
+        out.update(reply=(choice.message.content if choice and choice.message else None) or "",
+                   model_version=resp.model, finish_reason=(choice.finish_reason if choice else "") or "",
+                   latency_s=time.perf_counter() - t0,
+                   prompt_tokens=usage.prompt_tokens if usage else None,
+                   output_tokens=usage.completion_tokens if usage else None,
+                   thought_tokens=getattr(details, "reasoning_tokens", None) if details else None)
+        return out
+
+    return ask
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Null controls: answers without an LLM, in the words an LLM would use, through the same parser and records
+
+def _answer(args, lr, why):
+    if args.parser == "json":
+        return json.dumps({"learning_rate": lr, "reasoning": why})
+    return f"Suggested LR: {lr!r}\n\n{why}"
+
+
+def random_asker(args):
+    """Does the LLM beat *any* perturbation of the LR? s * 10^u, u uniform in [-1, 1], seeded by the run's seed."""
+    rng = random.Random(args.seed)
+
+    def ask(epoch, text, state):
+        u = rng.uniform(-1, 1)
+        lr = state["scheduler_lr"] * 10 ** u
+        return {"model": "random", "attempts": 1, "latency_s": 0.0, "finish_reason": "STOP",
+                "reply": _answer(args, lr, f"random control: the scheduler's LR times 10^{u:.3f}")}
+
+    return ask
+
+
+def textbook_asker(args):
+    """Does the LLM beat the rule its replies recite? Loss trend not "decreasing": LR / 10, else keep it."""
+    def ask(epoch, text, state):
+        trend = P.overall_trend(state["losses"])
+        s = state["scheduler_lr"]
+        lr, why = (s, "the loss is decreasing: keep the learning rate") if trend == "decreasing" else \
+            (s / 10, f"the loss is {trend}: reduce the learning rate by a factor of 10")
+        return {"model": "textbook", "attempts": 1, "latency_s": 0.0, "finish_reason": "STOP",
+                "reply": _answer(args, lr, why)}
+
+    return ask
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Replay: answer from a recorded run, no network
 
-def replay_asker(run_id):
+def replay_asker(args):
+    run_id = args.replay_run_id
     if run_id in ("", "none"):
         raise UsageError(f"{flag('advisor', 'replay')} needs {flag('replay_run_id', 'RUN_ID')} of a run that logged {TABLE}")
     try:
@@ -149,10 +290,14 @@ def replay_asker(run_id):
     except Exception as e:
         raise UsageError(f"cannot read {TABLE} of run {run_id!r} for replay ({type(e).__name__}: {e}); "
                          "give the id of a finished LLM-arm run on this tracking server") from None
-    recorded = {int(r["epoch"]): r for r in table.to_dict("records")}
+    # The first row of each epoch is the exchange; a guard's rollback note comes later under the same epoch.
+    recorded = {}
+    for r in table.to_dict("records"):
+        if r.get("model") != "guard":
+            recorded.setdefault(int(r["epoch"]), r)
     mismatched = []
 
-    def ask(epoch, text):
+    def ask(epoch, text, state=None):
         rec = recorded.get(epoch)
         if rec is None:
             return {"model": "replay", "attempts": 0, "error": f"replay: run {run_id} has no exchange at epoch {epoch}"}
@@ -171,17 +316,26 @@ def replay_asker(run_id):
     return ask
 
 
+# Who answers, by the `advisor` parameter: a new provider is one function of args returning an asker.
+LLMS = ("gemini", "openai")
+ASKERS = {"gemini": gemini_asker, "openai": openai_asker, "random": random_asker, "textbook": textbook_asker,
+          "replay": replay_asker}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # One exchange: ask, parse, decide, record
 
 def consult(ask, args, spec, epoch, history, scheduler_lr, journal=None):
     """Return the LR for the next epoch and the exchange's row of the calls table, after logging it (the
     row goes to `journal` first, so that it survives a tracking server that goes away meanwhile)."""
-    text = P.build_prompt(spec["signals"], history, scheduler_lr, args.window, json_reply=args.parser == "json")
+    text = P.build_prompt(spec["signals"], history, scheduler_lr, args.window, json_reply=args.parser == "json",
+                          template=spec.get("template"), epochs=args.epochs)
+    state = {"scheduler_lr": scheduler_lr, "losses": history["train_loss"][-args.window:]}
+    model = args.llm_model if spec["advisor"] in LLMS + ("replay",) else spec["advisor"]
     # The trace list shows span names: say which run and epoch each exchange belongs to.
     with mlflow.start_span(name=f"{args.arm} s{args.seed} epoch {epoch}", span_type="LLM") as span:
-        span.set_inputs({"arm": args.arm, "seed": args.seed, "epoch": epoch, "model": args.llm_model, "prompt": text})
-        got = ask(epoch, text)
+        span.set_inputs({"arm": args.arm, "seed": args.seed, "epoch": epoch, "model": model, "prompt": text})
+        got = ask(epoch, text, state)
         if "error" in got:
             proposed, applied, accepted, reason = None, scheduler_lr, False, got["error"]
         else:
@@ -192,8 +346,9 @@ def consult(ask, args, spec, epoch, history, scheduler_lr, journal=None):
         span.set_outputs({"parsed_lr": proposed, "applied_lr": applied, "accepted": accepted, "reason": reason,
                           **{k: v for k, v in got.items() if k != "model"}})
     row = _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, reason, journal)
-    if "error" in got and args.on_advisor_error == "fail" and args.advisor == "gemini":
-        raise AdvisorError(f"Gemini exchange after epoch {epoch} failed ({reason}) and on_advisor_error is fail")
+    history.setdefault("proposals", []).append((epoch, proposed, accepted))  # what the feedback signal shows
+    if "error" in got and args.on_advisor_error == "fail" and spec["advisor"] in LLMS:
+        raise AdvisorError(f"{spec['advisor']} exchange after epoch {epoch} failed ({reason}) and on_advisor_error is fail")
     print(f"  advisor after epoch {epoch}: proposed {proposed if proposed is not None else '-'}, "
           f"next lr {applied:.4g} ({reason})", flush=True)
     return applied, row
@@ -217,3 +372,17 @@ def _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, reason,
         metrics["advisor_proposed_lr"] = proposed
     mlflow.log_metrics(metrics, step=epoch)
     return row
+
+
+def record_rollback(exchange_epoch, epoch, lr, loss, previous, scheduler_lr, factor, journal=None):
+    """guard=rollback undid epoch `epoch` (trained at the advisor's `lr`): a note under its exchange in the calls
+    table (model "guard"; replay skips it) and the metric advisor_rollback."""
+    reason = (f"rolled back: epoch {epoch} at lr {lr:g} ended with training loss {loss:.4g} (limit {factor:g} x "
+              f"{previous:.4g}); trained again at the scheduler's lr {scheduler_lr:g}")
+    row = {"epoch": exchange_epoch, "parsed_lr": None, "scheduler_lr": scheduler_lr, "applied_lr": scheduler_lr,
+           "accepted": False, "reason": reason, "model": "guard"}
+    if journal is not None:
+        journal.append({"epoch": epoch, "rollback": row})
+    mlflow.log_table({k: [v] for k, v in row.items()}, artifact_file=TABLE)
+    mlflow.log_metric("advisor_rollback", 1.0, step=epoch)
+    print(f"  guard: {reason}", flush=True)

@@ -1,14 +1,19 @@
-"""The arms of the experiment: each one is a few lines of data, and every arm trains through the same loop.
+"""The arms of the experiment: each one is a few fields of data, and every arm trains through the same loop.
 
-signals: what the prompt shows the LLM besides the current LR (see prompt.py for the exact lines).
-every:   ask the LLM after every `every`-th epoch; 0 means never (StepLR alone).
+signals:  what the prompt shows the advisor besides the current LR (see prompt.py for the exact lines).
+every:    ask the advisor after every `every`-th epoch; 0 means never (the schedule alone).
+advisor:  who answers (advisor.py): gemini (the published LLM; `openai` for any OpenAI-compatible server), or a
+          null control with no LLM: random
+          (the scheduler's LR times 10^u, u uniform in [-1, 1]) or textbook (loss not decreasing: LR / 10).
+schedule: the LR schedule under the advisor (schedules.py): step is the published StepLR.
 The published study's arms each add one signal to the recent losses; parameters can combine them freely
-(`--signals losses,grad_norms,per_class --every 2`).
+(`--signals losses,grad_norms,per_class --every 2 --schedule cosine`).
 """
 
 import os
 
 ARMS = {
+    # the published study
     "baseline":   dict(signals=(), every=0),
     "cadence3":   dict(signals=("losses",), every=3),
     "cadence5":   dict(signals=("losses",), every=5),
@@ -16,8 +21,26 @@ ARMS = {
     "lr_history": dict(signals=("losses", "lr_history"), every=1),
     "grad_norms": dict(signals=("losses", "grad_norms"), every=1),
     "per_class":  dict(signals=("losses", "per_class"), every=1),
+    # the baseline ladder: well-tuned schedules, no advisor
+    "cosine":     dict(signals=(), every=0, schedule="cosine"),
+    "onecycle":   dict(signals=(), every=0, schedule="onecycle"),
+    "linear":     dict(signals=(), every=0, schedule="linear"),
+    "plateau":    dict(signals=(), every=0, schedule="plateau"),
+    # null controls: the same path as an LLM arm, answered without one
+    "random_control":   dict(signals=("losses",), every=1, advisor="random"),
+    "textbook_control": dict(signals=("losses",), every=1, advisor="textbook"),
+    # beyond the published study: the advisor also sees what its earlier proposals did
+    "feedback":   dict(signals=("losses", "feedback"), every=1),
 }
-SIGNALS = ("losses", "lr_history", "grad_norms", "per_class")
+SIGNALS = ("losses", "lr_history", "grad_norms", "per_class", "feedback")
+ADVISORS = ("gemini", "openai", "random", "textbook", "replay")
+SCHEDULES = ("step", "cosine", "onecycle", "linear", "plateau", "constant")  # built in schedules.py
+# Names a sweep's `arms` accepts for several arms at once.
+GROUPS = {
+    "published": ["baseline", "cadence3", "cadence5", "losses", "lr_history", "grad_norms", "per_class"],
+    "ladder": ["baseline", "cosine", "onecycle", "linear", "plateau"],
+    "controls": ["random_control", "textbook_control"],
+}
 
 
 class UsageError(Exception):
@@ -31,12 +54,12 @@ def flag(name, value):
     return f"--{name.replace('_', '-')} {value}"
 
 
-def resolve(arm, signals="preset", every="preset"):
-    """The effective definition of an arm: the preset with the `signals` / `every` overrides applied
-    ("preset" or "" keeps the preset's value)."""
+def resolve(arm, signals="preset", every="preset", advisor="preset", schedule="preset"):
+    """The effective definition of an arm: the preset with the overrides applied ("preset" or "" keeps the
+    preset's value)."""
     if arm not in ARMS:
         raise UsageError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
-    spec = dict(ARMS[arm])
+    spec = {"advisor": "gemini", "schedule": "step", **ARMS[arm]}
     if signals not in ("", "preset"):
         names = tuple(s.strip() for s in signals.split(",") if s.strip())
         bad = [s for s in names if s not in SIGNALS]
@@ -50,6 +73,14 @@ def resolve(arm, signals="preset", every="preset"):
             spec["every"] = -1
         if spec["every"] < 0:
             raise UsageError(f"invalid every {every!r}; give an integer >= 0 (0 = never ask the LLM)")
+    if advisor not in ("", "preset"):
+        if advisor not in ADVISORS:
+            raise UsageError(f"unknown advisor {advisor!r}; valid: preset (the arm's own), {', '.join(ADVISORS)}")
+        spec["advisor"] = advisor
+    if schedule not in ("", "preset"):
+        if schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule {schedule!r}; valid: preset (the arm's own), {', '.join(SCHEDULES)}")
+        spec["schedule"] = schedule
     if spec["every"] > 0 and not spec["signals"]:
         raise UsageError(f"arm {arm!r} asks the LLM but shows it no signals; set --signals to some of {', '.join(SIGNALS)}")
     return spec

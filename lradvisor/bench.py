@@ -32,6 +32,15 @@ def peak_tflops(device):
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+        return platform.processor() or platform.machine()
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -54,8 +63,9 @@ def get_data(args):
 
 def time_ours(args, device, x_tr, y_tr, x_te, y_te):
     from lradvisor import train
-    cfg = argparse.Namespace(batch_size=args.batch_size, seed=0, model="resnet18", lr=0.1, momentum=0.9,
-                             weight_decay=1e-3, step_size=5, gamma=0.1, compile=args.compile)
+    cfg = argparse.Namespace(epochs=args.epochs, batch_size=args.batch_size, seed=0, model="resnet18", lr=0.1, momentum=0.9,
+                             weight_decay=1e-3, step_size=5, gamma=0.1, compile=args.compile,
+                             precision=args.precision, channels_last=args.channels_last)
     x_tr, y_tr = torch.from_numpy(x_tr).to(device), torch.from_numpy(y_tr).to(device)
     x_te, y_te = torch.from_numpy(x_te).to(device), torch.from_numpy(y_te).to(device)
     train_loader, test_loader, model, opt, sched, autocast = train.setup(cfg, x_tr, y_tr, x_te, y_te)
@@ -63,7 +73,7 @@ def time_ours(args, device, x_tr, y_tr, x_te, y_te):
     for _ in range(args.epochs):
         sync(device)
         t0 = time.perf_counter()
-        loss, _, _ = train.train_epoch(model, opt, train_loader, autocast)  # ends in its one sync
+        loss, _, _, _ = train.train_epoch(model, opt, train_loader, autocast)  # ends in its one sync
         t1 = time.perf_counter()
         _, acc, _ = train.evaluate(model, test_loader, autocast)
         epochs.append((t1 - t0, time.perf_counter() - t1, acc))
@@ -131,7 +141,12 @@ def summarize(loop, epochs, args, device, n_train, n_test, source):
     ips = n_train / train_s
     tflops = ips * TRAIN_FLOP / 1e12
     peak = peak_tflops(device)
+    from lradvisor.device import pick_channels_last, pick_precision
+    ours = loop == "ours"
     return {"loop": loop, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "cpu": cpu_model(), "threads": torch.get_num_threads(),
+            "precision": pick_precision(args.precision, device) if ours else "fp32",
+            "channels_last": pick_channels_last(args.channels_last, device) if ours else False,
             "torch": torch.__version__, "data": source, "n_train": n_train, "n_test": n_test,
             "batch_size": args.batch_size, "epochs": len(epochs), "compile": bool(args.compile) and loop == "ours",
             "train_images_per_s": round(ips, 1), "seconds_per_epoch": round(train_s + eval_s, 3),
@@ -152,6 +167,8 @@ def build_parser(p=None):
     p.add_argument("--data-dir", default="data", help="real CIFAR-10 is used when this holds it")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--compile", type=int, default=0, help="1: torch.compile our model")
+    p.add_argument("--precision", default="auto", help="our loop: auto (bf16 where native), fp32 or bf16")
+    p.add_argument("--channels-last", default="auto", help="our loop: auto, 0 or 1")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the reference loop")
     p.add_argument("--processes", type=int, default=1,
                    help="N > 1: run N copies of our loop at once (as a sweep with parallel=N does) and report their sum")
@@ -163,7 +180,8 @@ def concurrent(args):
     import subprocess
     import sys
     cmd = [sys.executable, "-m", "lradvisor", "bench", "--loops", "ours", "--processes", "1"]
-    for key in ("epochs", "batch_size", "train_size", "test_size", "data_dir", "device", "compile"):
+    for key in ("epochs", "batch_size", "train_size", "test_size", "data_dir", "device", "compile", "precision",
+                "channels_last"):
         cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(args.processes)]
     lines = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
@@ -181,7 +199,7 @@ def concurrent(args):
 def main(args):
     if args.processes > 1:
         return concurrent(args)
-    from lradvisor.train import pick_device
+    from lradvisor.device import pick_device
     device = pick_device(args.device)
     loops = [s.strip() for s in args.loops.split(",") if s.strip()]
     if not loops or any(s not in ("ours", "reference") for s in loops) or args.epochs < 1:

@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from lradvisor import __version__
-from lradvisor.arms import ARMS, UsageError
+from lradvisor.arms import ARMS, GROUPS, UsageError
 
 # Quiet MLflow's console chatter; users can still override these.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -27,7 +27,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 DEVICES = "auto, cpu, cuda or cuda:N"
 # String parameters whose default is "not given". MLflow stores an empty default as the literal '', so
 # these defaults are words instead (and "" given by hand is read as the word).
-UNSET = {"signals": "preset", "every": "preset", "replay_run_id": "none", "sweep_id": "new",
+UNSET = {"signals": "preset", "every": "preset", "advisor": "preset", "schedule": "preset", "replay_run_id": "none", "sweep_id": "new",
          "experiment": "none", "run_ids": "none"}
 
 
@@ -56,20 +56,23 @@ def add_training_args(p, sweep=False):
     g.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=0.001, help="SGD weight decay")
+    g.add_argument("--schedule", default="preset", help="LR schedule: preset (the arm's own; step for most), step, cosine, onecycle, linear, plateau, constant")
     g.add_argument("--step-size", type=int, default=5, help="StepLR: cut the LR every this many epochs")
-    g.add_argument("--gamma", type=float, default=0.1, help="StepLR: multiply the LR by this at each cut")
+    g.add_argument("--gamma", type=float, default=0.1, help="StepLR (and plateau): multiply the LR by this at each cut")
     g.add_argument("--subset-ratio", type=float, default=1.0, help="class-stratified fraction of the training set, in (0, 1]")
     g.add_argument("--data-dir", default="data", help="folder holding (or receiving) cifar-10-batches-py")
     g.add_argument("--model", default="resnet18", help="resnet18 (CIFAR stem) or resnet18_imagenet_stem")
     g.add_argument("--device", default="auto", help=DEVICES)
     g.add_argument("--compile", type=int, default=0, help="1: torch.compile the model (one-time compile cost)")
+    g.add_argument("--precision", default="auto", help="auto (bf16 where the GPU or CPU has native bf16, else fp32), fp32 or bf16 (autocast)")
+    g.add_argument("--channels-last", default="auto", help="image memory layout: auto (on for CUDA and CPUs with native bf16), 0 or 1")
     g = p.add_argument_group("LLM advisor (arms other than baseline)")
     g.add_argument("--signals", default="preset", help="override the arm's prompt signals: comma list of losses, lr_history, grad_norms, per_class")
     g.add_argument("--every", default="preset", help="override the arm's cadence: ask after every N-th epoch (0 = never)")
     g.add_argument("--window", type=int, default=5, help="how many recent epochs the prompt shows")
     g.add_argument("--parser", default="regex", help="regex (published: first number after 'learning rate'/'LR') or json (response schema)")
     g.add_argument("--max-factor", type=float, default=0.0, help="clamp an accepted LR to [s/f, s*f] around the scheduler's s; 0 = off")
-    g.add_argument("--advisor", default="gemini", help="gemini, or replay (answers from --replay-run-id, no network)")
+    g.add_argument("--advisor", default="preset", help="preset (the arm's own: gemini, or random/textbook for the controls), gemini, random, textbook, or replay (answers from --replay-run-id, no network)")
     g.add_argument("--replay-run-id", default="none", help="run whose recorded replies --advisor replay uses")
     g.add_argument("--llm-model", default="gemini-3.5-flash", help="Gemini model to ask")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
@@ -78,6 +81,8 @@ def add_training_args(p, sweep=False):
     g.add_argument("--llm-max-wait", type=float, default=60.0, help="cap of the exponential backoff in seconds (a server's retryDelay is always honoured)")
     g.add_argument("--llm-timeout", type=float, default=60.0, help="timeout of one Gemini request in seconds")
     g.add_argument("--on-advisor-error", default="continue", help="continue (keep the scheduler's LR) or fail (end the run FAILED)")
+    g.add_argument("--guard", default="off", help="off (published) or rollback: an epoch at the advisor's LR whose loss explodes is trained again at the scheduler's LR")
+    g.add_argument("--guard-factor", type=float, default=3.0, help="rollback when the epoch's training loss exceeds this x the previous epoch's (or is not finite)")
 
 
 def check_training_args(a):
@@ -98,10 +103,13 @@ def check_training_args(a):
         (a.model in MODELS, f"unknown model {a.model!r}; valid models: {', '.join(MODELS)}"),
         (a.device == "auto" or a.device == "cpu" or a.device.split(":")[0] == "cuda", f"unknown device {a.device!r}; valid: {DEVICES}"),
         (a.compile in (0, 1), f"compile must be 0 or 1, got {a.compile}"),
+        (a.precision in ("auto", "fp32", "bf16"), f"unknown precision {a.precision!r}; valid: auto, fp32, bf16"),
+        (a.channels_last in ("auto", "0", "1"), f"unknown channels_last {a.channels_last!r}; valid: auto, 0, 1"),
         (a.window > 0, f"window must be > 0, got {a.window}"),
         (a.parser in ("regex", "json"), f"unknown parser {a.parser!r}; valid: regex, json"),
         (a.max_factor == 0 or a.max_factor >= 1, f"max_factor must be 0 (off) or >= 1, got {a.max_factor}"),
-        (a.advisor in ("gemini", "replay"), f"unknown advisor {a.advisor!r}; valid: gemini, replay"),
+        (a.guard in ("off", "rollback"), f"unknown guard {a.guard!r}; valid: off, rollback"),
+        (a.guard_factor > 1, f"guard_factor must be > 1, got {a.guard_factor}"),
         (a.llm_attempts > 0, f"llm_attempts must be > 0, got {a.llm_attempts}"),
         (a.llm_max_wait >= 0, f"llm_max_wait must be >= 0, got {a.llm_max_wait}"),
         # The SDK takes whole milliseconds, and 0 means no timeout at all.
@@ -112,7 +120,7 @@ def check_training_args(a):
         if not ok:
             raise UsageError(message)
     from lradvisor.arms import resolve
-    resolve(a.arm, a.signals, a.every)
+    resolve(a.arm, a.signals, a.every, a.advisor, a.schedule)
 
 
 def build_parser():
@@ -126,7 +134,7 @@ def build_parser():
     s = sub.add_parser("sweep", help="train arms x seeds, nested under one parent run",
                        description="Train every arm x seed as its own run, nested under one parent sweep run.")
     g = s.add_argument_group("sweep")
-    g.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms to run")
+    g.add_argument("--arms", default="published", help=f"comma-separated arms, or groups of them: {', '.join(f'{k} ({chr(44).join(v)})' for k, v in GROUPS.items())}")
     g.add_argument("--seeds", default="0", help="comma-separated seeds; every arm runs with each")
     g.add_argument("--sweep-id", default="new", help="id tagging the sweep's runs (letters, digits, _ . -); reuse one to resume; new: a generated one")
     g.add_argument("--parallel", type=int, default=1, help="arms trained at once, as separate processes (one GPU each when there are several)")
@@ -177,7 +185,7 @@ def main(argv=None):
             elif args.command == "sweep":
                 from lradvisor import sweep
                 sweep.check_args(args)
-                for arm in sweep.parse_list(args.arms, "arms", valid=list(ARMS)):
+                for arm in sweep.parse_arms(args.arms):
                     check_training_args(argparse.Namespace(**vars(args), arm=arm, seed=0))
             tracking.check_server()  # seconds, not minutes, to learn that the tracking server is not there
         if args.command == "train":

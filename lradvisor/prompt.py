@@ -45,28 +45,92 @@ def recent_trend(values):
     return "decreasing" if all(s < 0 for s in steps) else "increasing" if all(s > 0 for s in steps) else "fluctuating"
 
 
-def build_prompt(signals, history, current_lr, window, json_reply=False):
-    """history: per-epoch lists 'lr', 'train_loss', 'grad_norm', 'class_acc' (dicts of class -> %)."""
-    n = min(window, len(history["train_loss"]))
-    losses = [float(x) for x in history["train_loss"][-n:]]
-    lines = [f"- Current Learning Rate: {current_lr}"]
+# ----------------------------------------------------------------------------------------------------------
+# Templates: {{variable}} placeholders, filled from the run's history
+
+VARIABLES = {  # name: what it holds (the README shows an example of each)
+    "epoch": "the epoch just finished, 1-based",
+    "epochs": "the run's total number of epochs",
+    "current_lr": "the LR the next epoch would train with (Python float repr)",
+    "losses": "training losses of the window, a Python list",
+    "loss_trend": "overall trend of those losses",
+    "recent_trend": "trend of the last 3 of them",
+    "lr_history": "per-epoch LRs of the window, a Python list",
+    "grad_norms": "per-epoch mean gradient norms of the window, a Python list",
+    "grad_norm_trend": "overall trend of those norms",
+    "per_class": "per-class test accuracy after the epoch",
+    "worst_classes": "the three worst classes",
+    "feedback": "the advisor's earlier proposals in this run and the training loss after each",
+}
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def check_template(text, where):
+    """Refuse placeholders we cannot fill, before any training."""
+    unknown = sorted(set(PLACEHOLDER.findall(text)) - set(VARIABLES))
+    if unknown:
+        from lradvisor.arms import UsageError
+        raise UsageError(f"{where}: unknown placeholder {', '.join('{{' + u + '}}' for u in unknown)}; "
+                         f"valid: {', '.join(VARIABLES)}")
+    return text
+
+
+def builtin_template(signals, n, json_reply=False):
+    """The published prompt family as a template; n = epochs in the window (the published text names it)."""
+    lines = ["- Current Learning Rate: {{current_lr}}"]
     if "lr_history" in signals:
-        lines.append(f"- Learning rate history (per-epoch, last {n} epochs): {[float(x) for x in history['lr'][-n:]]}")
+        lines.append(f"- Learning rate history (per-epoch, last {n} epochs): {{{{lr_history}}}}")
     if "losses" in signals:
-        lines += [f"- Loss values (last {n} epochs): {losses}",
-                  f"- Overall trend of losses: {overall_trend(losses)}",
-                  f"- Recent trend (last {min(n, RECENT)} epochs): {recent_trend(losses)}"]
+        lines += [f"- Loss values (last {n} epochs): {{{{losses}}}}",
+                  "- Overall trend of losses: {{loss_trend}}",
+                  f"- Recent trend (last {min(n, RECENT)} epochs): {{{{recent_trend}}}}"]
     if "grad_norms" in signals:
-        norms = [float(x) for x in history["grad_norm"][-n:]]
-        lines += [f"- Gradient norms (per-epoch mean, last {n} epochs): {norms}",
-                  f"- Overall trend of gradient norms: {overall_trend(norms)}"]
+        lines += [f"- Gradient norms (per-epoch mean, last {n} epochs): {{{{grad_norms}}}}",
+                  "- Overall trend of gradient norms: {{grad_norm_trend}}"]
     if "per_class" in signals:
-        acc = history["class_acc"][-1]
-        worst = sorted(CLASSES, key=lambda c: acc[c])[:3]
-        lines += ["- Per-class test accuracy: " + ", ".join(f"{c}: {acc[c]:.1f}%" for c in CLASSES),
-                  "- Worst three classes: " + ", ".join(f"{c}: {acc[c]:.1f}%" for c in worst)]
+        lines += ["- Per-class test accuracy: {{per_class}}", "- Worst three classes: {{worst_classes}}"]
+    if "feedback" in signals:
+        lines.append("- Your earlier suggestions: {{feedback}}")
     tail = TAIL + ("\n\n" + JSON_TAIL if json_reply else "")
     return HEAD + "\n\n" + "\n".join(lines) + "\n\n" + tail
+
+
+def feedback(history):
+    """'epoch 1: 0.01 (applied, next loss 1.62), epoch 2: ...': each earlier proposal, whether the rule applied
+    it, and the training loss of the epoch after it."""
+    items = []
+    for epoch, proposed, applied in history.get("proposals", []):
+        after = history["train_loss"][epoch] if len(history["train_loss"]) > epoch else None
+        what = "no number" if proposed is None else f"{proposed:g}"
+        items.append(f"epoch {epoch}: {what} ({'applied' if applied else 'not applied'}"
+                     + (f", next loss {after:.4g})" if after is not None else ")"))
+    return ", ".join(items) or "none yet"
+
+
+def variables(history, current_lr, window, epochs):
+    """history: per-epoch lists 'lr', 'train_loss', 'grad_norm', 'class_acc' (dicts of class -> %), and the
+    advisor's 'proposals' so far."""
+    n = min(window, len(history["train_loss"]))
+    losses = [float(x) for x in history["train_loss"][-n:]]
+    norms = [float(x) for x in history["grad_norm"][-n:]]
+    acc = history["class_acc"][-1] if history["class_acc"] else {c: 0.0 for c in CLASSES}
+    worst = sorted(CLASSES, key=lambda c: acc[c])[:3]
+    return {"epoch": len(history["train_loss"]), "epochs": epochs, "current_lr": current_lr, "losses": losses,
+            "loss_trend": overall_trend(losses), "recent_trend": recent_trend(losses),
+            "lr_history": [float(x) for x in history["lr"][-n:]], "grad_norms": norms,
+            "grad_norm_trend": overall_trend(norms),
+            "per_class": ", ".join(f"{c}: {acc[c]:.1f}%" for c in CLASSES),
+            "worst_classes": ", ".join(f"{c}: {acc[c]:.1f}%" for c in worst), "feedback": feedback(history)}
+
+
+def render(template, values):
+    return PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template)
+
+
+def build_prompt(signals, history, current_lr, window, json_reply=False, template=None, epochs=0):
+    """The prompt after an epoch: the given template, or the built-in one for these signals, filled in."""
+    n = min(window, len(history["train_loss"]))
+    return render(template or builtin_template(signals, n, json_reply), variables(history, current_lr, window, epochs))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from lradvisor import advisor, tracking
-from lradvisor.arms import ARMS, UsageError, resolve
+from lradvisor.arms import ARMS, GROUPS, UsageError, resolve
 
 SWEEP_ONLY = ("command", "arms", "seeds", "sweep_id", "parallel", "experiment")
 
@@ -38,6 +38,12 @@ def parse_list(text, name, convert=str, valid=None):
     if not items:
         raise UsageError(f"invalid {name} {text!r}; give a comma-separated list")
     return list(dict.fromkeys(items))  # drop repeats, keep order
+
+
+def parse_arms(text):
+    """Arm names, with groups (published, ladder, controls) expanded in place."""
+    expanded = ",".join(",".join(GROUPS.get(a.strip(), [a.strip()])) for a in str(text).split(","))
+    return parse_list(expanded, "arms", valid=list(ARMS))
 
 
 def shared_flags(args):
@@ -70,14 +76,14 @@ def _pump(proc, prefix, log):
 
 def check_args(args):
     """Everything a child would refuse, checked once here, before the parent or any child run exists."""
-    parse_list(args.arms, "arms", valid=list(ARMS))
+    parse_arms(args.arms)
     parse_list(args.seeds, "seeds", int)
     if args.parallel < 1:
         raise UsageError(f"parallel must be >= 1, got {args.parallel}")
     if args.sweep_id != "new":
         tracking.check_id(args.sweep_id, "sweep_id")
     from lradvisor.data import load_cifar10
-    from lradvisor.train import pick_device
+    from lradvisor.device import pick_device
     pick_device(args.device)
     load_cifar10(args.data_dir)  # downloads once here, not in N children at once; and validates the files
 
@@ -94,7 +100,7 @@ def _keep_logs(client, logs, logdir):
 
 
 def main(args):
-    arms = parse_list(args.arms, "arms", valid=list(ARMS))
+    arms = parse_arms(args.arms)
     seeds = parse_list(args.seeds, "seeds", int)
     sweep_id = uuid.uuid4().hex[:8] if args.sweep_id in ("", "new") else args.sweep_id
     flags = shared_flags(args)
@@ -116,7 +122,7 @@ def main(args):
         print(f"sweep {sweep_id}: {len(skipped)} already finished with these parameters, not run again: "
               + ", ".join(f"{a}/s{s}" for a, s, _ in skipped))
     for arm in dict.fromkeys(a for a, _, _ in todo):  # missing credentials fail here, not in every child
-        advisor.make_asker(argparse.Namespace(**vars(args), arm=arm), resolve(arm, args.signals, args.every))
+        advisor.make_asker(argparse.Namespace(**vars(args), arm=arm, seed=0), resolve(arm, args.signals, args.every, args.advisor, args.schedule))
 
     import torch  # only to count GPUs: each parallel child gets its own when there are several
     gpus = list(range(torch.cuda.device_count())) if torch.cuda.device_count() > 1 else []

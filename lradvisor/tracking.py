@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import threading
+import time
 import traceback
 
 import mlflow
@@ -119,6 +120,15 @@ def restore_status(launcher_pid, run_id, status, limit=120):
     client = MlflowClient()
     if client.get_run(run_id).info.status != status:
         client.set_terminated(run_id, status)
+
+
+def log_series(key, values, first_step):
+    """Many values of one metric (e.g. the LR of every batch) in as few requests as MLflow allows."""
+    from mlflow.entities import Metric
+    run_id, now = mlflow.active_run().info.run_id, int(time.time() * 1000)
+    metrics = [Metric(key, float(v), now, first_step + i) for i, v in enumerate(values)]
+    for i in range(0, len(metrics), 1000):  # the REST API takes at most 1000 metrics per batch
+        MlflowClient().log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
-"""Train one arm: ResNet-18 on CIFAR-10, SGD + StepLR, optionally an LLM choosing the next epoch's LR.
+"""Train one arm: ResNet-18 on CIFAR-10, SGD + an LR schedule, optionally an advisor choosing the next epoch's LR.
 
-Read top to bottom: set-up (device, data, model, optimizer), then one loop over epochs that trains,
-evaluates, logs one row of metrics, steps StepLR, and, when the arm asks, lets the advisor overwrite the
-LR of the next epoch. Inside an epoch nothing is read back to the host: loss, correct counts and gradient
-norms accumulate on the device and are read once at its end.
+Read top to bottom: set-up (device, data, model, optimizer, schedule), then one loop over epochs that
+trains, evaluates, logs one row of metrics, steps the schedule, and, when the arm asks, lets the advisor
+overwrite the LR of the next epoch (schedules.py says how each schedule goes on from there). Inside an
+epoch nothing is read back from the device: loss, correct counts and gradient norms accumulate there and
+are read once at its end; the per-step LRs are host floats already.
 """
 
 import contextlib
+import copy
 import math
 import sys
 import time
@@ -15,25 +17,14 @@ import mlflow
 import torch
 import torch.nn.functional as F
 
-from lradvisor import advisor, arms, tracking
+from lradvisor import advisor, arms, schedules, tracking
 from lradvisor.data import CLASSES, Loader, load_cifar10, stratified_subset
+from lradvisor.device import pick_channels_last, pick_device, pick_precision
 from lradvisor.model import build_model
 
 
 class TrainingError(Exception):
     """Training cannot go on (e.g. the loss diverged); the message says why."""
-
-
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise arms.UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise arms.UsageError(f"device {name!r} asked for but CUDA is not available here; use --device auto or cpu")
-    return dev
 
 
 def total_grad_norm(params):
@@ -42,14 +33,17 @@ def total_grad_norm(params):
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-def train_epoch(model, opt, loader, autocast, live=""):
-    """One epoch; `live` (a prefix) shows a step counter on a terminal, which needs no sync."""
+def train_epoch(model, opt, loader, autocast, sched=None, live=""):
+    """One epoch; `sched` is stepped after every batch (per-step schedules). Returns loss, accuracy, mean
+    gradient norm and the LR of every step. `live` (a prefix) shows a step counter on a terminal."""
     model.train()
     dev = loader.x.device
     loss_sum, correct, norm_sum = (torch.zeros((), device=dev) for _ in range(3))
     params = [p for p in model.parameters() if p.requires_grad]
     n = steps = 0
+    lrs = []
     for xb, yb in loader:
+        lrs.append(opt.param_groups[0]["lr"])
         with autocast():
             out = model(xb)
             loss = F.cross_entropy(out, yb)
@@ -57,13 +51,15 @@ def train_epoch(model, opt, loader, autocast, live=""):
         loss.backward()
         norm_sum += total_grad_norm(params)  # before the optimizer step, as the prompt describes it
         opt.step()
+        if sched is not None:
+            sched.step()
         loss_sum += loss.detach().float() * len(yb)
         correct += (out.argmax(1) == yb).sum()
         n, steps = n + len(yb), steps + 1
         if live and steps % 10 == 0:
             print(f"\r{live} step {steps}/{len(loader)}", end="", flush=True)
     loss_sum, correct, norm_sum = torch.stack([loss_sum, correct, norm_sum]).tolist()  # the one sync
-    return loss_sum / n, 100 * correct / n, norm_sum / steps
+    return loss_sum / n, 100 * correct / n, norm_sum / steps, lrs
 
 
 @torch.no_grad()
@@ -87,33 +83,53 @@ def evaluate(model, loader, autocast):
 def params_of(args, spec, device, n_train, n_test):
     p = {k: v for k, v in vars(args).items() if k not in ("command", "experiment")}
     p.update({"arm.signals": ",".join(spec["signals"]) or "none", "arm.every": spec["every"],
+              "arm.advisor": spec["advisor"] if spec["every"] else "none", "arm.schedule": spec["schedule"],
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "precision_used": pick_precision(args.precision, device),
+              "channels_last_used": int(pick_channels_last(args.channels_last, device)),
               "torch_version": torch.__version__, "n_train": n_train, "n_test": n_test})
     return p
 
 
-def setup(args, x_tr, y_tr, x_te, y_te):
-    """Loaders, model, optimizer, scheduler and autocast exactly as an arm trains (the benchmark times this)."""
-    cuda = x_tr.device.type == "cuda"
-    train_loader = Loader(x_tr, y_tr, args.batch_size, train=True, seed=args.seed, channels_last=cuda)
-    test_loader = Loader(x_te, y_te, 1000, train=False, seed=args.seed, channels_last=cuda)
-    # fp32 on CPU (the tests); bf16 autocast + channels_last + fused SGD on CUDA
+def setup(args, x_tr, y_tr, x_te, y_te, schedule="step"):
+    """Loaders, model, optimizer, schedule and autocast exactly as an arm trains (the benchmark times this)."""
+    dev = x_tr.device
+    cuda = dev.type == "cuda"
+    bf16 = pick_precision(args.precision, dev) == "bf16"
+    channels_last = pick_channels_last(args.channels_last, dev)
+    train_loader = Loader(x_tr, y_tr, args.batch_size, train=True, seed=args.seed, channels_last=channels_last)
+    test_loader = Loader(x_te, y_te, 1000, train=False, seed=args.seed, channels_last=channels_last)
     torch.manual_seed(args.seed)
-    model = build_model(args.model).to(x_tr.device)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
+    model = build_model(args.model).to(dev)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    if cuda:  # cuDNN picks the fastest convolution algorithms for these shapes once; CPUs have nothing to pick
+        torch.backends.cudnn.benchmark = True
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    # Fused SGD is one kernel for all parameters on CUDA; on CPU the multi-tensor (foreach) path is as fast.
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                           weight_decay=args.weight_decay, **({"fused": True} if cuda else {"foreach": True}))
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=args.step_size, gamma=args.gamma)
+    sched = schedules.build(schedule, opt, args, len(train_loader))
     step_model = torch.compile(model) if args.compile else model
     return train_loader, test_loader, step_model, opt, sched, autocast
 
 
+def snapshot(model, opt, sched, loader):
+    """Everything an epoch changes, kept on the device, so that the epoch can be trained again (guard)."""
+    return {"model": {k: v.clone() for k, v in model.state_dict().items()}, "opt": copy.deepcopy(opt.state_dict()),
+            "sched": copy.deepcopy(sched.state_dict()), "rng": loader.generator.get_state()}
+
+
+def restore(snap, model, opt, sched, loader):
+    model.load_state_dict(snap["model"])
+    opt.load_state_dict(snap["opt"])
+    sched.load_state_dict(snap["sched"])
+    loader.generator.set_state(snap["rng"])
+
+
 def main(args):
     """Validated args in, a finished MLflow run out. Raises UsageError/DataError before any run exists."""
-    spec = arms.resolve(args.arm, args.signals, args.every)
+    spec = arms.resolve(args.arm, args.signals, args.every, args.advisor, args.schedule)
     device = pick_device(args.device)
     ask = advisor.make_asker(args, spec)  # checks credentials / the replay run before training starts
 
@@ -122,62 +138,23 @@ def main(args):
     keep = stratified_subset(y_tr, args.subset_ratio, args.seed)
     x_tr, y_tr = torch.from_numpy(x_tr[keep]).to(device), torch.from_numpy(y_tr[keep]).to(device)
     x_te, y_te = torch.from_numpy(x_te).to(device), torch.from_numpy(y_te).to(device)
-    train_loader, test_loader, step_model, opt, sched, autocast = setup(args, x_tr, y_tr, x_te, y_te)
+    train_loader, test_loader, model, opt, sched, autocast = setup(args, x_tr, y_tr, x_te, y_te, spec["schedule"])
 
     # Ctrl-C or SIGTERM (a sweep stopping its children) ends the run KILLED, not RUNNING, and only once.
     with tracking.interrupts_end_runs():
         run = tracking.open_run(args.experiment)
-        epoch, journal = 0, []  # journal: what this epoch logs, kept until it has been sent: the tracking server may go away
+        journal = []  # what the current epoch logs, kept until it is sent: the tracking server may go away
         try:
             tracking.log_params_once(params_of(args, spec, device, len(y_tr), len(y_te)))
             mlflow.set_tag("arm", args.arm)
             advisor.prepare_run(args, spec)
-            history = {"lr": [], "train_loss": [], "grad_norm": [], "class_acc": []}
-            # What the run cost, for compare's budget columns: LLM calls, tokens (prompt + output + thinking) and
-            # seconds waited, and seconds of training + evaluation.
-            budget = {"llm_calls": 0, "llm_tokens": 0, "llm_seconds": 0.0, "train_seconds": 0.0}
-            for epoch in range(1, args.epochs + 1):
-                journal = []
-                lr = opt.param_groups[0]["lr"]
-                t0 = time.perf_counter()
-                live = f"epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}" if sys.stdout.isatty() else ""
-                train_loss, train_acc, grad_norm = train_epoch(step_model, opt, train_loader, autocast, live)
-                train_s = time.perf_counter() - t0
-                if not math.isfinite(train_loss):
-                    raise TrainingError(f"training loss became non-finite ({train_loss}) in epoch {epoch} at lr {lr:g}; "
-                                        "lower --lr or --max-factor")
-                test_loss, test_acc, class_acc = evaluate(step_model, test_loader, autocast)
-                seconds = time.perf_counter() - t0
-                budget["train_seconds"] += seconds
-                metrics = {"lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                           "test_loss": test_loss, "test_acc": test_acc, "grad_norm": grad_norm,
-                           "epoch_seconds": seconds, "images_per_second": len(y_tr) / train_s,
-                           **{f"class_acc/{c}": a for c, a in class_acc.items()}}
-                journal.append({"epoch": epoch, "metrics": metrics})
-                mlflow.log_metrics(metrics, step=epoch)
-                print(f"{chr(13) if live else ''}epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}  train_loss {train_loss:.4f}  "
-                      f"test_acc {test_acc:6.2f}%  {seconds:6.1f}s", flush=True)
-                for key, value in zip(history, (lr, train_loss, grad_norm, class_acc)):
-                    history[key].append(value)
-
-                sched.step()
-                # Asking after the final epoch could change nothing, so it is never done.
-                if spec["every"] and epoch % spec["every"] == 0 and epoch < args.epochs:
-                    scheduler_lr = opt.param_groups[0]["lr"]
-                    new_lr, row = advisor.consult(ask, args, spec, epoch, history, scheduler_lr, journal)
-                    budget["llm_calls"] += 1
-                    budget["llm_seconds"] += row["latency_s"] or 0
-                    budget["llm_tokens"] += sum(row[k] or 0 for k in ("prompt_tokens", "output_tokens", "thought_tokens"))
-                    for group in opt.param_groups:  # later StepLR cuts apply to the LLM's LR
-                        group["lr"] = new_lr
-            journal = [{"budget": budget}]
-            mlflow.log_metrics(budget)
+            test_acc = epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, journal)
         except BaseException as e:
-            why = tracking.server_down(timeout=3) if not isinstance(e, KeyboardInterrupt) else None
+            why = None if isinstance(e, KeyboardInterrupt) else tracking.server_down(timeout=3)
             if why:  # nothing more can be recorded there: keep it here and say where
                 path = tracking.save_unsent(run.info.run_id, journal)
-                raise tracking.ServerLost(f"lost the tracking server {mlflow.get_tracking_uri()} ({why}) in epoch "
-                                          f"{epoch}; the run stays RUNNING there; what this epoch could not send is in {path}") from e
+                raise tracking.ServerLost(f"lost the tracking server {mlflow.get_tracking_uri()} ({why}); the run "
+                                          f"stays RUNNING there; what it could not send is in {path}") from e
             if isinstance(e, KeyboardInterrupt):
                 tracking.end_failed("KILLED", str(e) or "interrupted (Ctrl-C)")
             else:
@@ -186,6 +163,69 @@ def main(args):
         if ask:
             mlflow.flush_trace_async_logging()  # traces are exported in the background; finish before the run does
         tracking.end_finished()
-        print(f"run {run.info.run_id} finished: test_acc {test_acc:.2f}% after {args.epochs} epochs\n"
-              f"  view: {tracking.ui_link(run.info.experiment_id)}", file=sys.stderr)
+    print(f"run {run.info.run_id} finished: test_acc {test_acc:.2f}% after {args.epochs} epochs\n"
+          f"  view: {tracking.ui_link(run.info.experiment_id)}", file=sys.stderr)
     return run.info.run_id
+
+
+def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, journal):
+    """The training loop of a run that is open in MLflow; returns the final test accuracy."""
+    name = spec["schedule"]
+    per_step = sched if name in schedules.PER_STEP else None
+    history = {"lr": [], "train_loss": [], "grad_norm": [], "class_acc": []}
+    # What the run cost, for compare's budget columns: LLM calls, tokens (prompt + output + thinking) and
+    # seconds waited, and seconds of training + evaluation.
+    budget = {"llm_calls": 0, "llm_tokens": 0, "llm_seconds": 0.0, "train_seconds": 0.0}
+    advised = None  # (exchange epoch, the scheduler's LR) when the advisor set this epoch's LR
+    step = 0
+    for epoch in range(1, args.epochs + 1):
+        journal.clear()
+        t0 = time.perf_counter()
+        saved = snapshot(model, opt, sched, train_loader) if advised and args.guard == "rollback" else None
+        lr = opt.param_groups[0]["lr"]
+        live = f"epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}" if sys.stdout.isatty() else ""
+        train_loss, train_acc, grad_norm, lrs = train_epoch(model, opt, train_loader, autocast, per_step, live)
+        previous = history["train_loss"][-1] if history["train_loss"] else math.inf
+        if saved and not train_loss <= args.guard_factor * previous:  # also catches nan
+            # The advisor's LR blew the loss up: train this epoch again from its start at the scheduler's LR.
+            restore(saved, model, opt, sched, train_loader)
+            schedules.override(sched, opt, advised[1])
+            advisor.record_rollback(advised[0], epoch, lr, train_loss, previous, advised[1], args.guard_factor, journal)
+            lr = advised[1]
+            train_loss, train_acc, grad_norm, lrs = train_epoch(model, opt, train_loader, autocast, per_step, live)
+        train_s = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            raise TrainingError(f"training loss became non-finite ({train_loss}) in epoch {epoch} at lr {lr:g}; "
+                                "lower --lr, or set --max-factor or --guard rollback")
+        test_loss, test_acc, class_acc = evaluate(model, test_loader, autocast)
+        seconds = time.perf_counter() - t0
+        budget["train_seconds"] += seconds
+        metrics = {"lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                   "test_loss": test_loss, "test_acc": test_acc, "grad_norm": grad_norm,
+                   "epoch_seconds": seconds, "images_per_second": len(train_loader.y) / train_s,
+                   **{f"class_acc/{c}": a for c, a in class_acc.items()}}
+        journal.append({"epoch": epoch, "metrics": metrics})
+        mlflow.log_metrics(metrics, step=epoch)
+        if per_step:  # the LR of every batch, step = global batch number (host floats: no device sync)
+            tracking.log_series("lr_step", lrs, first_step=step + 1)
+        step += len(lrs)
+        print(f"{chr(13) if live else ''}epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}  train_loss {train_loss:.4f}  "
+              f"test_acc {test_acc:6.2f}%  {seconds:6.1f}s", flush=True)
+        for key, value in zip(history, (lr, train_loss, grad_norm, class_acc)):
+            history[key].append(value)
+
+        schedules.after_epoch(name, sched, train_loss)
+        advised = None
+        # Asking after the final epoch could change nothing, so it is never done.
+        if spec["every"] and epoch % spec["every"] == 0 and epoch < args.epochs:
+            scheduler_lr = opt.param_groups[0]["lr"]
+            new_lr, row = advisor.consult(ask, args, spec, epoch, history, scheduler_lr, journal)
+            budget["llm_calls"] += 1
+            budget["llm_seconds"] += row["latency_s"] or 0
+            budget["llm_tokens"] += sum(row[k] or 0 for k in ("prompt_tokens", "output_tokens", "thought_tokens"))
+            if row["accepted"]:
+                schedules.override(sched, opt, new_lr)
+                advised = (epoch, scheduler_lr) if new_lr != scheduler_lr else None
+    journal[:] = [{"budget": budget}]
+    mlflow.log_metrics(budget)
+    return test_acc

@@ -1,12 +1,14 @@
 """Sweep and compare against a real `mlflow server` on a loopback port, over HTTP."""
 
 import csv
+import math
 import os
 import statistics
 
 import matplotlib.image
 import mlflow
 import pytest
+import scipy.stats
 
 from conftest import cli, mlflow_run, mlflow_server
 from fake_gemini import FakeGemini, error, reply
@@ -56,6 +58,7 @@ def test_sweep_then_compare_through_mlflow_run(cifar_dir, remote, tmp_path, capf
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| arm | seeds | final test acc (%)" in p.stdout
 
+    assert "| losses | 0,1 |" in p.stdout and "verdict" in p.stdout
     for name, size in [("overlay_losses.png", (800, 1200)), ("overview.png", (800, 1200))]:
         assert matplotlib.image.imread(out / name).shape[:2] == size
     assert matplotlib.image.imread(out / "class_heatmap.png").shape[1] == 1000
@@ -73,13 +76,37 @@ def test_sweep_then_compare_through_mlflow_run(cifar_dir, remote, tmp_path, capf
     assert float(rows["losses"]["delta_vs_baseline"]) == pytest.approx(
         statistics.mean(final["losses"]) - statistics.mean(final["baseline"]), abs=1e-9)
     assert rows["baseline"]["delta_vs_baseline"] == ""
+    # Paired by seed: CI and p as scipy computes them from the server's histories.
+    by_seed = {}
+    for r in children:
+        hist = sorted(remote.get_metric_history(r.info.run_id, "test_acc"), key=lambda m: m.step)
+        by_seed.setdefault(r.data.tags["arm"], {})[r.data.params["seed"]] = hist[-1].value
+    arm, base = [by_seed["losses"][s] for s in "01"], [by_seed["baseline"][s] for s in "01"]
+    d = [a - b for a, b in zip(arm, base)]
+    half = scipy.stats.t.ppf(0.975, 1) * statistics.stdev(d) / 2 ** 0.5
+    assert float(rows["losses"]["delta_ci_low"]) == pytest.approx(statistics.mean(d) - half, abs=1e-9)
+    assert float(rows["losses"]["delta_ci_high"]) == pytest.approx(statistics.mean(d) + half, abs=1e-9)
+    p_value = scipy.stats.ttest_rel(arm, base).pvalue
+    if math.isnan(p_value):  # identical differences: t is undefined
+        assert rows["losses"]["p_value"] == ""
+    else:
+        assert float(rows["losses"]["p_value"]) == pytest.approx(p_value, rel=1e-9)
+    low, high = statistics.mean(d) - half, statistics.mean(d) + half
+    assert rows["losses"]["verdict"] == ("better" if low > 0 else "worse" if high < 0 else "inconclusive")
+    assert rows["losses"]["pairs"] == "2" and rows["losses"]["unpaired_seeds"] == ""
+    # Budget: LLM calls and tokens from the stand-in's usage (120 + 30), seconds from the runs' own clocks.
+    assert float(rows["losses"]["llm_tokens"]) == 150 and float(rows["baseline"]["llm_calls"]) == 0
+    train_s = [sum(m.value for m in remote.get_metric_history(r.info.run_id, "epoch_seconds"))
+               for r in children if r.data.tags["arm"] == "baseline"]
+    assert float(rows["baseline"]["train_seconds"]) == pytest.approx(statistics.mean(train_s))
     assert float(rows["losses"]["llm_calls"]) == 1 and float(rows["losses"]["accepted"]) == 1
     assert float(rows["losses"]["lowest_lr"]) == 0.05 and float(rows["baseline"]["lowest_lr"]) == 0.1
 
     (cmp_run,) = [r for r in sweep_runs(remote, "s1") if r.data.tags.get("role") == "compare"]
     assert cmp_run.data.tags["mlflow.runName"] == "compare-s1"
     logged = {a.path for a in remote.list_artifacts(cmp_run.info.run_id)}
-    assert {"results.md", "results.csv", "overlay_losses.png", "overview.png", "class_heatmap.png"} <= logged
+    assert {"results.md", "results.csv", "overlay_losses.png", "overview.png", "class_heatmap.png", "forest.png",
+            "compared_runs.json"} == logged
 
     # The same sweep again: everything is already FINISHED with these parameters, nothing new runs.
     capfd.readouterr()
