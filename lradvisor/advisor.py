@@ -16,6 +16,7 @@ import mlflow
 import tenacity
 
 from lradvisor import prompt as P
+from lradvisor import tracking
 from lradvisor.arms import UsageError, flag
 
 TABLE = "advisor/calls.json"
@@ -27,15 +28,50 @@ class AdvisorError(Exception):
 
 def make_asker(args, spec):
     """An asker is `ask(epoch, prompt, state) -> dict` (state: the scheduler's LR and the recent losses, for the
-    controls, which answer without an LLM). None for arms that never ask."""
+    controls, which answer without an LLM). None for arms that never ask. Also loads and checks the prompt
+    template into spec (load_template)."""
     if not spec["every"]:
         return None
+    load_template(args, spec)
     return ASKERS[spec["advisor"]](args)
+
+
+def load_template(args, spec):
+    """Fill spec["template"] (None: the built-in published family) from `prompt`: a text file, or
+    prompts:/NAME/VERSION or prompts:/NAME@ALIAS from the MLflow Prompt Registry. Checked before training."""
+    spec["template"] = spec["prompt_version"] = None
+    if not spec["every"] or args.prompt in ("", "published"):
+        return spec
+    if args.prompt.startswith("prompts:/"):
+        import mlflow.genai
+        try:
+            version = mlflow.genai.load_prompt(args.prompt)
+        except Exception as e:
+            raise UsageError(f"cannot load prompt {args.prompt!r} from the registry at {mlflow.get_tracking_uri()} "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); register it first, "
+                             "e.g. `lradvisor prompts register`") from None
+        if not isinstance(version.template, str):
+            raise UsageError(f"prompt {args.prompt!r} is a chat template; use a text prompt")
+        spec["template"], spec["prompt_version"] = version.template, version
+    else:
+        try:
+            with open(args.prompt, encoding="utf-8") as f:
+                spec["template"] = f.read()
+        except OSError as e:
+            raise UsageError(f"cannot read prompt file {args.prompt!r} ({e.strerror}); give a text file, "
+                             "prompts:/NAME/VERSION, prompts:/NAME@ALIAS or published") from None
+    P.check_template(spec["template"], f"prompt {args.prompt}")
+    return spec
 
 
 def prepare_run(args, spec):
     if not spec["every"]:
         return
+    # What the run's prompts were made from, next to them; and MLflow's own link from the prompt version.
+    template = spec.get("template") or P.builtin_template(spec["signals"], args.window, args.parser == "json")
+    mlflow.log_text(template, "advisor/prompt_template.txt")
+    if spec.get("prompt_version") is not None:
+        mlflow.MlflowClient().link_prompt_version_to_run(mlflow.active_run().info.run_id, spec["prompt_version"])
     # Traces would switch the experiment page to the GenAI layout; keep it on the training-runs table.
     exp_id = mlflow.active_run().info.experiment_id
     mlflow.MlflowClient().set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
@@ -386,3 +422,18 @@ def record_rollback(exchange_epoch, epoch, lr, loss, previous, scheduler_lr, fac
     mlflow.log_table({k: [v] for k, v in row.items()}, artifact_file=TABLE)
     mlflow.log_metric("advisor_rollback", 1.0, step=epoch)
     print(f"  guard: {reason}", flush=True)
+
+
+def register_builtin(prefix):
+    """Register the published prompt family in the MLflow Prompt Registry: one prompt per published LLM arm's
+    signals (window 5), NAME-<arm>, a new version each time. Returns [(name, version)]."""
+    import mlflow.genai
+    from lradvisor.arms import ARMS
+    tracking.check_id(prefix, "name")
+    out = []
+    for arm in ("losses", "lr_history", "grad_norms", "per_class", "feedback"):
+        template = P.builtin_template(ARMS[arm]["signals"], 5)
+        version = mlflow.genai.register_prompt(f"{prefix}-{arm}", template, commit_message=f"lradvisor built-in, arm {arm}",
+                                               tags={"source": "lradvisor"})
+        out.append((version.name, version.version))
+    return out

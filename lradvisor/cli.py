@@ -70,16 +70,17 @@ def add_training_args(p, sweep=False):
     g.add_argument("--signals", default="preset", help="override the arm's prompt signals: comma list of losses, lr_history, grad_norms, per_class")
     g.add_argument("--every", default="preset", help="override the arm's cadence: ask after every N-th epoch (0 = never)")
     g.add_argument("--window", type=int, default=5, help="how many recent epochs the prompt shows")
+    g.add_argument("--prompt", default="published", help="published (the built-in family), a text file, prompts:/NAME/VERSION or prompts:/NAME@ALIAS (MLflow Prompt Registry) with {{variable}} placeholders")
     g.add_argument("--parser", default="regex", help="regex (published: first number after 'learning rate'/'LR') or json (response schema)")
     g.add_argument("--max-factor", type=float, default=0.0, help="clamp an accepted LR to [s/f, s*f] around the scheduler's s; 0 = off")
-    g.add_argument("--advisor", default="preset", help="preset (the arm's own: gemini, or random/textbook for the controls), gemini, random, textbook, or replay (answers from --replay-run-id, no network)")
+    g.add_argument("--advisor", default="preset", help="preset (the arm's own: gemini, or random/textbook for the controls), gemini, openai (any OpenAI-compatible server: OPENAI_BASE_URL, OPENAI_API_KEY), random, textbook, or replay (answers from --replay-run-id, no network)")
     g.add_argument("--replay-run-id", default="none", help="run whose recorded replies --advisor replay uses")
-    g.add_argument("--llm-model", default="gemini-3.5-flash", help="Gemini model to ask")
+    g.add_argument("--llm-model", default="gemini-3.5-flash", help="model to ask (with --advisor openai: the server's model name)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     g.add_argument("--thinking-budget", type=int, default=-1, help="thinking tokens (0 = off); -1 = the model's default, not sent")
     g.add_argument("--llm-attempts", type=int, default=6, help="attempts per exchange (429/5xx/timeouts are retried)")
     g.add_argument("--llm-max-wait", type=float, default=60.0, help="cap of the exponential backoff in seconds (a server's retryDelay is always honoured)")
-    g.add_argument("--llm-timeout", type=float, default=60.0, help="timeout of one Gemini request in seconds")
+    g.add_argument("--llm-timeout", type=float, default=60.0, help="timeout of one LLM request in seconds")
     g.add_argument("--on-advisor-error", default="continue", help="continue (keep the scheduler's LR) or fail (end the run FAILED)")
     g.add_argument("--guard", default="off", help="off (published) or rollback: an epoch at the advisor's LR whose loss explodes is trained again at the scheduler's LR")
     g.add_argument("--guard-factor", type=float, default=3.0, help="rollback when the epoch's training loss exceeds this x the previous epoch's (or is not finite)")
@@ -150,6 +151,11 @@ def build_parser():
     c.add_argument("--output-dir", default="outputs", help="folder the figures and tables are written to (an earlier compare's files there are replaced)")
     c.add_argument("--margin", type=float, default=0.0, help="points: verdict better/worse only when the whole 95%% CI of Δ lies beyond ±margin")
 
+    r = sub.add_parser("prompts", help="the MLflow Prompt Registry: register the built-in templates",
+                       description="Register the built-in prompt templates in the MLflow Prompt Registry of the current tracking server.")
+    r.add_argument("action", choices=["register"], help="register: one prompt per published signal set, NAME-<arm>")
+    r.add_argument("--name", default="lradvisor-published", help="prefix of the prompt names")
+
     from lradvisor.bench import build_parser as bench_parser
     bench_parser(sub.add_parser("bench", help="time our training loop against a typical DataLoader loop",
                                 description="Time our training loop against a typical DataLoader loop (scripts/benchmark.py)."))
@@ -171,14 +177,14 @@ def refuse(command, message, argv):
 def main(argv=None):
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"  # one line, no source
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if a in ("train", "sweep", "compare", "bench")), None)
+    command = next((a for a in argv if a in ("train", "sweep", "compare", "prompts", "bench")), None)
     from lradvisor.data import DataError
     try:
         args = build_parser().parse_args(argv)
         for key, word in UNSET.items():  # "" and the word mean the same; records always show the word
             if getattr(args, key, None) == "" and (key != "experiment" or args.command == "compare"):
                 setattr(args, key, word)
-        if args.command in ("train", "sweep", "compare"):
+        if args.command in ("train", "sweep", "compare", "prompts"):
             from lradvisor import tracking
             if args.command == "train":
                 check_training_args(args)
@@ -196,6 +202,10 @@ def main(argv=None):
         elif args.command == "compare":
             from lradvisor import compare
             return compare.main(args)
+        elif args.command == "prompts":
+            from lradvisor import advisor
+            for name, version in advisor.register_builtin(args.name):
+                print(f"registered prompts:/{name}/{version}")
         elif args.command == "bench":
             from lradvisor import bench
             return bench.main(args)

@@ -141,3 +141,25 @@ def test_failing_arm_is_reported_while_the_others_finish(cifar_dir, remote, capf
 def test_compare_says_when_there_is_nothing(remote, capfd, tmp_path):
     assert cli("compare", "--sweep-id", "no-such-sweep", "--output-dir", tmp_path) == 1
     assert "no finished training runs in sweep no-such-sweep" in capfd.readouterr().err
+
+
+def test_registry_prompt_is_rendered_recorded_and_linked(cifar_dir, remote, capfd, monkeypatch, tmp_path):
+    assert cli("prompts", "register", "--name", "lra-test") == 0
+    assert "registered prompts:/lra-test-losses/1" in capfd.readouterr().out
+    registered = mlflow.genai.load_prompt("prompts:/lra-test-losses/1").template
+    with FakeGemini([reply("The learning rate should be 0.05.")]) as g:
+        for k, v in g.env().items():
+            monkeypatch.setenv(k, v)
+        assert cli("train", "--arm", "losses", "--prompt", "prompts:/lra-test-losses/1", "--data-dir", cifar_dir,
+                   "--experiment", "prompts", *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)]) == 0
+    sent = g.requests[0]["body"]["contents"][0]["parts"][0]["text"]
+    assert "{{" not in sent and "- Loss values (last 5 epochs): [" in sent and sent.startswith("Based on the following")
+    (run,) = remote.search_runs([remote.get_experiment_by_name("prompts").experiment_id])
+    assert run.data.params["prompt"] == "prompts:/lra-test-losses/1"
+    logged = open(remote.download_artifacts(run.info.run_id, "advisor/prompt_template.txt", str(tmp_path))).read()
+    assert logged == registered
+    assert "lra-test-losses" in run.data.tags["mlflow.linkedPrompts"]  # MLflow's own prompt-version <-> run link
+
+    capfd.readouterr()
+    assert cli("train", "--arm", "losses", "--prompt", "prompts:/no-such-prompt/1", "--data-dir", cifar_dir) == 2
+    assert "cannot load prompt 'prompts:/no-such-prompt/1'" in capfd.readouterr().err
