@@ -7,7 +7,7 @@ that answers after D seconds, first one at a time (parallel=1), then all at once
     wall_s                 the sweep command, start to exit
     per_run_overhead_s     mean over its runs of (run wall time - training/eval seconds - LLM seconds): the
                            process start, imports, data load, model set-up and MLflow calls of one run
-    llm_wait_s, train_s    means per run, from the runs' own budget metrics
+    llm_wait_s, train_s    means per run: the exchanges' latencies (calls table) and epoch_seconds
 
     python scripts/sweep_latency.py --arms losses,lr_history,grad_norms --delay 3 --epochs 4
 """
@@ -36,8 +36,15 @@ def sweep(args, parallel, env, sweep_id):
     import mlflow
     runs = mlflow.search_runs(experiment_names=["latency"], output_format="list",
                               filter_string=f"tags.sweep_id = '{sweep_id}' and tags.role = 'arm'")
-    per_run = [((r.info.end_time - r.info.start_time) / 1000, r.data.metrics["train_seconds"],
-                r.data.metrics["llm_seconds"]) for r in runs]
+    assert len(runs) == len(args.arms.split(",")), f"sweep {sweep_id} made {len(runs)} runs"
+    client = mlflow.MlflowClient()
+
+    def seconds(r):  # from what every version of lradvisor records: epoch_seconds and the calls table
+        train = sum(m.value for m in client.get_metric_history(r.info.run_id, "epoch_seconds"))
+        table = client.load_table(r.info.experiment_id, "advisor/calls.json", run_ids=[r.info.run_id])
+        return (r.info.end_time - r.info.start_time) / 1000, train, float(table["latency_s"].sum())
+
+    per_run = [seconds(r) for r in runs]
     mean = lambda xs: round(sum(xs) / len(xs), 2)  # noqa: E731
     return {"parallel": parallel, "arms": args.arms, "delay_s": args.delay, "epochs": args.epochs,
             "wall_s": round(wall, 1), "runs": len(runs), "per_run_overhead_s": mean([w - t - q for w, t, q in per_run]),

@@ -124,3 +124,34 @@ def test_loader_covers_each_image_once_per_epoch():
     assert sorted(seen.tolist()) == list(range(10)) and len(loader) == 3
     again = torch.cat([yb for _, yb in data.Loader(x, y, batch_size=4, train=True, seed=0)])
     assert torch.equal(seen, again)
+
+
+def test_md5_list_and_model_equal_torchvision():
+    """Our copies of what we no longer import from torchvision on every run: its CIFAR-10 checksums, and its
+    resnet18 (same seed, same weights bit for bit, same outputs), with the CIFAR stem swapped in as before."""
+    import torchvision
+    from lradvisor.model import build_model
+    assert data.MD5 == dict(CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])])
+    for name in ("resnet18", "resnet18_imagenet_stem"):
+        torch.manual_seed(3)
+        ours = build_model(name)
+        torch.manual_seed(3)
+        ref = torchvision.models.resnet18(num_classes=10)
+        if name == "resnet18":
+            ref.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            ref.maxpool = torch.nn.Identity()
+        a, b = ours.state_dict(), ref.state_dict()
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+        x = torch.randn(2, 3, 32, 32)
+        assert torch.equal(ours.eval()(x), ref.eval()(x))
+
+
+def test_a_run_does_not_import_torchvision(cifar_dir, tmp_path):
+    code = ("import sys; from lradvisor.cli import main; "
+            f"code = main(['train', '--data-dir', {str(cifar_dir)!r}, '--epochs', '1', '--batch-size', '20', "
+            "'--subset-ratio', '0.25', '--experiment', 'imports']); "
+            "assert code == 0; print('torchvision' in sys.modules)")
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == "False", p.stdout + p.stderr
