@@ -138,7 +138,11 @@ def build_parser():
     g.add_argument("--arms", default="published", help=f"comma-separated arms, or groups of them: {', '.join(f'{k} ({chr(44).join(v)})' for k, v in GROUPS.items())}")
     g.add_argument("--seeds", default="0", help="comma-separated seeds; every arm runs with each")
     g.add_argument("--sweep-id", default="new", help="id tagging the sweep's runs (letters, digits, _ . -); reuse one to resume; new: a generated one")
-    g.add_argument("--parallel", type=int, default=1, help="arms trained at once, as separate processes (one GPU each when there are several)")
+    g.add_argument("--parallel", default="auto", help="local launcher: runs at once, as separate processes; auto: 1 on CPU, on CUDA as many per GPU as fit (capped)")
+    g.add_argument("--launcher", default="local", help="local (processes on this machine) or ray (one Ray task per run)")
+    g.add_argument("--ray-address", default="auto", help="ray: auto (RAY_ADDRESS or the cluster `ray start` made here), HOST:PORT, or local (a private instance for this sweep)")
+    g.add_argument("--gpus-per-run", default="auto", help="ray: GPUs per run, fractions pack several runs on a GPU (0.25 = four); auto: 1 if the cluster has GPUs, else 0")
+    g.add_argument("--cpus-per-run", type=float, default=1.0, help="ray: CPUs per run")
     add_training_args(s, sweep=True)
     s.add_argument("--experiment", default="lradvisor", help="MLflow experiment (ignored inside `mlflow run`, which picks it)")
 

@@ -1,0 +1,236 @@
+"""Launchers: how a sweep runs its children. Each takes the jobs and a Sweep (what every child needs) and
+returns {(arm, seed): (ok, run_id, test_acc, exit code)}; on Ctrl-C or SIGTERM it stops its children (they
+end their runs KILLED), keeps their consoles as artifacts, and re-raises KeyboardInterrupt.
+
+Both run the same child, `python -m lradvisor train --arm A --seed S <shared flags>`, attached through
+MLFLOW_RUN_ID to a run created with the sweep's tags: nesting, resume and the summary do not depend on
+where the child ran.
+
+    local  N children at once as processes of this machine (one GPU each when there are several)
+    ray    one Ray task per child, on the cluster at ray_address; the task starts the child on its node
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+from mlflow.tracking import MlflowClient
+
+from lradvisor import tracking
+
+
+@dataclass
+class Sweep:
+    args: object       # the sweep's parsed arguments
+    sweep_id: str
+    experiment_id: str
+    parent_id: str
+    flags: list        # the shared training flags of every child
+    parallel: int = 1  # children at once (local launcher)
+    client: MlflowClient = field(default_factory=MlflowClient)
+
+    def create_child(self, arm, seed, key):
+        return self.client.create_run(self.experiment_id, run_name=f"{arm}-s{seed}", tags={
+            "mlflow.parentRunId": self.parent_id, "sweep_id": self.sweep_id, "sweep_key": key,
+            "arm": arm, "seed": str(seed), "role": "arm"}).info.run_id
+
+    def command(self, arm, seed, flags=None):
+        return [sys.executable, "-m", "lradvisor", "train", "--arm", arm, "--seed", str(seed), *(flags or self.flags)]
+
+    def settle(self, run_id, code, status_if_running="FAILED", reason=None):
+        """The child's result as the tracking server has it; a run its child could not end is ended here."""
+        run = self.client.get_run(run_id)
+        if run.info.status == "RUNNING":
+            if reason:
+                self.client.set_tag(run_id, "failure_reason", reason)
+            self.client.set_terminated(run_id, status_if_running)
+            run = self.client.get_run(run_id)
+        ok = code == 0 and run.info.status == "FINISHED"
+        return ok, run_id, run.data.metrics.get("test_acc"), code
+
+
+# ----------------------------------------------------------------------------------------------------------
+# local: processes on this machine
+
+def _pump(proc, prefix, log):
+    """Copy a child's console to ours, each line prefixed with its arm and seed, and to its log file."""
+    for line in proc.stdout:
+        log.write(line)
+        sys.stdout.write(f"[{prefix}] {line}")
+        sys.stdout.flush()
+
+
+def _keep_logs(client, logs, logdir):
+    """Each child's console as an artifact of its run, however the sweep ends; then the temp folder goes."""
+    for run_id, log in logs:
+        log.close()
+        try:
+            client.log_artifact(run_id, log.name)
+        except Exception as e:
+            print(f"sweep: could not log {log.name} to run {run_id}: {e}")
+    shutil.rmtree(logdir, ignore_errors=True)
+
+
+def parallel_auto(device):
+    """How many runs at once on this machine. CPU: 1 (two at once were slower than one on 2 cores). CUDA: as
+    many per GPU as fit in RUN_GIB each, capped at MAX_PER_GPU; RUN_GIB is an assumption, not yet measured on a
+    GPU: ResNet-18 at batch 128 in bf16 with CIFAR-10 resident needs ~1.5 GiB, doubled for safety."""
+    import torch
+    if device == "cpu" or not torch.cuda.is_available():
+        return 1, "1 (CPU)"
+    n = torch.cuda.device_count()
+    free = min(torch.cuda.mem_get_info(i)[0] for i in range(n)) / 2**30
+    per_gpu = max(1, min(MAX_PER_GPU, int(free // RUN_GIB)))
+    return n * per_gpu, (f"{n * per_gpu} ({per_gpu} per GPU x {n}: {free:.0f} GiB free / {RUN_GIB} GiB per run, "
+                         f"capped at {MAX_PER_GPU})")
+
+
+RUN_GIB, MAX_PER_GPU = 3.0, 8
+
+
+def local(jobs, sw):
+    import torch
+    n = torch.cuda.device_count()
+    # GPU slots: with several GPUs each child gets one of its own, `parallel / n` children per GPU.
+    gpus = [g for g in range(n) for _ in range(max(1, -(-sw.parallel // n)))] if n > 1 else []
+    todo, results, running, logs = list(jobs), {}, [], []  # running: (proc, run_id, arm, seed, gpu, pump)
+    logdir = tempfile.mkdtemp(prefix=f"lradvisor-sweep-{sw.sweep_id}-")
+    try:
+        while todo or running:
+            while todo and len(running) < sw.parallel:
+                arm, seed, key = todo.pop(0)
+                run_id = sw.create_child(arm, seed, key)
+                gpu = gpus.pop(0) if gpus else None
+                env = {**os.environ, "MLFLOW_RUN_ID": run_id, "PYTHONUNBUFFERED": "1"}
+                env.pop("MLFLOW_EXPERIMENT_ID", None)
+                if gpu is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+                log = open(os.path.join(logdir, f"{arm}-s{seed}.log"), "w")
+                logs.append((run_id, log))
+                proc = subprocess.Popen(sw.command(arm, seed), env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+                pump = threading.Thread(target=_pump, args=(proc, f"{arm} s{seed}", log), daemon=True)
+                pump.start()
+                running.append((proc, run_id, arm, seed, gpu, pump))
+            time.sleep(0.2)
+            for item in [r for r in running if r[0].poll() is not None]:
+                proc, run_id, arm, seed, gpu, pump = item
+                running.remove(item)
+                pump.join()
+                if gpu is not None:
+                    gpus.append(gpu)
+                results[(arm, seed)] = sw.settle(run_id, proc.returncode)  # killed too hard to end its run: FAILED
+    except BaseException:
+        with tracking.signals_held():  # a second Ctrl-C must not leave children or runs behind
+            for proc, *_ in running:  # children end their own runs KILLED on SIGTERM
+                proc.terminate()
+            for proc, run_id, arm, seed, gpu, pump in running:
+                proc.wait()
+                pump.join(timeout=10)
+                sw.settle(run_id, proc.returncode, "KILLED")
+            _keep_logs(sw.client, logs, logdir)
+        raise
+    _keep_logs(sw.client, logs, logdir)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ray: one task per child on a Ray cluster
+
+# What a child on another node needs from this environment. Passed as the task's argument, so it is in no
+# param, tag, or Ray job metadata (runtime_env) that Ray's dashboard shows.
+FORWARD = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+           "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT", "GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GEMINI_BASE_URL",
+           "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION", "GOOGLE_GENAI_API_VERSION",
+           "OPENAI_API_KEY", "OPENAI_BASE_URL")
+
+
+def _ray_child(command, env, prefix):
+    """Runs on a Ray worker: start the child, stream its console (Ray forwards it to the sweep's terminal), and
+    stop it with SIGTERM if the task is cancelled, so that it ends its run KILLED. Returns (exit code, console)."""
+    proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            print(f"[{prefix}] {line}", end="", flush=True)
+        return proc.wait(), "".join(lines)
+    except BaseException:  # ray.cancel raises KeyboardInterrupt here
+        proc.terminate()
+        lines += proc.stdout.readlines()
+        proc.wait()
+        try:  # the console goes with the run from here: the sweep gets no return value from a cancelled task
+            MlflowClient(env["MLFLOW_TRACKING_URI"]).log_text(env["MLFLOW_RUN_ID"], "".join(lines), f"{prefix.replace(' ', '-')}.log")
+        except Exception:
+            pass
+        raise
+
+
+def ray_init(address):
+    import ray
+    if address == "local":  # a private instance for the sweep's lifetime
+        return ray.init(include_dashboard=False, log_to_driver=True)
+    try:
+        return ray.init(address=None if address == "auto" and os.environ.get("RAY_ADDRESS") else address,
+                        log_to_driver=True)
+    except ConnectionError as e:
+        from lradvisor.arms import UsageError
+        raise UsageError(f"no Ray cluster at {address!r} ({e}); start one (`ray start --head`), give "
+                         "--ray-address HOST:PORT, or use --ray-address local") from None
+
+
+def ray(jobs, sw):
+    import ray as ray_
+    ray_init(sw.args.ray_address)
+    try:
+        gpus = sw.args.gpus_per_run
+        if gpus in ("", "auto"):  # one GPU per run where the cluster has GPUs
+            gpus = 1.0 if ray_.cluster_resources().get("GPU", 0) > 0 else 0.0
+        task = ray_.remote(_ray_child).options(num_cpus=sw.args.cpus_per_run, num_gpus=float(gpus), max_retries=0)
+        # Other nodes do not share our working directory: the data folder goes as an absolute path.
+        flags = list(sw.flags)
+        flags[flags.index("--data-dir") + 1] = os.path.abspath(sw.args.data_dir)
+        forward = {k: os.environ[k] for k in FORWARD if k in os.environ}
+        forward["MLFLOW_TRACKING_URI"] = tracking.mlflow.get_tracking_uri()
+        pending, results = {}, {}
+        for arm, seed, key in jobs:
+            run_id = sw.create_child(arm, seed, key)
+            env = {**forward, "MLFLOW_RUN_ID": run_id, "PYTHONUNBUFFERED": "1"}
+            pending[task.remote(sw.command(arm, seed, flags), env, f"{arm} s{seed}")] = (arm, seed, run_id)
+        try:
+            while pending:
+                (ref,), _ = ray_.wait(list(pending), num_returns=1)
+                arm, seed, run_id = pending.pop(ref)
+                try:
+                    code, console = ray_.get(ref)
+                    reason = None
+                except ray_.exceptions.RayError as e:  # the worker or its node died: the child went with it
+                    code, console, reason = -1, "", f"ray: {type(e).__name__}: {str(e).splitlines()[0]}"
+                sw.client.log_text(run_id, console, f"{arm}-s{seed}.log")
+                results[(arm, seed)] = sw.settle(run_id, code, "FAILED", reason)
+        except BaseException:
+            with tracking.signals_held():
+                for ref in pending:
+                    ray_.cancel(ref)  # KeyboardInterrupt in the task, which SIGTERMs its child
+                for ref, (arm, seed, run_id) in pending.items():
+                    try:
+                        code, console = ray_.get(ref, timeout=120)
+                    except Exception:  # cancelled (as it should be) or gone
+                        code, console = -1, ""
+                    if console:
+                        sw.client.log_text(run_id, console, f"{arm}-s{seed}.log")
+                    sw.settle(run_id, code, "KILLED", "the sweep was interrupted")
+            raise
+        return results
+    finally:
+        ray_.shutdown()
+
+
+LAUNCHERS = {"local": local, "ray": ray}

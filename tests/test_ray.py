@@ -1,0 +1,88 @@
+"""Sweeps on a Ray cluster: a real local Ray head (`ray start --head`, 2 CPUs, no dashboard) in its own process
+group, a sweep through `--launcher ray`, its resume, and Ctrl-C ending everything KILLED."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import runs_of
+
+ray = pytest.importorskip("ray")  # the optional extra; the README's test command installs it
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("ray") / "head.log"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["ray", "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=false",
+                                 f"--port={port}", "--disable-usage-stats"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for _ in range(120):
+            found = re.search(r"ray start --address='([^']+)'", log_path.read_text())
+            if found:
+                break
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("ray head did not come up: " + log_path.read_text()[-2000:])
+        yield found.group(1)  # Ray binds to this machine's own address; traffic stays on this machine
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # `ray start --block` can hang on SIGTERM
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+
+def sweep(address, experiment, data, *flags, **kw):
+    cmd = [sys.executable, "-m", "lradvisor", "sweep", "--launcher", "ray", "--ray-address", address,
+           "--data-dir", data, "--batch-size", "20", "--subset-ratio", "0.25", "--experiment", experiment, *map(str, flags)]
+    return subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_sweep_on_ray_nests_and_resumes(ray_head, cifar_dir, experiment):
+    args = ("--arms", "baseline,random_control", "--seeds", "0", "--sweep-id", "onray", "--epochs", 2)
+    out = sweep(ray_head, experiment, cifar_dir, *args).communicate(timeout=300)[0]
+    assert "sweep onray: 2 finished, 0 failed, 0 skipped" in out, out[-3000:]
+    runs = runs_of(experiment)
+    (parent,) = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("role") == "arm"]
+    assert parent.info.status == "FINISHED" and parent.data.params["launcher"] == "ray"
+    assert sorted(r.data.tags["arm"] for r in children) == ["baseline", "random_control"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    import mlflow
+    for r in children:  # the console came back from the worker, as with the local launcher
+        assert f"{r.data.tags['arm']}-s0.log" in [a.path for a in mlflow.MlflowClient().list_artifacts(r.info.run_id)]
+    out = sweep(ray_head, experiment, cifar_dir, *args).communicate(timeout=300)[0]
+    assert "2 already finished" in out and "0 finished, 0 failed, 2 skipped" in out, out[-3000:]
+
+
+def test_ctrl_c_cancels_the_ray_tasks_and_ends_everything_killed(ray_head, cifar_dir, experiment):
+    proc = sweep(ray_head, experiment, cifar_dir, "--arms", "baseline,cosine", "--seeds", "0", "--epochs", 200,
+                 "--sweep-id", "cancel")
+    try:
+        t0 = time.monotonic()
+        for line in proc.stdout:
+            if "epoch   1/200" in line or time.monotonic() - t0 > 120:
+                break
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=180) == 130
+    finally:
+        proc.kill()
+    status = sorted((r.data.tags.get("role"), r.info.status) for r in runs_of(experiment))
+    assert status == [("arm", "KILLED"), ("arm", "KILLED"), ("sweep", "KILLED")]
+    left = subprocess.run(["pgrep", "-f", f"lradvisor train .*--data-dir {cifar_dir}"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "a child outlived the cancelled sweep"
