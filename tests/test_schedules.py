@@ -120,3 +120,23 @@ def test_guard_rolls_back_a_diverging_proposal(cifar_dir, experiment, monkeypatc
     lrs = dict(history(run.info.run_id, "lr"))
     for step, _ in rollbacks:  # the epoch as kept trained at the scheduler's LR, not the advisor's
         assert lrs[step] == pytest.approx(0.01)
+
+
+def test_overlay_lr_panel_is_geometric_and_marks_rejected_proposals():
+    """On a log axis the middle of 0.1 and 0.001 is 0.01: the LR curve averages seeds geometrically, and
+    proposals the rule turned down are marked at the epoch they were meant for."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from lradvisor import figures
+    seeds = [{"curves": {"lr": [0.1, 0.1], "advisor_proposed_lr": [5.0], "advisor_proposed_lr_steps": [1],
+                         "advisor_accepted": [0.0], "advisor_accepted_steps": [1]}},
+             {"curves": {"lr": [0.1, 0.001], "advisor_proposed_lr": [0.001], "advisor_proposed_lr_steps": [1],
+                         "advisor_accepted": [1.0], "advisor_accepted_steps": [1]}}]
+    fig, ax = plt.subplots()
+    figures._band(ax, seeds, "lr", "arm", "red", log=True)
+    figures._rejected(ax, seeds, "red")
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([0.1, 0.01])
+    (marks,) = ax.collections[1:]  # after the min-max band
+    assert marks.get_offsets().tolist() == [[2.0, 5.0]]  # only the rejected one, at epoch 1 + 1
+    plt.close(fig)
