@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import mlflow
 from mlflow.tracking import MlflowClient
 
 from lradvisor import tracking
@@ -198,7 +199,7 @@ def ray(jobs, sw):
         flags = list(sw.flags)
         flags[flags.index("--data-dir") + 1] = os.path.abspath(sw.args.data_dir)
         forward = {k: os.environ[k] for k in FORWARD if k in os.environ}
-        forward["MLFLOW_TRACKING_URI"] = tracking.mlflow.get_tracking_uri()
+        forward["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()  # the resolved one, not only what the env said
         pending, results = {}, {}
         for arm, seed, key in jobs:
             run_id = sw.create_child(arm, seed, key)
