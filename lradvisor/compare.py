@@ -33,9 +33,6 @@ OURS = ("results.md", "results.csv", "overview.png", "class_heatmap.png", "fores
 
 
 def find_runs(args):
-    for key in ("run_ids", "sweep_id", "experiment"):  # "none": not given
-        if getattr(args, key) == "none":
-            setattr(args, key, "")
     client = MlflowClient()
     finished = "attributes.status = 'FINISHED'"
     if args.run_ids:
@@ -220,6 +217,9 @@ def write_outputs(groups, rows, pairs, args):
 
 
 def main(args):
+    for key in ("run_ids", "sweep_id", "experiment"):  # "none" (the parameters' default): not given
+        if getattr(args, key) == "none":
+            setattr(args, key, "")
     if not math.isfinite(args.margin) or args.margin < 0:
         raise UsageError(f"margin must be a finite number >= 0 (points), got {args.margin}")
     runs = find_runs(args)

@@ -41,6 +41,21 @@ def error(code, status="RESOURCE_EXHAUSTED", retry_delay=None, quota_id="Generat
                                                "details": details}}, "delay": 0.0}
 
 
+def send_json(handler, status, body, headers=None):
+    """Answer a request with a JSON body (also used by fake_openai.py)."""
+    data = json.dumps(body).encode()
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            handler.send_header(k, v)
+        handler.end_headers()
+        handler.wfile.write(data)
+    except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+        pass
+
+
 class FakeGemini:
     PATH = re.compile(r"^/(v1|v1beta)/models/([^/:]+):generateContent$")
 
@@ -62,15 +77,7 @@ class FakeGemini:
                 self._send(answer["status"], answer["body"])
 
             def _send(self, status, body):
-                data = json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-                    pass
+                send_json(self, status, body)
 
             def log_message(self, *args):
                 pass

@@ -14,6 +14,8 @@ import json
 import threading
 import time
 
+from fake_gemini import send_json
+
 KEY = "sk-test-DO-NOT-LOG-51e0b2"
 
 
@@ -50,17 +52,7 @@ class FakeOpenAI:
                 self._send(answer)
 
             def _send(self, answer):
-                data = json.dumps(answer["body"]).encode()
-                try:
-                    self.send_response(answer["status"])
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for k, v in answer["headers"].items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-                    pass
+                send_json(self, answer["status"], answer["body"], answer["headers"])
 
             def log_message(self, *args):
                 pass
