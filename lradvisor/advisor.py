@@ -9,10 +9,9 @@ import mlflow
 
 from lradvisor import prompt as P
 from lradvisor import tracking
-from lradvisor.arms import UsageError
+from lradvisor.arms import UsageError, check_id
 from lradvisor.askers import ASKERS, LLMS
-
-TABLE = "advisor/calls.json"
+from lradvisor.tracking import TABLE
 
 
 class AdvisorError(Exception):
@@ -22,11 +21,14 @@ class AdvisorError(Exception):
 def make_asker(args, spec):
     """An asker is `ask(epoch, prompt, state) -> dict` (state: the scheduler's LR and the recent losses, for the
     controls, which answer without an LLM). None for arms that never ask. Also loads and checks the prompt
-    template into spec (load_template)."""
+    template into spec (load_template), and puts there which model answers and what the run keeps about it."""
+    spec["model"], spec["records"] = "none", {}
     if not spec["every"]:
         return None
     load_template(args, spec)
-    return ASKERS[spec["advisor"]](args)
+    ask, info = ASKERS[spec["advisor"]](args)
+    spec["model"], spec["records"] = info["model"], info["records"]
+    return ask
 
 
 def load_template(args, spec):
@@ -53,6 +55,11 @@ def load_template(args, spec):
         except OSError as e:
             raise UsageError(f"cannot read prompt file {args.prompt!r} ({e.strerror}); give a text file, "
                              "prompts:/NAME/VERSION, prompts:/NAME@ALIAS or published") from None
+        except UnicodeDecodeError as e:
+            raise UsageError(f"prompt file {args.prompt!r} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                             "save it as UTF-8") from None
+        if "\0" in spec["template"]:
+            raise UsageError(f"prompt file {args.prompt!r} holds NUL bytes: it is not a text file") from None
     P.check_template(spec["template"], f"prompt {args.prompt}")
     return spec
 
@@ -61,13 +68,15 @@ def prepare_run(args, spec):
     if not spec["every"]:
         return
     # What the run's prompts were made from, next to them; and MLflow's own link from the prompt version.
-    template = spec.get("template") or P.builtin_template(spec["signals"], args.window, args.parser == "json")
+    template = spec.get("template") or P.builtin_template(spec["signals"], args.parser == "json")
     mlflow.log_text(template, "advisor/prompt_template.txt")
     if spec.get("prompt_version") is not None:
         mlflow.MlflowClient().link_prompt_version_to_run(mlflow.active_run().info.run_id, spec["prompt_version"])
+    for path, record in spec.get("records", {}).items():  # e.g. the models an OpenAI-compatible server lists
+        mlflow.log_dict(record, path)
     # Traces would switch the experiment page to the GenAI layout; keep it on the training-runs table.
     exp_id = mlflow.active_run().info.experiment_id
-    mlflow.MlflowClient().set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+    tracking.set_experiment_tag_once(exp_id, "mlflow.experimentKind", "custom_model_development")
     if spec["advisor"] == "replay":
         mlflow.set_tag("replay_of", args.replay_run_id)
 
@@ -81,7 +90,7 @@ def consult(ask, args, spec, epoch, history, scheduler_lr, journal=None):
     text = P.build_prompt(spec["signals"], history, scheduler_lr, args.window, json_reply=args.parser == "json",
                           template=spec.get("template"), epochs=args.epochs)
     state = {"scheduler_lr": scheduler_lr, "losses": history["train_loss"][-args.window:]}
-    model = args.llm_model if spec["advisor"] in LLMS + ("replay",) else spec["advisor"]
+    model = spec["model"]
     # The trace list shows span names: say which run and epoch each exchange belongs to.
     with mlflow.start_span(name=f"{args.arm} s{args.seed} epoch {epoch}", span_type="LLM") as span:
         span.set_inputs({"arm": args.arm, "seed": args.seed, "epoch": epoch, "model": model, "prompt": text})
@@ -93,9 +102,12 @@ def consult(ask, args, spec, epoch, history, scheduler_lr, journal=None):
             applied, accepted, reason = P.decide(proposed, scheduler_lr, args.max_factor)
             if proposed is None:
                 reason = why if got["reply"] else f"no reply text (finish_reason {got.get('finish_reason') or 'none'})"
-        span.set_outputs({"parsed_lr": proposed, "applied_lr": applied, "accepted": accepted, "reason": reason,
-                          **{k: v for k, v in got.items() if k != "model"}})
-    row = _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, reason, journal)
+            if str(got.get("finish_reason")).lower() in ("length", "max_tokens"):
+                reason += "; reply cut at llm_max_tokens"
+        changed = not P.unchanged(applied, scheduler_lr)
+        span.set_outputs({"parsed_lr": proposed, "applied_lr": applied, "accepted": accepted, "changed": changed,
+                          "reason": reason, **{k: v for k, v in got.items() if k not in ("model", "error_body")}})
+    row = _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, changed, reason, journal)
     history.setdefault("proposals", []).append((epoch, proposed, accepted))  # what the feedback signal shows
     if "error" in got and args.on_advisor_error == "fail" and spec["advisor"] in LLMS:
         raise AdvisorError(f"{spec['advisor']} exchange after epoch {epoch} failed ({reason}) and on_advisor_error is fail")
@@ -104,24 +116,45 @@ def consult(ask, args, spec, epoch, history, scheduler_lr, journal=None):
     return applied, row
 
 
-def _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, reason, journal=None):
+def _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, changed, reason, journal=None):
     # The decision first and the long texts last: the UI's table shows the first columns without scrolling.
     row = {"epoch": epoch, "parsed_lr": proposed, "scheduler_lr": scheduler_lr, "applied_lr": applied,
-           "accepted": accepted, "reason": reason, "model": got.get("model"), "model_version": got.get("model_version"),
-           "attempts": got.get("attempts"), "latency_s": got.get("latency_s"), "prompt_tokens": got.get("prompt_tokens"),
-           "output_tokens": got.get("output_tokens"), "thought_tokens": got.get("thought_tokens"),
-           "finish_reason": got.get("finish_reason"), "prompt": text, "reply": got.get("reply")}
+           "accepted": accepted, "changed": changed, "reason": reason, "model": got.get("model"),
+           "model_version": got.get("model_version"), "response_format": got.get("response_format"),
+           "attempts": got.get("attempts"), "latency_s": got.get("latency_s"), "retry_wait_s": got.get("retry_wait_s"),
+           "prompt_tokens": got.get("prompt_tokens"), "output_tokens": got.get("output_tokens"),
+           "thought_tokens": got.get("thought_tokens"), "finish_reason": got.get("finish_reason"), "prompt": text,
+           "reply": got.get("reply")}
     if journal is not None:
         journal.append({"epoch": epoch, "advisor": row})
     mlflow.log_table({k: [v] for k, v in row.items()}, artifact_file=TABLE)
     folder = f"advisor/epoch_{epoch:02d}"
-    mlflow.log_text(text, f"{folder}/prompt.txt")
+    mlflow.log_text(text, f"{folder}/prompt.txt")  # the exact bytes sent and received
     mlflow.log_text(got.get("reply") or "", f"{folder}/reply.txt")
+    mlflow.log_text(exchange_page(row), f"{folder}/exchange.html")  # the same, readable in the UI's preview
+    if got.get("error_body"):  # the server's whole answer; the table and the console keep one line of it
+        mlflow.log_text(got["error_body"], f"{folder}/error.txt")
     metrics = {"advisor_accepted": float(accepted)}
     if proposed is not None:
         metrics["advisor_proposed_lr"] = proposed
     mlflow.log_metrics(metrics, step=epoch)
     return row
+
+
+PAGE = ("<!doctype html><meta charset='utf-8'><style>body{{font:13px/1.45 ui-monospace,monospace;margin:8px}}"
+        "pre{{white-space:pre-wrap;overflow-wrap:anywhere;margin:0 0 12px}}h3{{font:600 13px sans-serif;margin:10px 0 4px}}"
+        "</style><h3>epoch {epoch}: {decision}</h3><h3>prompt (sent)</h3><pre>{prompt}</pre>"
+        "<h3>reply (received)</h3><pre>{reply}</pre>")
+
+
+def exchange_page(row):
+    """The UI previews .txt files unwrapped and cut at its width, but renders HTML: the prompt and the reply as
+    escaped, wrapping text (a reply's <think> tags show as written), under the decision."""
+    import html
+    lr = "-" if row["parsed_lr"] is None else f"{row['parsed_lr']:g}"
+    decision = f"parsed {lr}, next lr {row['applied_lr']:g} ({row['reason']})"
+    return PAGE.format(epoch=row["epoch"], decision=html.escape(decision), prompt=html.escape(row["prompt"]),
+                       reply=html.escape(row["reply"]) if row["reply"] is not None else "(none)")
 
 
 def record_rollback(exchange_epoch, epoch, lr, loss, previous, scheduler_lr, factor, journal=None):
@@ -130,7 +163,7 @@ def record_rollback(exchange_epoch, epoch, lr, loss, previous, scheduler_lr, fac
     reason = (f"rolled back: epoch {epoch} at lr {lr:g} ended with training loss {loss:.4g} (limit {factor:g} x "
               f"{previous:.4g}); trained again at the scheduler's lr {scheduler_lr:g}")
     row = {"epoch": exchange_epoch, "parsed_lr": None, "scheduler_lr": scheduler_lr, "applied_lr": scheduler_lr,
-           "accepted": False, "reason": reason, "model": "guard"}
+           "accepted": False, "changed": False, "reason": reason, "model": "guard"}
     if journal is not None:
         journal.append({"epoch": epoch, "rollback": row})
     mlflow.log_table({k: [v] for k, v in row.items()}, artifact_file=TABLE)
@@ -139,14 +172,14 @@ def record_rollback(exchange_epoch, epoch, lr, loss, previous, scheduler_lr, fac
 
 
 def register_builtin(prefix):
-    """Register the published prompt family in the MLflow Prompt Registry: one prompt per published LLM arm's
-    signals (window 5), NAME-<arm>, a new version each time. Returns [(name, version)]."""
+    """Register the published prompt family in the MLflow Prompt Registry: one prompt per LLM arm's signals,
+    NAME-<arm>, a new version each time; each renders exactly the built-in prompt. Returns [(name, version)]."""
     import mlflow.genai
     from lradvisor.arms import ARMS
-    tracking.check_id(prefix, "name")
+    check_id(prefix, "name")
     out = []
     for arm in ("losses", "lr_history", "grad_norms", "per_class", "feedback"):
-        template = P.builtin_template(ARMS[arm]["signals"], 5)
+        template = P.builtin_template(ARMS[arm]["signals"])
         version = mlflow.genai.register_prompt(f"{prefix}-{arm}", template, commit_message=f"lradvisor built-in, arm {arm}",
                                                tags={"source": "lradvisor"})
         out.append((version.name, version.version))

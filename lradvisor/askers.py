@@ -1,10 +1,12 @@
-"""Who answers the advisor's question: one function per provider, each `make(args) -> ask`, side by side.
+"""Who answers the advisor's question: one function per provider, each `make(args) -> (ask, info)`, side by side.
 
 An asker is `ask(epoch, prompt, state) -> dict`: the reply text and what is known about the call (model,
-model_version, attempts, latency_s, token counts, finish_reason), or `error` when there is no reply. `state`
-holds the scheduler's LR and the recent losses, for the controls that answer without an LLM. advisor.py
-turns the reply into an LR and records the exchange. API keys are read by the SDKs from the environment and
-never pass through here (the OpenAI path's placeholder for key-less local servers aside).
+model_version, response_format, attempts, latency_s, retry_wait_s, token counts, finish_reason), or `error`
+(one line) and `error_body` (everything the server said) when there is no reply. `state` holds the
+scheduler's LR and the recent losses, for the controls that answer without an LLM. `info` says which model
+answers and what the run should keep about the provider (artifact path -> JSON). advisor.py turns the reply
+into an LR and records the exchange. API keys are read by the SDKs from the environment and never pass
+through here (the OpenAI path's placeholder for key-less local servers aside).
 """
 
 import json
@@ -13,45 +15,83 @@ import random
 import time
 import warnings
 
-import mlflow
 import tenacity
 
 from lradvisor import prompt as P
 from lradvisor.arms import UsageError, flag
 
+GEMINI_MODEL = "gemini-3.5-flash"  # what llm_model=auto asks Gemini (the published gemini-2.5-flash is shut down)
+# Gemini counts thinking tokens against maxOutputTokens, so a cap meant for the reply would starve the thinking:
+# it is sent as llm_max_tokens + the thinking budget (this, Flash's largest, when the model picks its own).
+GEMINI_MAX_THINKING = 24576
+
+
+def one_line(text, limit=200):
+    """The first non-empty line of a message (with the next one when it only announces it, as "1 validation
+    error:" does), at most `limit` characters: what records and consoles show."""
+    lines = [s.strip() for s in str(text).splitlines() if s.strip()]
+    line = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines or [""])[0]
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
 
 # ----------------------------------------------------------------------------------------------------------
 # The one retry layer of every LLM provider
 
-def _call_with_retries(args, name, retryable, server_delay, describe, call):
-    """call() under tenacity: retry what `retryable` says, with exponential backoff and jitter capped at
-    llm_max_wait, but never sooner than the server asked (`server_delay(exc)` seconds). Returns (response, out)
-    with out = {model, attempts, latency_s} and, when every attempt failed, (None, out + error)."""
+def _call_with_retries(args, name, errors, call, model):
+    """call() under tenacity: retry what errors["retryable"] says, with exponential backoff and jitter capped at
+    llm_max_wait, never sooner than the server asked, and after a timeout no sooner than llm_timeout (a
+    single-slot server goes on generating for a client that gave up; the next request would queue behind it).
+    A server asking for more than llm_max_wait ends the exchange at once. Returns (response, out), out =
+    {model, attempts, latency_s, retry_wait_s} plus error and error_body when every attempt failed."""
+    waits, asked = [], {}
+
+    def retry(exc):
+        if not errors["retryable"](exc):
+            return False
+        asked["delay"] = errors["delay"](exc)
+        return asked["delay"] <= args.llm_max_wait
+
     def wait(state):
+        exc = state.outcome.exception()
         backoff = tenacity.wait_exponential_jitter(initial=1, max=args.llm_max_wait)(state)
-        return max(backoff, server_delay(state.outcome.exception()))
+        return max(backoff, errors["delay"](exc), args.llm_timeout if errors["timed_out"](exc) else 0.0)
 
     def log_retry(state):
-        print(f"  {name}: {describe(state.outcome.exception())}; retry {state.attempt_number}/{args.llm_attempts - 1} "
-              f"in {state.next_action.sleep:.1f}s", flush=True)
+        waits.append(state.next_action.sleep)
+        print(f"  {name}: {errors['describe'](state.outcome.exception())}; retry {state.attempt_number}/"
+              f"{args.llm_attempts - 1} in {state.next_action.sleep:.1f}s", flush=True)
 
     retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(args.llm_attempts), wait=wait,
-                                 retry=tenacity.retry_if_exception(retryable), before_sleep=log_retry, reraise=True)
+                                 retry=tenacity.retry_if_exception(retry), before_sleep=log_retry, reraise=True)
     t0 = time.perf_counter()
-    out, resp = {"model": args.llm_model, "attempts": 0}, None
+    out, resp = {"model": model, "attempts": 0}, None
     try:
         for attempt in retrying:
             with attempt:
                 out["attempts"] = attempt.retry_state.attempt_number
                 resp = call()
     except Exception as e:
-        out["error"] = describe(e)
+        out["error"] = errors["describe"](e)
+        if asked.get("delay", 0) > args.llm_max_wait:
+            out["error"] += f"; server asked to wait {asked['delay']:g} s > llm_max_wait {args.llm_max_wait:g} s"
+        out["error_body"] = errors["body"](e)
     out["latency_s"] = time.perf_counter() - t0
+    out["retry_wait_s"] = sum(waits)
     return resp, out
 
 
+def _transport(exc, kind):
+    """httpx / httpx2 (google-genai 3 and openai 3 use httpx2) transport errors: kind TransportError or
+    TimeoutException."""
+    return any(c.__module__.split(".")[0] in ("httpx", "httpx2") and c.__name__ == kind for c in type(exc).__mro__)
+
+
+def _exc_text(exc):
+    return f"{type(exc).__name__}: {exc}"
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Gemini through google-genai, with tenacity retries
+# Gemini through google-genai
 
 def _error_details(exc):
     """The google.rpc detail objects of an API error body (RetryInfo, QuotaFailure, ...)."""
@@ -74,21 +114,28 @@ def _per_day_quota(exc):
                if d.get("@type", "").endswith("QuotaFailure") for v in d.get("violations") or [])
 
 
-def _retryable(exc):
+def _gemini_retryable(exc):
     from google.genai import errors
     if isinstance(exc, errors.APIError):
         return exc.code in (500, 502, 503, 504) or (exc.code == 429 and not _per_day_quota(exc))
-    # Timeouts and connection failures surface as httpx / httpx2 transport errors (google-genai 3 uses httpx2).
-    return any(c.__module__.split(".")[0] in ("httpx", "httpx2") and c.__name__ == "TransportError"
-               for c in type(exc).__mro__)
+    return _transport(exc, "TransportError")
 
 
-def _describe(exc):
+def _gemini_describe(exc):
     from google.genai import errors
     if isinstance(exc, errors.APIError):
         quota = " (per-day quota, not retried)" if exc.code == 429 and _per_day_quota(exc) else ""
-        return f"api error: {exc.code} {exc.status}{quota}: {exc.message}"
-    return f"api error: {type(exc).__name__}: {exc}"
+        return one_line(f"api error: {exc.code} {exc.status}{quota}: {one_line(exc.message, 1000)}")
+    return one_line(f"api error: {_exc_text(exc)}")
+
+
+def _gemini_body(exc):
+    details = getattr(exc, "details", None)
+    return json.dumps(details, indent=1) if details is not None else _exc_text(exc)
+
+
+GEMINI_ERRORS = {"retryable": _gemini_retryable, "delay": _retry_delay, "describe": _gemini_describe,
+                 "body": _gemini_body, "timed_out": lambda e: _transport(e, "TimeoutException")}
 
 
 def gemini_asker(args):
@@ -102,17 +149,22 @@ def gemini_asker(args):
         client = genai.Client(http_options=types.HttpOptions(timeout=int(args.llm_timeout * 1000)))
     except Exception as e:
         raise UsageError(f"cannot set up the Gemini client: {e}") from None
+    model = GEMINI_MODEL if args.llm_model == "auto" else args.llm_model
     config = types.GenerateContentConfig(temperature=args.temperature)
     if args.thinking_budget >= 0:
         config.thinking_config = types.ThinkingConfig(thinking_budget=args.thinking_budget)
+    if args.llm_max_tokens:
+        thinking = args.thinking_budget if args.thinking_budget >= 0 else GEMINI_MAX_THINKING
+        config.max_output_tokens = args.llm_max_tokens + thinking
     if args.parser == "json":
         config.response_mime_type = "application/json"
         config.response_json_schema = P.JSON_SCHEMA
 
     def ask(epoch, text, state=None):
-        resp, out = _call_with_retries(args, "gemini", _retryable, _retry_delay, _describe,
-                                       lambda: client.models.generate_content(model=args.llm_model, contents=text,
-                                                                              config=config))
+        resp, out = _call_with_retries(args, "gemini", GEMINI_ERRORS,
+                                       lambda: client.models.generate_content(model=model, contents=text, config=config),
+                                       model)
+        out["response_format"] = "json_schema" if args.parser == "json" else "text"
         if "error" in out:
             return out
         cand = resp.candidates[0] if resp.candidates else None
@@ -126,7 +178,7 @@ def gemini_asker(args):
             thought_tokens=usage.thoughts_token_count if usage else None)
         return out
 
-    return ask
+    return ask, {"model": model, "records": {}}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -136,6 +188,14 @@ def _local(url):
     from urllib.parse import urlparse
     host = urlparse(url).hostname or ""
     return host in ("localhost", "127.0.0.1", "::1", "0.0.0.0") or host.endswith(".local")
+
+
+def _public(url):
+    """A base URL as it may be recorded: no user:password@, no query string (where keys sometimes hide)."""
+    from urllib.parse import urlparse
+    u = urlparse(url)
+    return u._replace(netloc=u.hostname + (f":{u.port}" if u.port else "") if u.hostname else u.netloc,
+                      query="", fragment="").geturl()
 
 
 def _openai_retryable(exc):
@@ -164,8 +224,56 @@ def _retry_after(exc):
 def _openai_describe(exc):
     import openai
     if isinstance(exc, openai.APIStatusError):
-        return f"api error: {exc.status_code}: {exc.message}"
-    return f"api error: {type(exc).__name__}: {exc}"
+        body = exc.body
+        error = body.get("error", body) if isinstance(body, dict) else None
+        kind = error.get("type") if isinstance(error, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        return one_line(f"api error: {exc.status_code}{' ' + str(kind) if kind else ''}: "
+                        f"{one_line(message or body or exc.message, 1000)}")
+    return one_line(f"api error: {_exc_text(exc)}")
+
+
+def _openai_body(exc):
+    response = getattr(exc, "response", None)
+    try:
+        return response.text if response is not None else _exc_text(exc)
+    except Exception:  # a streamed or closed response
+        return _exc_text(exc)
+
+
+OPENAI_ERRORS = {"retryable": _openai_retryable, "delay": _retry_after, "describe": _openai_describe,
+                 "body": _openai_body, "timed_out": lambda e: type(e).__name__ == "APITimeoutError"}
+
+
+def _server_models(client, where):
+    """The ids the server lists under GET /v1/models, or why it lists none."""
+    try:
+        return {"base_url": where, "ids": sorted(m.id for m in client.models.list())}
+    except Exception as e:
+        return {"base_url": where, "ids": None, "error": _openai_describe(e)}
+
+
+def _pick_model(args, models):
+    """llm_model as given (with a warning when the server does not list it: permissive servers answer under
+    any name), or for auto the one model the server serves."""
+    ids, where = models["ids"], models["base_url"]
+    shown = lambda: ", ".join(ids[:20]) + (f", ... ({len(ids) - 20} more)" if len(ids) > 20 else "")  # noqa: E731
+    if args.llm_model != "auto":
+        if ids and args.llm_model not in ids:
+            warnings.warn(f"the server at {where} does not list model {args.llm_model!r} (it lists: {shown()}); "
+                          "it may answer under another model")
+        return args.llm_model
+    give = flag("llm_model", "NAME")
+    if ids is None:
+        raise UsageError(f"llm_model auto: cannot list the models of {where} ({models['error']}); start the server, "
+                         f"or give {give}")
+    if not ids:
+        raise UsageError(f"llm_model auto: the server at {where} lists no model; give {give}")
+    if len(ids) > 1:
+        raise UsageError(f"llm_model auto: the server at {where} serves {len(ids)} models ({shown()}); "
+                         f"pick one with {flag('llm_model', ids[0])}")
+    print(f"llm_model auto: the server at {where} serves one model, {ids[0]}; asking it", flush=True)
+    return ids[0]
 
 
 def openai_asker(args):
@@ -179,26 +287,40 @@ def openai_asker(args):
     # The client's own retries are off: tenacity is the one retry layer, as for Gemini. Local servers take any
     # key; the placeholder never leaves this process except in the Authorization header to that server.
     client = openai.OpenAI(api_key=key or "not-needed", max_retries=0, timeout=args.llm_timeout)
-    extra = {"temperature": args.temperature}
-    if args.parser == "json":
-        extra["response_format"] = {"type": "json_schema", "json_schema": {"name": "learning_rate", "strict": True,
-                                                                            "schema": P.JSON_SCHEMA}}
+    models = _server_models(client, _public(base or "https://api.openai.com/v1"))
+    model = _pick_model(args, models)
+    # Structured output in steps, as servers allow: OpenAI's json_schema; llama.cpp's and Ollama's json_object
+    # with the schema beside it; plain text (the prompt still asks for JSON). What worked is kept for the run.
+    forms = ["json_schema", "json_object", "text"] if args.parser == "json" else ["text"]
+    now = {"form": 0, "cap": "max_tokens"}
 
     def create(text):
+        form = forms[now["form"]]
+        extra = {"temperature": args.temperature}
+        if args.llm_max_tokens:
+            extra[now["cap"]] = args.llm_max_tokens
+        if form == "json_schema":
+            extra["response_format"] = {"type": "json_schema",
+                                        "json_schema": {"name": "learning_rate", "strict": True, "schema": P.JSON_SCHEMA}}
+        elif form == "json_object":
+            extra["response_format"] = {"type": "json_object", "schema": P.JSON_SCHEMA}
         try:
-            return client.chat.completions.create(model=args.llm_model, messages=[{"role": "user", "content": text}],
-                                                  **extra)
-        except openai.BadRequestError as e:
-            if "response_format" not in extra or "response_format" not in str(e):
-                raise
-            # Many local servers do not do structured output: ask in plain text; the prompt still asks for JSON.
-            warnings.warn(f"the server refused response_format ({e.status_code}); asking without it from now on")
-            extra.pop("response_format")
-            return create(text)
+            return client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], **extra)
+        except openai.APIStatusError as e:
+            said = _openai_body(e).lower()
+            if form != "text" and e.status_code in (400, 422, 500) and ("response_format" in said or "json_schema" in said):
+                now["form"] += 1
+                warnings.warn(f"the server refused response_format {form} ({_openai_describe(e)}); asking with "
+                              f"{forms[now['form']]} from now on")
+                return create(text)
+            if now["cap"] == "max_tokens" and e.status_code == 400 and "max_completion_tokens" in said:
+                now["cap"] = "max_completion_tokens"  # OpenAI's reasoning models refuse the older name
+                return create(text)
+            raise
 
     def ask(epoch, text, state=None):
-        resp, out = _call_with_retries(args, "openai", _openai_retryable, _retry_after, _openai_describe,
-                                       lambda: create(text))
+        resp, out = _call_with_retries(args, "openai", OPENAI_ERRORS, lambda: create(text), model)
+        out["response_format"] = forms[now["form"]]
         if "error" in out:
             return out
         choice = resp.choices[0] if resp.choices else None
@@ -211,7 +333,7 @@ def openai_asker(args):
                    thought_tokens=getattr(details, "reasoning_tokens", None) if details else None)
         return out
 
-    return ask
+    return ask, {"model": model, "records": {"advisor/server_models.json": models}}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,10 +352,10 @@ def random_asker(args):
     def ask(epoch, text, state):
         u = rng.uniform(-1, 1)
         lr = state["scheduler_lr"] * 10 ** u
-        return {"model": "random", "attempts": 1, "latency_s": 0.0, "finish_reason": "STOP",
+        return {"model": "random", "attempts": 1, "latency_s": 0.0, "retry_wait_s": 0.0, "finish_reason": "STOP",
                 "reply": _answer(args, lr, f"random control: the scheduler's LR times 10^{u:.3f}")}
 
-    return ask
+    return ask, {"model": "random", "records": {}}
 
 
 def textbook_asker(args):
@@ -243,17 +365,18 @@ def textbook_asker(args):
         s = state["scheduler_lr"]
         lr, why = (s, "the loss is decreasing: keep the learning rate") if trend == "decreasing" else \
             (s / 10, f"the loss is {trend}: reduce the learning rate by a factor of 10")
-        return {"model": "textbook", "attempts": 1, "latency_s": 0.0, "finish_reason": "STOP",
+        return {"model": "textbook", "attempts": 1, "latency_s": 0.0, "retry_wait_s": 0.0, "finish_reason": "STOP",
                 "reply": _answer(args, lr, why)}
 
-    return ask
+    return ask, {"model": "textbook", "records": {}}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Replay: answer from a recorded run, no network
 
 def replay_asker(args):
-    from lradvisor.advisor import TABLE  # here: advisor.py imports this module
+    import mlflow
+    from lradvisor.tracking import TABLE
     run_id = args.replay_run_id
     if run_id in ("", "none"):
         raise UsageError(f"{flag('advisor', 'replay')} needs {flag('replay_run_id', 'RUN_ID')} of a run that logged {TABLE}")
@@ -261,7 +384,7 @@ def replay_asker(args):
         client = mlflow.MlflowClient()
         table = client.load_table(client.get_run(run_id).info.experiment_id, TABLE, run_ids=[run_id])
     except Exception as e:
-        raise UsageError(f"cannot read {TABLE} of run {run_id!r} for replay ({type(e).__name__}: {e}); "
+        raise UsageError(f"cannot read {TABLE} of run {run_id!r} for replay ({type(e).__name__}: {one_line(e)}); "
                          "give the id of a finished LLM-arm run on this tracking server") from None
     # The first row of each epoch is the exchange; a guard's rollback note comes later under the same epoch.
     recorded = {}
@@ -279,17 +402,19 @@ def replay_asker(args):
             warnings.warn(f"replay: the prompt at epoch {epoch} differs from the one recorded in run {run_id}")
             mlflow.set_tag("replay_prompt_mismatch", ",".join(map(str, mismatched)))
         out = {"model": rec["model"], "model_version": rec.get("model_version"), "attempts": 0, "latency_s": 0.0,
-               "finish_reason": rec.get("finish_reason") or ""}
+               "retry_wait_s": 0.0, "finish_reason": rec.get("finish_reason") or "",
+               "response_format": rec.get("response_format")}
         if not isinstance(rec.get("reply"), str):  # a recorded failure (no reply at all) replays as one
             out["error"] = "replay: " + str(rec.get("reason"))
         else:
             out["reply"] = rec["reply"]
         return out
 
-    return ask
+    first = recorded[min(recorded)]["model"] if recorded else "replay"
+    return ask, {"model": first, "records": {}}
 
 
-# Who answers, by the `advisor` parameter: a new provider is one function of args returning an asker.
+# Who answers, by the `advisor` parameter: a new provider is one function of args returning (ask, info).
 LLMS = ("gemini", "openai")
 ASKERS = {"gemini": gemini_asker, "openai": openai_asker, "random": random_asker, "textbook": textbook_asker,
           "replay": replay_asker}

@@ -51,6 +51,8 @@ def recent_trend(values):
 VARIABLES = {  # name: what it holds (the README shows an example of each)
     "epoch": "the epoch just finished, 1-based",
     "epochs": "the run's total number of epochs",
+    "window_epochs": "how many epochs the window shows: window, or fewer early in the run",
+    "recent_epochs": "how many of them the recent trend reads: at most 3",
     "current_lr": "the LR the next epoch would train with (Python float repr)",
     "losses": "training losses of the window, a Python list",
     "loss_trend": "overall trend of those losses",
@@ -75,17 +77,19 @@ def check_template(text, where):
     return text
 
 
-def builtin_template(signals, n, json_reply=False):
-    """The published prompt family as a template; n = epochs in the window (the published text names it)."""
+def builtin_template(signals, json_reply=False):
+    """The published prompt family as a template. The published text names the window's length ("last 5
+    epochs", "last 1 epochs" after the first), so that is a variable too: the template renders byte for byte
+    what the published code printed, at every epoch and window."""
     lines = ["- Current Learning Rate: {{current_lr}}"]
     if "lr_history" in signals:
-        lines.append(f"- Learning rate history (per-epoch, last {n} epochs): {{{{lr_history}}}}")
+        lines.append("- Learning rate history (per-epoch, last {{window_epochs}} epochs): {{lr_history}}")
     if "losses" in signals:
-        lines += [f"- Loss values (last {n} epochs): {{{{losses}}}}",
+        lines += ["- Loss values (last {{window_epochs}} epochs): {{losses}}",
                   "- Overall trend of losses: {{loss_trend}}",
-                  f"- Recent trend (last {min(n, RECENT)} epochs): {{{{recent_trend}}}}"]
+                  "- Recent trend (last {{recent_epochs}} epochs): {{recent_trend}}"]
     if "grad_norms" in signals:
-        lines += [f"- Gradient norms (per-epoch mean, last {n} epochs): {{{{grad_norms}}}}",
+        lines += ["- Gradient norms (per-epoch mean, last {{window_epochs}} epochs): {{grad_norms}}",
                   "- Overall trend of gradient norms: {{grad_norm_trend}}"]
     if "per_class" in signals:
         lines += ["- Per-class test accuracy: {{per_class}}", "- Worst three classes: {{worst_classes}}"]
@@ -115,7 +119,8 @@ def variables(history, current_lr, window, epochs):
     norms = [float(x) for x in history["grad_norm"][-n:]]
     acc = history["class_acc"][-1] if history["class_acc"] else {c: 0.0 for c in CLASSES}
     worst = sorted(CLASSES, key=lambda c: acc[c])[:3]
-    return {"epoch": len(history["train_loss"]), "epochs": epochs, "current_lr": current_lr, "losses": losses,
+    return {"epoch": len(history["train_loss"]), "epochs": epochs, "window_epochs": n, "recent_epochs": min(n, RECENT),
+            "current_lr": current_lr, "losses": losses,
             "loss_trend": overall_trend(losses), "recent_trend": recent_trend(losses),
             "lr_history": [float(x) for x in history["lr"][-n:]], "grad_norms": norms,
             "grad_norm_trend": overall_trend(norms),
@@ -129,8 +134,7 @@ def render(template, values):
 
 def build_prompt(signals, history, current_lr, window, json_reply=False, template=None, epochs=0):
     """The prompt after an epoch: the given template, or the built-in one for these signals, filled in."""
-    n = min(window, len(history["train_loss"]))
-    return render(template or builtin_template(signals, n, json_reply), variables(history, current_lr, window, epochs))
+    return render(template or builtin_template(signals, json_reply), variables(history, current_lr, window, epochs))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -179,4 +183,11 @@ def decide(proposed, scheduler_lr, max_factor=0.0):
         clamped = min(max(proposed, scheduler_lr / max_factor), scheduler_lr * max_factor)
         if clamped != proposed:
             return clamped, True, f"accepted, clamped to {clamped:g} by max_factor {max_factor:g}"
+    if unchanged(proposed, scheduler_lr):  # a small model echoing "Current Learning Rate: 0.1" advised nothing
+        return proposed, True, "accepted, equal to the scheduler's LR"
     return proposed, True, "accepted"
+
+
+def unchanged(applied, scheduler_lr):
+    """The applied LR is the scheduler's (to 1e-9 relative: 0.01 against StepLR's 0.010000000000000002)."""
+    return abs(applied - scheduler_lr) <= 1e-9 * abs(scheduler_lr)

@@ -1,8 +1,10 @@
 """The LLM arms through the real google-genai client, against a fake Gemini server on 127.0.0.1."""
 
 import glob
+import html
 import json
 import os
+import re
 
 import mlflow
 import pytest
@@ -72,11 +74,15 @@ def test_losses_arm_published_exchange_via_mlflow_run(cifar_dir, experiment, tmp
         f"{prompt.HEAD}\n\n- Current Learning Rate: 0.2\n- Loss values (last 1 epochs): [{loss1}]\n"
         "- Overall trend of losses: unchanged or fluctuating\n- Recent trend (last 1 epochs): stable\n\n" + prompt.TAIL)
     assert open(client.download_artifacts(rid, "advisor/epoch_02/reply.txt", str(tmp_path))).read() == PUBLISHED_REPLY
+    # The same exchange as a page the UI previews wrapped (it cuts .txt previews at its width), exact once unescaped.
+    page = open(client.download_artifacts(rid, "advisor/epoch_01/exchange.html", str(tmp_path))).read()
+    assert [html.unescape(p) for p in re.findall(r"<pre>(.*?)</pre>", page, re.S)] == [sent, PUBLISHED_REPLY]
+    assert "epoch 1: parsed 0.01, next lr 0.01 (accepted)" in page
 
     rows = calls(run)
     assert [r["epoch"] for r in rows] == [1, 2]
     # The decision first, so the UI's table shows it without scrolling; the long texts last.
-    assert list(rows[0])[:6] == ["epoch", "parsed_lr", "scheduler_lr", "applied_lr", "accepted", "reason"]
+    assert list(rows[0])[:7] == ["epoch", "parsed_lr", "scheduler_lr", "applied_lr", "accepted", "changed", "reason"]
     assert list(rows[0])[-2:] == ["prompt", "reply"]
     assert rows[0]["parsed_lr"] == 0.01 and rows[0]["scheduler_lr"] == 0.2 and rows[0]["applied_lr"] == 0.01
     assert rows[0]["accepted"] and rows[0]["model_version"] == "gemini-3.5-flash-001"
@@ -154,7 +160,7 @@ def test_reply_variants_follow_the_rule_and_replay_reproduces_them(cifar_dir, ex
     rows = calls(run)
     assert [r["accepted"] for r in rows] == [False, False, False, False, True]
     assert rows[1]["reason"] == "out of range (0, 1): 1.5" and rows[2]["parsed_lr"] == 10
-    assert rows[3]["reason"] == "no reply text (finish_reason MAX_TOKENS)"
+    assert rows[3]["reason"] == "no reply text (finish_reason MAX_TOKENS); reply cut at llm_max_tokens"
     assert rows[4]["scheduler_lr"] == pytest.approx(0.01) and rows[4]["applied_lr"] == 5e-4
     assert lrs(run.info.run_id) == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.1, 5e-4])
 
@@ -181,14 +187,24 @@ def test_retries_wait_as_told_then_succeed(cifar_dir, experiment, gemini):
                reply("learning rate: 0.02", delay=2.5),                          # past the 1 s timeout
                reply("learning rate: 0.03"))
     assert train(experiment, "losses", "--data-dir", cifar_dir, "--epochs", 2, "--llm-timeout", 1,
-                 "--llm-max-wait", 0.1) == 0
+                 "--llm-max-wait", 1.6) == 0
     gaps = [b["time"] - a["time"] for a, b in zip(g.requests, g.requests[1:])]
     assert len(g.requests) == 5
-    assert gaps[0] >= 1.5  # never sooner than RetryInfo, although the backoff cap is 0.1 s
-    assert all(gap < 1.4 for gap in gaps[1:3])
+    assert gaps[0] >= 1.5  # never sooner than RetryInfo (while it asks no more than llm_max_wait)
+    assert all(gap < 2.0 for gap in gaps[1:3])  # the backoff is capped at llm_max_wait
+    assert gaps[3] >= 2.0  # a 1 s timeout, then at least the timeout again before the next attempt
     (run,) = runs_of(experiment)
     (row,) = calls(run)
     assert row["attempts"] == 5 and row["applied_lr"] == 0.03 and run.info.status == "FINISHED"
+
+
+def test_a_retry_delay_beyond_llm_max_wait_fails_the_exchange_at_once(cifar_dir, experiment, gemini):
+    g = gemini(error(429, retry_delay="3600s"))
+    assert train(experiment, "losses", "--data-dir", cifar_dir, "--epochs", 2) == 0
+    assert len(g.requests) == 1
+    (run,) = runs_of(experiment)
+    (row,) = calls(run)
+    assert row["reason"].endswith("server asked to wait 3600 s > llm_max_wait 60 s") and row["attempts"] == 1
 
 
 def test_exhausted_and_per_day_errors(cifar_dir, experiment, gemini, capsys):
@@ -224,6 +240,7 @@ def test_json_parser_and_max_factor(cifar_dir, experiment, gemini, monkeypatch):
                  "--max-factor", 2) == 0
     assert g.requests[0]["path"].startswith("/v1beta/")
     config = g.requests[0]["body"]["generationConfig"]
+    assert config["maxOutputTokens"] == 1024 + 24576  # the reply's cap plus room for the model's own thinking
     assert config["responseMimeType"] == "application/json"
     assert config["responseJsonSchema"]["properties"]["learning_rate"] == {"type": "number"}
     (run,) = runs_of(experiment)
