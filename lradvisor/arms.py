@@ -11,6 +11,7 @@ The published study's arms each add one signal to the recent losses; parameters 
 """
 
 import os
+import re
 
 ARMS = {
     # the published study
@@ -35,6 +36,7 @@ ARMS = {
 SIGNALS = ("losses", "lr_history", "grad_norms", "per_class", "feedback")
 ADVISORS = ("gemini", "openai", "random", "textbook", "replay")
 SCHEDULES = ("step", "cosine", "onecycle", "linear", "plateau", "constant")  # built in schedules.py
+MODELS = ("resnet18", "resnet18_imagenet_stem")  # built in model.py
 # Names a sweep's `arms` accepts for several arms at once.
 GROUPS = {
     "published": ["baseline", "cadence3", "cadence5", "losses", "lr_history", "grad_norms", "per_class"],
@@ -84,3 +86,13 @@ def resolve(arm, signals="preset", every="preset", advisor="preset", schedule="p
     if spec["every"] > 0 and not spec["signals"]:
         raise UsageError(f"arm {arm!r} asks the LLM but shows it no signals; set --signals to some of {', '.join(SIGNALS)}")
     return spec
+
+
+ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def check_id(value, name):
+    """Ids go into search filters and artifact names: letters, digits, `_ . -` only."""
+    if not ID.match(value):
+        raise UsageError(f"invalid {name} {value!r}; use letters, digits, '_', '.' and '-' only")
+    return value

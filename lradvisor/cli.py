@@ -28,7 +28,7 @@ DEVICES = "auto, cpu, cuda or cuda:N"
 # String parameters whose default is "not given". MLflow stores an empty default as the literal '', so
 # these defaults are words instead (and "" given by hand is read as the word).
 UNSET = {"signals": "preset", "every": "preset", "advisor": "preset", "schedule": "preset", "replay_run_id": "none", "sweep_id": "new",
-         "experiment": "none", "run_ids": "none"}
+         "experiment": "none", "run_ids": "none", "llm_model": "auto"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -75,20 +75,22 @@ def add_training_args(p, sweep=False):
     g.add_argument("--max-factor", type=float, default=0.0, help="clamp an accepted LR to [s/f, s*f] around the scheduler's s; 0 = off")
     g.add_argument("--advisor", default="preset", help="preset (the arm's own: gemini, or random/textbook for the controls), gemini, openai (any OpenAI-compatible server: OPENAI_BASE_URL, OPENAI_API_KEY), random, textbook, or replay (answers from --replay-run-id, no network)")
     g.add_argument("--replay-run-id", default="none", help="run whose recorded replies --advisor replay uses")
-    g.add_argument("--llm-model", default="gemini-3.5-flash", help="model to ask (with --advisor openai: the server's model name)")
+    g.add_argument("--llm-model", default="auto", help="model to ask; auto: gemini-3.5-flash for Gemini, the one model an OpenAI-compatible server lists")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     g.add_argument("--thinking-budget", type=int, default=-1, help="thinking tokens (0 = off); -1 = the model's default, not sent")
     g.add_argument("--llm-attempts", type=int, default=6, help="attempts per exchange (429/5xx/timeouts are retried)")
-    g.add_argument("--llm-max-wait", type=float, default=60.0, help="cap of the exponential backoff in seconds (a server's retryDelay is always honoured)")
-    g.add_argument("--llm-timeout", type=float, default=60.0, help="timeout of one LLM request in seconds")
+    g.add_argument("--llm-max-wait", type=float, default=60.0, help="cap of the exponential backoff in seconds; a server asking for a longer wait (Retry-After, retryDelay) ends the exchange as failed")
+    g.add_argument("--llm-timeout", type=float, default=60.0, help="timeout of one LLM request in seconds; after a timeout the next attempt waits at least this long")
+    g.add_argument("--llm-max-tokens", type=int, default=1024, help="cap of the reply's tokens (max_tokens; Gemini: maxOutputTokens = this + the thinking budget); 0 = none sent")
     g.add_argument("--on-advisor-error", default="continue", help="continue (keep the scheduler's LR) or fail (end the run FAILED)")
     g.add_argument("--guard", default="off", help="off (published) or rollback: an epoch at the advisor's LR whose loss explodes is trained again at the scheduler's LR")
     g.add_argument("--guard-factor", type=float, default=3.0, help="rollback when the epoch's training loss exceeds this x the previous epoch's (or is not finite)")
 
 
 def check_training_args(a):
-    """Raise UsageError naming the valid values for the first invalid parameter."""
-    from lradvisor.model import MODELS
+    """Raise UsageError naming the valid values for the first invalid parameter. Imports nothing heavy: a
+    refusal takes a fraction of a second."""
+    from lradvisor.arms import MODELS
     floats = [k for k, v in vars(a).items() if isinstance(v, float) and not math.isfinite(v)]
     if floats:  # inf and nan pass every comparison below in one direction or the other
         raise UsageError(f"{floats[0]} must be a finite number, got {getattr(a, floats[0])}")
@@ -115,6 +117,7 @@ def check_training_args(a):
         (a.llm_max_wait >= 0, f"llm_max_wait must be >= 0, got {a.llm_max_wait}"),
         # The SDK takes whole milliseconds, and 0 means no timeout at all.
         (a.llm_timeout >= 1, f"llm_timeout must be >= 1 (seconds), got {a.llm_timeout}"),
+        (a.llm_max_tokens >= 0, f"llm_max_tokens must be >= 0 (0 = none sent), got {a.llm_max_tokens}"),
         (a.on_advisor_error in ("continue", "fail"), f"unknown on_advisor_error {a.on_advisor_error!r}; valid: continue, fail"),
     ]
     for ok, message in rules:
@@ -124,7 +127,7 @@ def check_training_args(a):
     resolve(a.arm, a.signals, a.every, a.advisor, a.schedule)
 
 
-def build_parser():
+def build_parser(bench=True):
     p = Parser(prog="lradvisor", description="Can an LLM, asked between epochs, schedule the learning rate better than StepLR?")
     p.add_argument("--version", action="version", version=f"lradvisor {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -160,9 +163,11 @@ def build_parser():
     r.add_argument("action", choices=["register"], help="register: one prompt per published signal set, NAME-<arm>")
     r.add_argument("--name", default="lradvisor-published", help="prefix of the prompt names")
 
-    from lradvisor.bench import build_parser as bench_parser
-    bench_parser(sub.add_parser("bench", help="time our training loop against a typical DataLoader loop",
-                                description="Time our training loop against a typical DataLoader loop (scripts/benchmark.py)."))
+    b = sub.add_parser("bench", help="time our training loop against a typical DataLoader loop",
+                       description="Time our training loop against a typical DataLoader loop (scripts/benchmark.py).")
+    if bench:  # its module imports torch: only when it is the command
+        from lradvisor.bench import build_parser as bench_parser
+        bench_parser(b)
     return p
 
 
@@ -182,22 +187,24 @@ def main(argv=None):
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"  # one line, no source
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in ("train", "sweep", "compare", "prompts", "bench")), None)
-    from lradvisor.data import DataError
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(bench=command == "bench").parse_args(argv)
         for key, word in UNSET.items():  # "" and the word mean the same; records always show the word
             if getattr(args, key, None) == "" and (key != "experiment" or args.command == "compare"):
                 setattr(args, key, word)
+        # Cheap checks first (no torch, no mlflow, no data), then the tracking server, then what reads data.
+        if args.command == "train":
+            check_training_args(args)
+        elif args.command == "sweep":
+            from lradvisor import sweep
+            sweep.check_args(args)
+            for arm in sweep.parse_arms(args.arms):
+                check_training_args(argparse.Namespace(**vars(args), arm=arm, seed=0))
         if args.command in ("train", "sweep", "compare", "prompts"):
             from lradvisor import tracking
-            if args.command == "train":
-                check_training_args(args)
-            elif args.command == "sweep":
-                from lradvisor import sweep
-                sweep.check_args(args)
-                for arm in sweep.parse_arms(args.arms):
-                    check_training_args(argparse.Namespace(**vars(args), arm=arm, seed=0))
             tracking.check_server()  # seconds, not minutes, to learn that the tracking server is not there
+        if args.command == "sweep":
+            sweep.check_resources(args)  # the data set and device, and the Ray cluster: before any run exists
         if args.command == "train":
             from lradvisor import train
             train.main(args)
@@ -213,7 +220,7 @@ def main(argv=None):
         elif args.command == "bench":
             from lradvisor import bench
             return bench.main(args)
-    except (UsageError, DataError) as e:
+    except UsageError as e:  # and DataError
         return refuse(command, str(e), argv)
     except KeyboardInterrupt:
         print(f"lradvisor {command}: interrupted; the run was ended KILLED", file=sys.stderr)

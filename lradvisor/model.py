@@ -9,7 +9,7 @@ same construction and initialisation order, so the same seed gives the same weig
 import torch
 import torch.nn as nn
 
-MODELS = ("resnet18", "resnet18_imagenet_stem")
+from lradvisor.arms import MODELS
 
 
 def conv3x3(cin, cout, stride=1):

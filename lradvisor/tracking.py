@@ -3,7 +3,6 @@
 import contextlib
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -12,14 +11,33 @@ import traceback
 import mlflow
 from mlflow.tracking import MlflowClient
 
+TABLE = "advisor/calls.json"  # an advisor run's exchanges, one row each (advisor.py writes it, replay reads it)
+
 
 def open_run(experiment, run_name=None):
-    """Inside `mlflow run` (MLFLOW_RUN_ID is set) attach to its run; otherwise start one in `experiment`."""
+    """Inside `mlflow run` or a sweep (MLFLOW_RUN_ID is set) attach to its run; otherwise start one in
+    `experiment`. The run is named `run_name` either way (`mlflow run` names its runs at random)."""
     if os.environ.get("MLFLOW_RUN_ID"):
-        return mlflow.start_run()  # set_experiment() here would raise: the run already has one
+        run = mlflow.start_run()  # set_experiment() here would raise: the run already has one
+        if run_name:
+            mlflow.set_tag("mlflow.runName", run_name)
+        return run
     if experiment:
         mlflow.set_experiment(experiment)
     return mlflow.start_run(run_name=run_name)
+
+
+def set_experiment_tag_once(experiment_id, key, value):
+    """Runs starting at once in one experiment (a sweep's children) would each insert the tag, and a server's
+    sqlite store refuses the second insert: set it only when missing, and accept that another run won."""
+    client = MlflowClient()
+    if client.get_experiment(experiment_id).tags.get(key) == value:
+        return
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except mlflow.exceptions.MlflowException:
+        if client.get_experiment(experiment_id).tags.get(key) != value:
+            raise
 
 
 def log_params_once(params):
@@ -38,21 +56,80 @@ def _interrupt(signum, frame):
     # after a Ctrl-C reached both) must not cut that short, or the run is left RUNNING and then marked FAILED.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    if LAUNCHER["gone"]:
+        raise KeyboardInterrupt(f"the process that started this run ({LAUNCHER['gone']}) is gone")
     raise KeyboardInterrupt("terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)")
 
 
 @contextlib.contextmanager
 def interrupts_end_runs():
-    """Within: Ctrl-C and SIGTERM raise KeyboardInterrupt once, then are ignored. Handlers are restored after."""
+    """Within: Ctrl-C and SIGTERM raise KeyboardInterrupt once, then are ignored, and a run that someone else
+    started (MLFLOW_RUN_ID: `mlflow run`, a sweep) ends the same way when that someone goes away. Handlers are
+    restored after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if os.environ.get("MLFLOW_RUN_ID"):
+        watch_launcher()
     try:
         yield
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A launcher that goes away: a job scheduler SIGTERMs `mlflow run` itself, which exits at once and leaves its
+# child training to FINISHED as an orphan; a sweep killed with SIGKILL leaves its children the same way.
+
+SHELLS = ("bash", "sh", "dash", "zsh")  # `mlflow run` starts `bash -c COMMAND`; bash may or may not exec
+LAUNCHER = {"pid": None, "gone": None}
+
+
+def _stat(pid):
+    """(state, parent pid, start time) of a process from /proc, or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def watch_launcher(interval=1.0):
+    """Watch the process that started us (through a shell in between); when it is gone, SIGTERM ourselves so
+    that the run ends KILLED as on any SIGTERM, with the reason. Linux reads /proc; elsewhere a changed parent
+    pid tells."""
+    pid = os.getppid()
+    if _comm(pid) in SHELLS and _stat(pid):
+        pid = _stat(pid)[1]
+    first = _stat(pid)
+    LAUNCHER["pid"] = pid
+
+    def alive():
+        if first is None:  # no /proc
+            return os.getppid() == LAUNCHER["pid"]
+        now = _stat(pid)  # gone, a zombie nobody reaped yet, or its pid taken by another process
+        return now is not None and now[0] not in "ZX" and now[2] == first[2]
+
+    name = _comm(pid) or "launcher"
+
+    def watch():
+        while alive():
+            time.sleep(interval)
+        LAUNCHER["gone"] = f"{name}, pid {pid}"
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="lradvisor-watch-launcher").start()
 
 
 @contextlib.contextmanager
@@ -87,7 +164,7 @@ def end_failed(status, reason, exc=None):
             print(f"lradvisor: could not record the failure in MLflow: {e}")
         finally:
             mlflow.end_run(status)
-            if status == "KILLED" and UNDER_MLFLOW_RUN:
+            if status == "KILLED" and UNDER_MLFLOW_RUN and not LAUNCHER["gone"]:
                 _outlast_launcher(status)
 
 
@@ -103,7 +180,7 @@ def _outlast_launcher(status):
     import sys
     run_id = mlflow.last_active_run().info.run_id
     code = (f"from lradvisor.tracking import restore_status; "
-            f"restore_status({os.getppid()}, {run_id!r}, {status!r})")
+            f"restore_status({LAUNCHER['pid'] or os.getppid()}, {run_id!r}, {status!r})")
     subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -188,26 +265,17 @@ def mark_refused(run_id, message, arm=None):
         print(f"lradvisor: could not record the refusal in MLflow: {e}")
 
 
-def ui_link(experiment_id):
-    """The runs table of an experiment: MLflow 3's UI opens experiments on a GenAI overview unless told so."""
+def ui_link(experiment_id, run_id=None):
+    """The runs table of an experiment, or a run's page: MLflow 3.17's UI opens both in its GenAI views (an
+    overview; "Evaluations" for a run) unless told otherwise; this suffix opens the model-training views."""
     base = _server_url() or "http://127.0.0.1:5000"
     where = "" if _server_url() else " (after `mlflow ui`)"
-    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning{where}"
+    run = f"/runs/{run_id}" if run_id else ""
+    return f"{base}/#/experiments/{experiment_id}{run}?workflowType=machine_learning{where}"
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Search filters
-
-ID = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-def check_id(value, name):
-    """Ids go into search filters and artifact names: letters, digits, `_ . -` only."""
-    if not ID.match(value):
-        from lradvisor.arms import UsageError
-        raise UsageError(f"invalid {name} {value!r}; use letters, digits, '_', '.' and '-' only")
-    return value
-
 
 def quote(value):
     """A value for an MLflow search filter, as a quoted string literal."""

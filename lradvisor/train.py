@@ -12,14 +12,15 @@ import copy
 import math
 import sys
 import time
+import warnings
 
 import mlflow
 import torch
 import torch.nn.functional as F
 
 from lradvisor import advisor, arms, schedules, tracking
-from lradvisor.data import CLASSES, Loader, load_cifar10, stratified_subset
-from lradvisor.device import pick_channels_last, pick_device, pick_precision
+from lradvisor.data import CLASSES, Loader, checksums, load_cifar10, stratified_subset
+from lradvisor.device import native_bf16, pick_channels_last, pick_device, pick_precision
 from lradvisor.model import build_model
 
 
@@ -84,6 +85,7 @@ def params_of(args, spec, device, n_train, n_test):
     p = {k: v for k, v in vars(args).items() if k not in ("command", "experiment")}
     p.update({"arm.signals": ",".join(spec["signals"]) or "none", "arm.every": spec["every"],
               "arm.advisor": spec["advisor"] if spec["every"] else "none", "arm.schedule": spec["schedule"],
+              "llm_model_used": spec["model"],
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "precision_used": pick_precision(args.precision, device),
               "channels_last_used": int(pick_channels_last(args.channels_last, device)),
@@ -127,10 +129,21 @@ def restore(snap, model, opt, sched, loader):
     loader.generator.set_state(snap["rng"])
 
 
+def warn_about(args, spec, device):
+    """Settings that run, but not as one might think: one line each."""
+    if spec["every"] and spec["every"] >= args.epochs:
+        warnings.warn(f"arm {args.arm!r} asks after every {spec['every']}. epoch and never after the final one: in "
+                      f"{args.epochs} epochs it will make no call")
+    if args.precision == "bf16" and device.type == "cpu" and not native_bf16(device):
+        warnings.warn("this CPU has no native bf16 (AVX512-BF16 or AMX, usable here): bf16 is emulated, ~4x slower "
+                      f"than fp32 or worse; {arms.flag('precision', 'auto')} would pick fp32")
+
+
 def main(args):
     """Validated args in, a finished MLflow run out. Raises UsageError/DataError before any run exists."""
     spec = arms.resolve(args.arm, args.signals, args.every, args.advisor, args.schedule)
     device = pick_device(args.device)
+    warn_about(args, spec, device)
     ask = advisor.make_asker(args, spec)  # checks credentials / the replay run before training starts
 
     # ---- data: the whole set on the device, uint8
@@ -142,11 +155,12 @@ def main(args):
 
     # Ctrl-C or SIGTERM (a sweep stopping its children) ends the run KILLED, not RUNNING, and only once.
     with tracking.interrupts_end_runs():
-        run = tracking.open_run(args.experiment)
+        run = tracking.open_run(args.experiment, run_name=f"{args.arm}-s{args.seed}")  # as a sweep names its runs
         journal = []  # what the current epoch logs, kept until it is sent: the tracking server may go away
         try:
             tracking.log_params_once(params_of(args, spec, device, len(y_tr), len(y_te)))
-            mlflow.set_tag("arm", args.arm)
+            bad = checksums(args.data_dir)
+            mlflow.set_tags({"arm": args.arm, "data_md5": "differs: " + ",".join(bad) if bad else "official"})
             advisor.prepare_run(args, spec)
             test_acc = epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, journal)
         except BaseException as e:
@@ -164,7 +178,8 @@ def main(args):
             mlflow.flush_trace_async_logging()  # traces are exported in the background; finish before the run does
         tracking.end_finished()
     print(f"run {run.info.run_id} finished: test_acc {test_acc:.2f}% after {args.epochs} epochs\n"
-          f"  view: {tracking.ui_link(run.info.experiment_id)}", file=sys.stderr)
+          f"  view the run: {tracking.ui_link(run.info.experiment_id, run.info.run_id)}\n"
+          f"  view all runs: {tracking.ui_link(run.info.experiment_id)}", file=sys.stderr)
     return run.info.run_id
 
 
@@ -173,9 +188,11 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
     name = spec["schedule"]
     per_step = sched if name in schedules.PER_STEP else None
     history = {"lr": [], "train_loss": [], "grad_norm": [], "class_acc": []}
-    # What the run cost, for compare's budget columns: LLM calls, tokens (prompt + output + thinking) and
-    # seconds waited, and seconds of training + evaluation.
-    budget = {"llm_calls": 0, "llm_tokens": 0, "llm_seconds": 0.0, "train_seconds": 0.0}
+    # What the run cost, for compare's budget columns: LLM calls (and how many failed), tokens (prompt + output +
+    # thinking), seconds in requests and seconds waited between attempts, seconds of training + evaluation; and
+    # how often the advisor's answer changed the LR.
+    budget = {"llm_calls": 0, "llm_failed_calls": 0, "llm_tokens": 0, "llm_seconds": 0.0, "llm_retry_seconds": 0.0,
+              "train_seconds": 0.0, "advisor_changes": 0}
     advised = None  # (exchange epoch, the scheduler's LR) when the advisor set this epoch's LR
     step = 0
     for epoch in range(1, args.epochs + 1):
@@ -221,8 +238,11 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
             scheduler_lr = opt.param_groups[0]["lr"]
             new_lr, row = advisor.consult(ask, args, spec, epoch, history, scheduler_lr, journal)
             budget["llm_calls"] += 1
-            budget["llm_seconds"] += row["latency_s"] or 0
+            budget["llm_failed_calls"] += row["reply"] is None  # no reply at all: every attempt failed
+            budget["llm_retry_seconds"] += row["retry_wait_s"] or 0
+            budget["llm_seconds"] += (row["latency_s"] or 0) - (row["retry_wait_s"] or 0)
             budget["llm_tokens"] += sum(row[k] or 0 for k in ("prompt_tokens", "output_tokens", "thought_tokens"))
+            budget["advisor_changes"] += row["changed"]
             if row["accepted"]:
                 schedules.override(sched, opt, new_lr)
                 advised = (epoch, scheduler_lr) if new_lr != scheduler_lr else None

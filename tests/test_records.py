@@ -1,6 +1,7 @@
 """Records you can trust: the holes found when the tool was tried as a new user and under faults, each shut
 through the real entry points (the CLI, `mlflow run`, a real `mlflow server`)."""
 
+import contextlib
 import glob
 import json
 import os
@@ -11,11 +12,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import mlflow
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT, cli, history, mlflow_run, mlflow_server, runs_of
 from lradvisor import data
@@ -61,7 +64,26 @@ def test_help_version_and_bad_arm_lists(cifar_dir, experiment, capsys):
     assert cli("train", "--help") == 0
     assert "(default: 20)" in capsys.readouterr().out
     assert cli("sweep", "--arms", "baseline,losss,cadense3", "--data-dir", cifar_dir, "--experiment", experiment) == 2
-    one_line(capsys, "invalid arms: losss, cadense3; valid: baseline")
+    line = one_line(capsys, "invalid arms: losss, cadense3; valid: baseline")
+    assert line.endswith("groups: published, ladder, controls")
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--arm", "nope"], ["sweep", "--arms", "nope"],
+                                  ["train", "--lr", "nan"], ["sweep", "--seeds", "x"]])
+def test_answers_and_refusals_import_neither_torch_nor_mlflow(argv):
+    """What takes seconds to import (torch ~4 s, mlflow ~1.5 s, minutes on a loaded machine) is not needed to
+    print the version or the help, or to refuse a parameter."""
+    code = (f"import sys\nfrom lradvisor.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print([m for m in ('torch', 'mlflow', 'numpy') if m in sys.modules])")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout + p.stderr
+
+
+def test_sweep_checks_parameters_before_reading_the_data(cifar_dir, tracking_uri):
+    p = subprocess.run([sys.executable, "-m", "lradvisor", "sweep", "--lr", "nan", "--data-dir", cifar_dir],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == ["lradvisor sweep: error: lr must be a finite number, got nan"]  # no md5 warning
 
 
 @pytest.mark.parametrize("flags, says", [
@@ -97,6 +119,14 @@ def test_compare_refuses_ids_that_would_inject_into_filters(tracking_uri, capsys
     one_line(capsys, "invalid run id")
 
 
+def test_compare_refuses_a_baseline_that_is_neither_an_arm_nor_a_row(cifar_dir, experiment, capsys, tmp_path):
+    assert cli("train", "--data-dir", cifar_dir, "--epochs", 1, *TINY, "--experiment", experiment) == 0
+    capsys.readouterr()
+    assert cli("compare", "--experiment", experiment, "--baseline", "nosuch", "--output-dir", tmp_path) == 2
+    one_line(capsys, "unknown baseline 'nosuch': neither an arm nor a row of experiment")
+    assert not (tmp_path / "results.md").exists()
+
+
 # ---- 6: batch files are validated when read ---------------------------------------------------------------
 
 def _corrupt(src, dst, name, change):
@@ -115,6 +145,7 @@ def _corrupt(src, dst, name, change):
     (lambda d: d["labels"].__setitem__(0, 57), "labels must lie in 0..9, found"),
     (lambda d: d.update(labels=d["labels"][:-3]), "labels for"),
     (lambda d: d.update(labels=["cat"] * len(d["labels"])), "'labels' must be a list of integers"),
+    (lambda d: d.update(data=d["data"][:0], labels=[]), "is an empty batch (0 images)"),
 ])
 def test_bad_batch_files_are_one_line_naming_the_file(change, says, cifar_dir, tmp_path, experiment, capsys):
     _corrupt(cifar_dir, tmp_path, "data_batch_2", change)
@@ -229,7 +260,9 @@ def test_sigterm_to_a_sweep_ends_everything_killed_and_keeps_the_logs(cifar_dir,
     for child in [r for r in runs if r.data.tags["role"] == "arm"]:
         (log,) = [a.path for a in mlflow.MlflowClient().list_artifacts(child.info.run_id) if a.path.endswith(".log")]
         assert log == f"baseline-s{child.data.tags['seed']}.log"
+        assert child.data.tags["data_md5"].startswith("differs: data_batch_1,")  # each run records it ...
     assert glob.glob(os.path.join(tempfile.gettempdir(), "lradvisor-sweep-term-*")) == []
+    assert (seen + proc.stdout.read()).count("do not match the official md5") == 1  # ... the sweep says it once
 
 
 def test_ctrl_c_under_mlflow_run_ends_the_run_killed(cifar_dir, experiment):
@@ -257,7 +290,68 @@ def test_ctrl_c_under_mlflow_run_ends_the_run_killed(cifar_dir, experiment):
 
 # ---- 13: the link printed opens the runs table ------------------------------------------------------------
 
-def test_train_prints_the_runs_table_link(cifar_dir, experiment, capsys):
-    assert cli("train", "--data-dir", cifar_dir, "--epochs", 1, *TINY, "--experiment", experiment) == 0
+def test_train_prints_the_runs_table_link_and_names_the_run(cifar_dir, experiment, capsys):
+    assert cli("train", "--data-dir", cifar_dir, "--epochs", 1, "--seed", 3, *TINY, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
-    assert f"/#/experiments/{run.info.experiment_id}?workflowType=machine_learning" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"/#/experiments/{run.info.experiment_id}?workflowType=machine_learning" in err
+    assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning" in err
+    assert run.info.run_name == "baseline-s3"  # as a sweep names its runs
+
+
+# ---- the launcher goes away; a dead tracking server under `mlflow run` ------------------------------------
+
+def test_sigterm_to_mlflow_runs_own_pid_ends_the_run_killed(cifar_dir, experiment):
+    """What a job scheduler does: SIGTERM to `mlflow run` alone. The launcher exits at once; its child notices
+    and ends the run KILLED instead of training on as an orphan."""
+    cmd = ["mlflow", "run", ROOT, "--env-manager", "local", "--experiment-name", experiment,
+           "-P", f"data_dir={cifar_dir}", "-P", "epochs=100", "-P", "batch_size=8"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    proc = subprocess.Popen(cmd, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    rest = []
+    try:
+        seen = _read_until(proc.stdout, "epoch   1/100")
+        assert "epoch   1/100" in seen, seen
+        proc.send_signal(signal.SIGTERM)  # the launcher only, not its process group
+        proc.wait(timeout=60)
+        reader = threading.Thread(target=lambda: rest.append(proc.stdout.read()), daemon=True)
+        reader.start()
+        reader.join(timeout=60)  # EOF once the child, which shares the pipe, has exited too
+        assert not reader.is_alive(), "the training child outlived its launcher"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    (run,) = runs_of(experiment)
+    assert run.info.status == "KILLED", seen + "".join(rest)
+    assert run.data.tags["failure_reason"].startswith("the process that started this run (mlflow, pid ")
+    assert run.data.tags["mlflow.runName"] == "baseline-s0"
+
+
+def test_dead_tracking_server_under_mlflow_run_fails_fast_with_the_documented_settings(cifar_dir):
+    """MLflow's own launcher makes the run before our code starts, retrying for ~5 minutes by default; the README's
+    remedy (these two variables in the environment of `mlflow run`) makes that seconds."""
+    env = {**{k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")},
+           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    t0 = time.monotonic()
+    p = subprocess.run(["mlflow", "run", ROOT, "--env-manager", "local", "-P", f"data_dir={cifar_dir}"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and time.monotonic() - t0 < 60
+    assert "Connection refused" in p.stderr or "Max retries exceeded" in p.stderr, p.stderr[-2000:]
+
+
+def test_explicit_bf16_on_a_cpu_that_emulates_it_says_so(tmp_path):
+    """The warning comes before anything is read. ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY below AVX-512 make
+    this process a CPU without native bf16, whatever CPU runs the test."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    (tmp_path / data.FOLDER).mkdir()  # no batch files: refused after the warning, before any run
+    argv = [sys.executable, "-m", "lradvisor", "train", "--precision", "bf16", "--device", "cpu", "--data-dir",
+            str(tmp_path)]
+    err = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120).stderr.strip().splitlines()
+    assert err[0].startswith("warning: this CPU has no native bf16") and "--precision auto would pick fp32" in err[0]
+    assert "lacks data_batch_1" in err[1]
+    from lradvisor.device import native_bf16
+    if native_bf16(torch.device("cpu")):  # and where it is native, no such word
+        err = subprocess.run(argv, capture_output=True, text=True, timeout=120).stderr
+        assert "no native bf16" not in err and "lacks data_batch_1" in err
