@@ -11,6 +11,7 @@ where the child ran.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from lradvisor import tracking
+from lradvisor.data import QUIET_MD5  # the sweep said it once; its children only record it
 
 
 @dataclass
@@ -107,7 +109,7 @@ def local(jobs, sw):
                 arm, seed, key = todo.pop(0)
                 run_id = sw.create_child(arm, seed, key)
                 gpu = gpus.pop(0) if gpus else None
-                env = {**os.environ, "MLFLOW_RUN_ID": run_id, "PYTHONUNBUFFERED": "1"}
+                env = {**os.environ, "MLFLOW_RUN_ID": run_id, "PYTHONUNBUFFERED": "1", QUIET_MD5: "1"}
                 env.pop("MLFLOW_EXPERIMENT_ID", None)
                 if gpu is not None:
                     env["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -174,27 +176,83 @@ def _ray_child(command, env, prefix):
         raise
 
 
-def ray_init(address):
+RAY_TIMEOUT = "LRADVISOR_RAY_TIMEOUT"  # seconds to wait for Ray to start or answer (default 30)
+
+
+def ray_connect(args):
+    """Connect to (or, for `local`, start) Ray within a bounded time, and check that some node can hold one run:
+    before any run exists, in one line. Ray itself waits forever for a GCS that is not there, and binds a local
+    instance to this machine's own address whatever it is asked (traffic stays on this machine). Sets
+    args.gpus_per_run when it was auto."""
+    import threading
+    from lradvisor.arms import UsageError
+    address = args.ray_address
+    limit = float(os.environ.get(RAY_TIMEOUT, 30))
+    if address not in ("auto", "local") and "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or os.path.isfile(os.path.expanduser("~/.ray/auth_token"))):
+        # Ray sends the token only for clusters it finds itself ("auto"); `ray start --head` requires it once a
+        # token exists on the machine, and a cluster without token auth accepts a client that sends one. Ray
+        # reads this when it is imported, so before that.
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
-    if address == "local":  # a private instance for the sweep's lifetime
-        return ray.init(include_dashboard=False, log_to_driver=True)
+    kwargs = {"address": "local", "include_dashboard": False} if address == "local" else \
+        {"address": None if address == "auto" and os.environ.get("RAY_ADDRESS") else address}
+    done = {}
+
+    def connect():
+        try:
+            ray.init(log_to_driver=True, **kwargs)
+            done["ok"] = True
+        except BaseException as e:  # noqa: B036 - reported below, on the main thread
+            done["error"] = e
+
+    worker = threading.Thread(target=connect, daemon=True)  # a hung connect must not keep the process alive
+    # Ray's C++ side logs a line every few seconds while it cannot reach the cluster: keep that (fd 2) aside
+    # and quote its last line if connecting fails.
+    saved = os.dup(2)
+    log = tempfile.TemporaryFile(mode="w+")
+    os.dup2(log.fileno(), 2)
     try:
-        return ray.init(address=None if address == "auto" and os.environ.get("RAY_ADDRESS") else address,
-                        log_to_driver=True)
-    except ConnectionError as e:
-        from lradvisor.arms import UsageError
-        raise UsageError(f"no Ray cluster at {address!r} ({e}); start one (`ray start --head`), give "
-                         "--ray-address HOST:PORT, or use --ray-address local") from None
+        worker.start()
+        worker.join(limit)
+    finally:
+        if "ok" in done or "error" in done:
+            os.dup2(saved, 2)
+            os.close(saved)
+        else:  # Ray goes on trying in the background until we exit: its lines stay aside, ours go out
+            sys.stderr = os.fdopen(saved, "w", buffering=1)
+    log.seek(0)
+    said = [re.sub(r"^(\[[^\]]*\]|\d{4}-\d\d-\d\d [\d:,]+\s+\w+ \S+ --) ", "", line).strip()
+            for line in log.read().splitlines() if line.strip()]
+    if "ok" not in done:
+        why = f"{type(done['error']).__name__}: {str(done['error']).splitlines()[0]}" if "error" in done else \
+            f"no answer within {limit:g} s ({RAY_TIMEOUT} sets the limit)"
+        why += f"; Ray said: {said[-1][:200]}" if said else ""
+        what = "could not start a local Ray instance" if address == "local" else f"no Ray cluster at {address!r}"
+        raise UsageError(f"{what} ({why}); start one (`ray start --head`), give --ray-address HOST:PORT, "
+                         "or use --ray-address local")
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    gpus = args.gpus_per_run
+    if gpus in ("", "auto"):  # one GPU per run where the cluster has GPUs
+        gpus = 1.0 if any(n.get("GPU", 0) > 0 for n in nodes) else 0.0
+    args.gpus_per_run = float(gpus)
+    if args.gpus_per_run > 1 and args.gpus_per_run != int(args.gpus_per_run):
+        raise UsageError(f"gpus_per_run above 1 must be a whole number (Ray's rule), got {args.gpus_per_run:g}")
+    fits = [n for n in nodes if n.get("CPU", 0) >= args.cpus_per_run and n.get("GPU", 0) >= args.gpus_per_run]
+    if not fits:
+        have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes) or "no live node"
+        raise UsageError(f"no node of the Ray cluster can hold a run of {args.cpus_per_run:g} CPUs and "
+                         f"{args.gpus_per_run:g} GPUs (nodes: {have}); lower --cpus-per-run / --gpus-per-run")
 
 
 def ray(jobs, sw):
     import ray as ray_
-    ray_init(sw.args.ray_address)
+    if not ray_.is_initialized():  # the sweep connected before making any run (ray_connect)
+        ray_connect(sw.args)
     try:
-        gpus = sw.args.gpus_per_run
-        if gpus in ("", "auto"):  # one GPU per run where the cluster has GPUs
-            gpus = 1.0 if ray_.cluster_resources().get("GPU", 0) > 0 else 0.0
-        task = ray_.remote(_ray_child).options(num_cpus=sw.args.cpus_per_run, num_gpus=float(gpus), max_retries=0)
+        task = ray_.remote(_ray_child).options(num_cpus=sw.args.cpus_per_run, num_gpus=float(sw.args.gpus_per_run),
+                                               max_retries=0)
         # Other nodes do not share our working directory: the data folder goes as an absolute path.
         flags = list(sw.flags)
         flags[flags.index("--data-dir") + 1] = os.path.abspath(sw.args.data_dir)
@@ -203,7 +261,7 @@ def ray(jobs, sw):
         pending, results = {}, {}
         for arm, seed, key in jobs:
             run_id = sw.create_child(arm, seed, key)
-            env = {**forward, "MLFLOW_RUN_ID": run_id, "PYTHONUNBUFFERED": "1"}
+            env = {**forward, "MLFLOW_RUN_ID": run_id, "PYTHONUNBUFFERED": "1", QUIET_MD5: "1"}
             pending[task.remote(sw.command(arm, seed, flags), env, f"{arm} s{seed}")] = (arm, seed, run_id)
         try:
             while pending:
@@ -233,5 +291,3 @@ def ray(jobs, sw):
     finally:
         ray_.shutdown()
 
-
-LAUNCHERS = {"local": local, "ray": ray}

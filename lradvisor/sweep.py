@@ -12,12 +12,9 @@ import json
 import os
 import uuid
 
-import mlflow
-from mlflow.tracking import MlflowClient
+from lradvisor.arms import ARMS, GROUPS, UsageError, check_id, resolve
 
-from lradvisor import advisor, launch, tracking
-from lradvisor.arms import ARMS, GROUPS, UsageError, resolve
-
+LAUNCHERS = ("local", "ray")  # the functions of launch.py by these names
 SWEEP_ONLY = ("command", "arms", "seeds", "sweep_id", "parallel", "experiment", "launcher", "ray_address",
               "gpus_per_run", "cpus_per_run")
 
@@ -39,7 +36,10 @@ def parse_list(text, name, convert=str, valid=None):
 def parse_arms(text):
     """Arm names, with groups (published, ladder, controls) expanded in place."""
     expanded = ",".join(",".join(GROUPS.get(a.strip(), [a.strip()])) for a in str(text).split(","))
-    return parse_list(expanded, "arms", valid=list(ARMS))
+    try:
+        return parse_list(expanded, "arms", valid=list(ARMS))
+    except UsageError as e:
+        raise UsageError(f"{e}; groups: {', '.join(GROUPS)}") from None
 
 
 def shared_flags(args):
@@ -57,19 +57,21 @@ def sweep_key(arm, seed, flags):
 
 
 def finished_keys(experiment_id, sweep_id):
+    from mlflow.tracking import MlflowClient
+    from lradvisor import tracking
     runs = MlflowClient().search_runs(
         [experiment_id], f"tags.sweep_id = {tracking.quote(sweep_id)} and attributes.status = 'FINISHED'", max_results=5000)
     return {r.data.tags.get("sweep_key") for r in runs}
 
 
 def check_args(args):
-    """Everything a child would refuse, checked once here, before the parent or any child run exists."""
+    """Everything a child would refuse that costs nothing to check: before the data, the device or Ray."""
     parse_arms(args.arms)
     parse_list(args.seeds, "seeds", int)
     if args.parallel != "auto" and not (args.parallel.isdigit() and int(args.parallel) >= 1):
         raise UsageError(f"parallel must be auto or an integer >= 1, got {args.parallel!r}")
-    if args.launcher not in launch.LAUNCHERS:
-        raise UsageError(f"unknown launcher {args.launcher!r}; valid: {', '.join(launch.LAUNCHERS)}")
+    if args.launcher not in LAUNCHERS:
+        raise UsageError(f"unknown launcher {args.launcher!r}; valid: {', '.join(LAUNCHERS)}")
     if args.cpus_per_run <= 0:
         raise UsageError(f"cpus_per_run must be > 0, got {args.cpus_per_run}")
     try:
@@ -77,20 +79,29 @@ def check_args(args):
             raise ValueError
     except ValueError:
         raise UsageError(f"gpus_per_run must be auto or a number >= 0, got {args.gpus_per_run!r}") from None
-    if args.launcher == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise UsageError('the ray launcher needs Ray: pip install "lradvisor[ray]"') from None
     if args.sweep_id != "new":
-        tracking.check_id(args.sweep_id, "sweep_id")
+        check_id(args.sweep_id, "sweep_id")
+
+
+def check_resources(args):
+    """What the sweep needs to exist, before the parent or any child run does: the device, the data (downloaded
+    once here, not in N children at once; its md5 said once), and the Ray cluster with a node that fits a run."""
+    from lradvisor import launch
     from lradvisor.data import load_cifar10
     from lradvisor.device import pick_device
     pick_device(args.device)
-    load_cifar10(args.data_dir)  # downloads once here, not in N children at once; and validates the files
+    load_cifar10(args.data_dir)
+    if args.launcher == "ray":
+        import importlib.util
+        if importlib.util.find_spec("ray") is None:
+            raise UsageError('the ray launcher needs Ray: pip install "lradvisor[ray]"')
+        launch.ray_connect(args)
 
 
 def main(args):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from lradvisor import advisor, launch, tracking
     arms = parse_arms(args.arms)
     seeds = parse_list(args.seeds, "seeds", int)
     sweep_id = uuid.uuid4().hex[:8] if args.sweep_id in ("", "new") else args.sweep_id
@@ -128,9 +139,10 @@ def main(args):
                                   "parallel": args.parallel, "launcher": args.launcher})
         sw = launch.Sweep(args, sweep_id, parent.info.experiment_id, parent.info.run_id, flags, parallel)
         try:
-            results = launch.LAUNCHERS[args.launcher](todo, sw)
-        except BaseException as e:
-            tracking.end_failed("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}", e)
+            results = getattr(launch, args.launcher)(todo, sw)
+        except BaseException as e:  # SystemExit too: what a library's own SIGTERM handler raises
+            killed = isinstance(e, (KeyboardInterrupt, SystemExit))
+            tracking.end_failed("KILLED" if killed else "FAILED", str(e) if killed else f"{type(e).__name__}: {e}", e)
             raise
 
         failed = [k for k, v in results.items() if not v[0]]

@@ -40,17 +40,17 @@ def ray_head(tmp_path_factory):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # `ray start --block` can hang on SIGTERM
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=15)
 
 
-def sweep(address, experiment, data, *flags, **kw):
+def sweep(address, experiment, data, *flags, env_extra=None, **kw):
     cmd = [sys.executable, "-m", "lradvisor", "sweep", "--launcher", "ray", "--ray-address", address,
            "--data-dir", data, "--batch-size", "20", "--subset-ratio", "0.25", "--experiment", experiment, *map(str, flags)]
-    return subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", **(env_extra or {})}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, **{"stderr": subprocess.STDOUT, **kw}, text=True)
 
 
 def test_sweep_on_ray_nests_and_resumes(ray_head, cifar_dir, experiment):
@@ -70,7 +70,9 @@ def test_sweep_on_ray_nests_and_resumes(ray_head, cifar_dir, experiment):
     assert "2 already finished" in out and "0 finished, 0 failed, 2 skipped" in out, out[-3000:]
 
 
-def test_ctrl_c_cancels_the_ray_tasks_and_ends_everything_killed(ray_head, cifar_dir, experiment):
+def test_sigterm_cancels_the_ray_tasks_and_ends_everything_killed(ray_head, cifar_dir, experiment):
+    """What a job scheduler sends. Ray's driver installs its own SIGTERM handler (sys.exit(15), which left the
+    parent FAILED); the sweep connects first, so its own handler is the one in force while runs exist."""
     proc = sweep(ray_head, experiment, cifar_dir, "--arms", "baseline,cosine", "--seeds", "0", "--epochs", 200,
                  "--sweep-id", "cancel")
     try:
@@ -78,7 +80,7 @@ def test_ctrl_c_cancels_the_ray_tasks_and_ends_everything_killed(ray_head, cifar
         for line in proc.stdout:
             if "epoch   1/200" in line or time.monotonic() - t0 > 120:
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=180) == 130
     finally:
         proc.kill()
@@ -86,3 +88,28 @@ def test_ctrl_c_cancels_the_ray_tasks_and_ends_everything_killed(ray_head, cifar
     assert status == [("arm", "KILLED"), ("arm", "KILLED"), ("sweep", "KILLED")]
     left = subprocess.run(["pgrep", "-f", f"lradvisor train .*--data-dir {cifar_dir}"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "a child outlived the cancelled sweep"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("where, flags, says", [
+    ("nothing", [], "no Ray cluster at '127.0.0.1:"),
+    ("head", ["--cpus-per-run", 64], "no node of the Ray cluster can hold a run of 64 CPUs and 0 GPUs (nodes: 2 CPUs"),
+])
+def test_ray_refusals_come_before_any_run(where, flags, says, request, cifar_dir, experiment):
+    """Nothing at the address (Ray itself would wait forever), or no node that can ever hold a run (a task would
+    queue forever): one line, exit 2, within seconds, and no run."""
+    address = request.getfixturevalue("ray_head") if where == "head" else f"127.0.0.1:{_free_port()}"
+    t0 = time.monotonic()
+    proc = sweep(address, experiment, cifar_dir, "--arms", "baseline", "--epochs", 1, *flags,
+                 env_extra={"LRADVISOR_RAY_TIMEOUT": "5"}, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out + err
+    assert time.monotonic() - t0 < 60
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("lradvisor sweep: error: ") and says in last, err
+    assert runs_of(experiment) == []

@@ -152,7 +152,7 @@ def test_registry_prompt_is_rendered_recorded_and_linked(cifar_dir, remote, capf
         assert cli("train", "--arm", "losses", "--prompt", "prompts:/lra-test-losses/1", "--data-dir", cifar_dir,
                    "--experiment", "prompts", *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)]) == 0
     sent = g.requests[0]["body"]["contents"][0]["parts"][0]["text"]
-    assert "{{" not in sent and "- Loss values (last 5 epochs): [" in sent and sent.startswith("Based on the following")
+    assert "{{" not in sent and "- Loss values (last 1 epochs): [" in sent and sent.startswith("Based on the following")
     (run,) = remote.search_runs([remote.get_experiment_by_name("prompts").experiment_id])
     assert run.data.params["prompt"] == "prompts:/lra-test-losses/1"
     logged = open(remote.download_artifacts(run.info.run_id, "advisor/prompt_template.txt", str(tmp_path))).read()
