@@ -20,14 +20,15 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from lradvisor import stats, tracking
-from lradvisor.arms import ARMS, UsageError
+from lradvisor.arms import ARMS, UsageError, check_id
 from lradvisor.data import CLASSES
-from lradvisor.figures import CURVES, curves_figure, forest, heatmap
+from lradvisor.figures import CURVES, curves_figure, forest, heatmap, styles
 
 # Params that say where or how a run was recorded, not what it trained: runs differing only in these are
 # seeds of one configuration. (A replay's source run differs per seed by construction.)
 NOT_CONFIG = {"seed", "device_name", "torch_version", "replay_run_id"}
-BUDGET = ("llm_calls", "llm_tokens", "llm_seconds", "train_seconds")
+BUDGET = ("llm_calls", "llm_failed_calls", "llm_tokens", "llm_seconds", "llm_retry_seconds", "train_seconds",
+          "advisor_changes")
 # The files a compare writes; an earlier compare's are removed from output_dir first, nothing else is touched.
 OURS = ("results.md", "results.csv", "overview.png", "class_heatmap.png", "forest.png", "overlay_*.png")
 
@@ -36,7 +37,7 @@ def find_runs(args):
     client = MlflowClient()
     finished = "attributes.status = 'FINISHED'"
     if args.run_ids:
-        runs, ids = [], [tracking.check_id(r.strip(), "run id") for r in args.run_ids.split(",") if r.strip()]
+        runs, ids = [], [check_id(r.strip(), "run id") for r in args.run_ids.split(",") if r.strip()]
         for run_id in ids:
             try:
                 runs.append(client.get_run(run_id))
@@ -44,7 +45,7 @@ def find_runs(args):
                 raise UsageError(f"no run {run_id!r} on {mlflow.get_tracking_uri()}") from None
         runs = [r for r in runs if r.info.status == "FINISHED"]
     elif args.sweep_id:
-        tracking.check_id(args.sweep_id, "sweep_id")
+        check_id(args.sweep_id, "sweep_id")
         exp_ids = [e.experiment_id for e in client.search_experiments()]
         runs = client.search_runs(exp_ids, f"tags.sweep_id = {tracking.quote(args.sweep_id)} and {finished}",
                                   max_results=5000)
@@ -150,6 +151,7 @@ def table(groups, pairs, margin):
             got = [s["budget"][key] for s in g["seeds"] if s["budget"][key] is not None]
             row[key] = statistics.mean(got) if got else None
         row["accepted"] = statistics.mean(sum(s["curves"]["advisor_accepted"]) for s in g["seeds"])
+        row["changes"] = row.pop("advisor_changes")  # next to accepted: how many accepted answers moved the LR
         row["lowest_lr"] = min(min(s["curves"]["lr"]) for s in g["seeds"])
         rows.append(row)
     return rows
@@ -161,15 +163,16 @@ def _f(x, fmt):
 
 def markdown(rows, margin):
     lines = ["| arm | seeds | final test acc (%) | Δ vs baseline (points) | 95 % CI | p | verdict | "
-             "LLM calls | accepted | LLM tokens | LLM s | train s | lowest LR |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "LLM calls | failed | accepted | changes | LLM tokens | LLM s | retry waits s | train s | lowest LR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = f"{r['final_test_acc_mean']:.2f}" + (f" ± {r['final_test_acc_std']:.2f}" if r["runs"] > 1 else "")
         ci = "—" if r["delta_ci_low"] is None else f"[{r['delta_ci_low']:+.2f}, {r['delta_ci_high']:+.2f}]"
         verdict = r["verdict"] or "—"
         lines.append(f"| {r['arm']} | {r['seeds']} | {acc} | {_f(r['delta_vs_baseline'], '+.2f')} | {ci} | "
-                     f"{_f(r['p_value'], '.3g')} | {verdict} | {_f(r['llm_calls'], 'g')} | {_f(r['accepted'], 'g')} | "
-                     f"{_f(r['llm_tokens'], '.0f')} | {_f(r['llm_seconds'], '.1f')} | {_f(r['train_seconds'], '.1f')} | "
+                     f"{_f(r['p_value'], '.3g')} | {verdict} | {_f(r['llm_calls'], 'g')} | {_f(r['llm_failed_calls'], 'g')} | "
+                     f"{_f(r['accepted'], 'g')} | {_f(r['changes'], 'g')} | {_f(r['llm_tokens'], '.0f')} | "
+                     f"{_f(r['llm_seconds'], '.1f')} | {_f(r['llm_retry_seconds'], '.1f')} | {_f(r['train_seconds'], '.1f')} | "
                      f"{r['lowest_lr']:.3g} |")
     notes = [f"Δ: mean over seeds of (arm − its baseline) in final test accuracy, paired by seed; CI: t "
              f"distribution, n−1 df; p: two-sided paired t-test; verdict: CI entirely above +{margin:g} / below "
@@ -198,16 +201,14 @@ def write_outputs(groups, rows, pairs, args):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    import matplotlib
-    cmap = matplotlib.colormaps["tab10"]  # one colour per row in every figure; baselines in black
-    colors = {label: "black" if label in pairs.values() else cmap(i % 10) for i, label in enumerate(groups)}
+    style = styles(list(groups), set(pairs.values()))  # one colour and dash per row in every figure
     for label in groups:
         base = pairs.get(label)
         if base and base != label:
             written.append(out(f"overlay_{_filename(label)}.png"))
-            curves_figure(groups, [base, label], written[-1], f"{label} vs {base}", colors)
+            curves_figure(groups, [base, label], written[-1], f"{label} vs {base}", style)
     written.append(out("overview.png"))
-    curves_figure(groups, list(groups), written[-1], "all arms", colors)
+    curves_figure(groups, list(groups), written[-1], "all arms", style)
     written.append(out("class_heatmap.png"))
     heatmap(groups, written[-1])
     if any(r["delta_vs_baseline"] is not None for r in rows):
@@ -230,6 +231,9 @@ def main(args):
               file=sys.stderr)
         return 1
     groups = group(runs)
+    if args.baseline not in groups and args.baseline not in ARMS:  # a typo, not an arm that is merely absent
+        raise UsageError(f"unknown baseline {args.baseline!r}: neither an arm nor a row of {what}; rows: "
+                         + "; ".join(groups))
     notes = collect(groups)
     pairs, more = pick_baselines(groups, args.baseline)
     notes += more

@@ -17,13 +17,13 @@ def _plt():
     return plt
 
 
-def _band(ax, seeds, key, label, color, log):
+def _band(ax, seeds, key, label, color, log, dash="-"):
     n = max(len(s["curves"][key]) for s in seeds)
     steps = list(range(1, n + 1))
     cols = [[s["curves"][key][i] for s in seeds if i < len(s["curves"][key])] for i in range(n)]
     # On a log axis the middle of 0.1 and 0.001 is 0.01, not 0.05: average LRs geometrically.
     mid = [math.exp(statistics.mean(math.log(v) for v in c)) if log else statistics.mean(c) for c in cols]
-    ax.plot(steps, mid, label=label, color=color, lw=1.8)
+    ax.plot(steps, mid, label=label, color=color, lw=1.8, ls=dash)
     if len(seeds) > 1:
         ax.fill_between(steps, [min(c) for c in cols], [max(c) for c in cols], color=color, alpha=0.2, lw=0)
 
@@ -37,32 +37,56 @@ def _rejected(ax, seeds, color):
         ax.scatter(*zip(*pts), marker="x", color=color, s=30, zorder=3, label="rejected proposal")
 
 
-def curves_figure(groups, labels, path, title, colors):
+DASHES = ("-", "--", "-.", ":")
+
+
+def styles(labels, baselines):
+    """label -> (colour, dash): baselines black and solid; the others a colour and a dash each, so that two
+    curves that coincide (cosine and linear do, early) still both show."""
+    import matplotlib
+    cmap = matplotlib.colormaps["tab10"]
+    others = [label for label in labels if label not in baselines]
+    out = {label: ("black", "-") for label in labels if label in baselines}
+    out.update({label: (cmap(i % 10), DASHES[(i + i // 10) % len(DASHES)]) for i, label in enumerate(others)})
+    return out
+
+
+def curves_figure(groups, labels, path, title, style):
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
     for ax, (key, label, log) in zip(axes.flat, CURVES):
         for name in labels:
-            _band(ax, groups[name]["seeds"], key, name, colors[name], log)
+            color, dash = style[name]
+            _band(ax, groups[name]["seeds"], key, name, color, log, dash)
             if key == "lr":
-                _rejected(ax, groups[name]["seeds"], colors[name])
+                _rejected(ax, groups[name]["seeds"], color)
         ax.set(title=label, xlabel="epoch", yscale="log" if log else "linear")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
+    outside = len(labels) > 4  # many rows: one legend beside the panels instead of one covering the curves
+    if outside:
+        handles, names = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    else:
+        axes[0, 0].legend(fontsize=8)
     fig.suptitle(title + " (mean over seeds, geometric for the LR; band = min-max)")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, **({"bbox_inches": "tight"} if outside else {}))
     plt.close(fig)
+
+
+VERDICT_COLORS = {"better": "tab:green", "worse": "tab:red", "inconclusive": "tab:gray"}
 
 
 def forest(rows, path, margin):
     """Δ with its 95 % CI per row: how a difference of a few points should be read."""
     plt = _plt()
+    from matplotlib.lines import Line2D
     rows = [r for r in rows if r["delta_vs_baseline"] is not None]
-    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.45 * len(rows)), dpi=100)
+    fig, ax = plt.subplots(figsize=(8, 2.0 + 0.45 * len(rows)), dpi=100)
     for i, r in enumerate(rows):
-        color = {"better": "tab:green", "worse": "tab:red"}.get(r["verdict"], "tab:gray")
+        color = VERDICT_COLORS.get(r["verdict"], "tab:gray")
         if r["delta_ci_low"] is not None:
             ax.plot([r["delta_ci_low"], r["delta_ci_high"]], [i, i], color=color, lw=2)
         ax.plot(r["delta_vs_baseline"], i, "o", color=color)
@@ -70,8 +94,13 @@ def forest(rows, path, margin):
         ax.annotate(f"n={r['pairs']} {p} {r['verdict']}", (1.01, i), xycoords=("axes fraction", "data"),
                     va="center", fontsize=8)
     ax.axvline(0, color="black", lw=1)
-    if margin:
-        ax.axvspan(-margin, margin, color="gray", alpha=0.15, lw=0)
+    legend = [Line2D([], [], color=c, marker="o", lw=2, label=v) for v, c in VERDICT_COLORS.items()]
+    if margin:  # a verdict needs the whole interval beyond one of these lines
+        ax.axvspan(-margin, margin, color="gray", alpha=0.12, lw=0)
+        for x in (-margin, margin):
+            ax.axvline(x, color="black", lw=1, ls="--")
+        legend.append(Line2D([], [], color="black", ls="--", label=f"±margin ({margin:g} points)"))
+    ax.legend(handles=legend, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(legend), frameon=False)
     ax.set(yticks=range(len(rows)), yticklabels=[f"{r['arm']} vs {r['baseline']}" for r in rows],
            xlabel="Δ final test accuracy vs baseline (points), mean and 95 % CI over paired seeds")
     ax.invert_yaxis()
@@ -79,6 +108,7 @@ def forest(rows, path, margin):
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return fig
 
 
 def heatmap(groups, path):
