@@ -1,0 +1,118 @@
+"""The README's commands, as a newcomer types them. Every ```bash block carries a marker comment before it:
+
+    <!-- test: run -->              run with bash, as one script, in a fresh folder holding the project's MLproject,
+                                    conda.yaml and scripts/ and the data/ the offline try-out leaves there, with
+                                    stand-in Gemini and OpenAI-compatible servers in the environment and MLflow's
+                                    default store in that folder; make_fake_cifar.py writes 2 images per class
+                                    instead of the README's count (the one change), `mlflow ui` is not started
+                                    (a server)
+    <!-- test: check -->            each lradvisor / mlflow run command is parsed and validated by the CLI's own
+                                    checks, not run; a block's compare names a sweep id its sweep gave, and its
+                                    --data-dir is what its make_fake_cifar.py wrote
+    <!-- test: skip (why) -->       not runnable here (a download, a server, a cluster); says why
+
+A block without a marker fails the test, so none is added untested by accident.
+"""
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from fake_gemini import FakeGemini, reply
+from fake_openai import FakeOpenAI, chat
+
+BLOCK = re.compile(r"(?:<!-- test: (\w+)(?: \(([^)]*)\))? -->\n)?```bash\n(.*?)```", re.S)
+
+
+def blocks():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        return [(m.group(1), m.group(2), m.group(3)) for m in BLOCK.finditer(f.read())]
+
+
+def commands(text):
+    """Logical lines (backslash continuations joined), comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [line.split(" #")[0].strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_every_bash_block_is_marked():
+    found = blocks()
+    assert len(found) >= 8
+    unmarked = [text.splitlines()[0] for mode, _, text in found if mode not in ("run", "check", "skip")]
+    assert unmarked == [], "README bash blocks without a <!-- test: run|check|skip (why) --> marker"
+    assert all(why for mode, why, _ in found if mode == "skip"), "a skipped block says why"
+
+
+def _argv(cmd):
+    """lradvisor / mlflow-run command line -> (CLI argv) or None for other commands."""
+    words = shlex.split(cmd)
+    if words[:1] == ["lradvisor"]:
+        return words[1:]
+    if words[:3] == ["mlflow", "run", "."]:
+        with open(os.path.join(ROOT, "MLproject")) as f:
+            project = yaml.safe_load(f)
+        entry = words[words.index("-e") + 1] if "-e" in words else "main"
+        params = dict(w.split("=", 1) for a, w in zip(words, words[1:]) if a == "-P")
+        unknown = set(params) - set(project["entry_points"][entry]["parameters"])
+        assert not unknown, f"{cmd}: not parameters of {entry}: {unknown}"
+        command = {"main": "train"}.get(entry, entry)
+        return [command] + [x for k, v in params.items() for x in (f"--{k.replace('_', '-')}", v)]
+    return None
+
+
+@pytest.mark.parametrize("index", [i for i, (mode, _, _) in enumerate(blocks()) if mode == "check"])
+def test_check_blocks_parse_and_agree(index):
+    from lradvisor import sweep
+    from lradvisor.cli import UNSET, build_parser, check_training_args
+    text = blocks()[index][2]
+    ids, written = {}, set()
+    for cmd in commands(text):
+        words = shlex.split(cmd)
+        if words[:2] == ["python", "scripts/make_fake_cifar.py"]:
+            written.add(words[words.index("--out") + 1])
+            continue
+        argv = _argv(cmd)
+        if argv is None:
+            continue
+        args = build_parser().parse_args(argv)
+        for key, word in UNSET.items():
+            if getattr(args, key, None) == "":
+                setattr(args, key, word)
+        if args.command == "train":
+            check_training_args(args)
+        elif args.command == "sweep":
+            sweep.check_args(args)
+            for arm in sweep.parse_arms(args.arms):
+                check_training_args(argparse.Namespace(**vars(args), arm=arm, seed=0))
+        if args.command in ("train", "sweep") and written:
+            assert args.data_dir in written, f"{cmd}: --data-dir {args.data_dir} is not what the block wrote: {written}"
+        if args.command in ("sweep", "compare") and args.sweep_id != "none":
+            ids.setdefault(args.command, set()).add(args.sweep_id)
+    if "sweep" in ids:  # a compare after a sweep in one block reads what that sweep made
+        assert ids.get("compare", set()) <= ids["sweep"], \
+            f"compare reads sweep ids {ids.get('compare')}, the block's sweep makes {ids['sweep']}"
+
+
+@pytest.mark.parametrize("index", [i for i, (mode, _, _) in enumerate(blocks()) if mode == "run"])
+def test_run_blocks_run_as_written(index, tmp_path):
+    text = blocks()[index][2]
+    for name in ("MLproject", "conda.yaml", "scripts"):
+        src = os.path.join(ROOT, name)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, tmp_path / name)
+    subprocess.run([sys.executable, "scripts/make_fake_cifar.py", "--out", "data", "--train-per-class", "2",
+                    "--test-per-class", "2"], cwd=tmp_path, check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "OPENAI_", "GOOGLE_", "GEMINI_"))}
+    with FakeGemini([reply("The learning rate should be 0.05.")]) as g, FakeOpenAI([chat("LR 0.05")]) as o:
+        env.update(g.env(), **o.env(), MLFLOW_DISABLE_TELEMETRY="true")
+        script = "\n".join(["set -euo pipefail"] + [c for c in commands(text) if not c.startswith("mlflow ui")])
+        script = re.sub(r"--(train|test)-per-class \d+", r"--\1-per-class 2", script)
+        p = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, f"{script}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
