@@ -132,7 +132,7 @@ def restore(snap, model, opt, sched, loader):
 def warn_about(args, spec, device):
     """Settings that run, but not as one might think: one line each."""
     if spec["every"] and spec["every"] >= args.epochs:
-        warnings.warn(f"arm {args.arm!r} asks after every {spec['every']}. epoch and never after the final one: in "
+        warnings.warn(f"arm {args.arm!r} asks every {spec['every']} epochs and never after the last one: in "
                       f"{args.epochs} epochs it will make no call")
     if args.precision == "bf16" and device.type == "cpu" and not native_bf16(device):
         warnings.warn("this CPU has no native bf16 (AVX512-BF16 or AMX, usable here): bf16 is emulated, ~4x slower "

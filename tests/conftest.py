@@ -27,6 +27,16 @@ def cifar_dir(tmp_path_factory):
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory):
+    """20 training and 10 test images: for tests of schedules and records, which run many epochs and where what
+    is learned does not matter (evaluation is most of a tiny epoch's cost)."""
+    out = tmp_path_factory.mktemp("tiny_cifar")
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--out", str(out),
+                    "--train-per-class", "2", "--test-per-class", "1"], check=True, capture_output=True)
+    return str(out)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def outside_the_checkout(tmp_path_factory):
     """Run every test from a temp folder: MLflow's defaults (./mlruns, ./mlflow.db) and our own files

@@ -13,7 +13,7 @@ from conftest import cli, history, mlflow_run, runs_of
 from fake_gemini import KEY, PUBLISHED_REPLY, FakeGemini, error, reply
 from lradvisor import prompt
 
-TINY = ["--batch-size", 20, "--subset-ratio", 0.25]  # 20 training images, one step an epoch
+TINY = ["--batch-size", 20, "--subset-ratio", 0.5]  # 10 of tiny_cifar's training images, one step an epoch
 
 
 def lrs(run_id):
@@ -50,11 +50,11 @@ def gemini(monkeypatch):
         g.__exit__()
 
 
-def test_losses_arm_published_exchange_via_mlflow_run(cifar_dir, experiment, tmp_path, capfd):
+def test_losses_arm_published_exchange_via_mlflow_run(tiny_cifar, experiment, tmp_path, capfd):
     """The published exchange: reply '... **0.01**' is parsed and applied; everything is inspectable; the
     key is nowhere in what MLflow stored or printed."""
     with FakeGemini([reply(PUBLISHED_REPLY, version="gemini-3.5-flash-001")]) as g:
-        p = mlflow_run(experiment, env=g.env(), arm="losses", data_dir=cifar_dir, epochs=3, batch_size=20,
+        p = mlflow_run(experiment, env=g.env(), arm="losses", data_dir=tiny_cifar, epochs=3, batch_size=20,
                        subset_ratio=0.25, lr=0.2)
     assert p.returncode == 0, p.stderr[-3000:]
     (run,) = runs_of(experiment)
@@ -109,10 +109,10 @@ def test_losses_arm_published_exchange_via_mlflow_run(cifar_dir, experiment, tmp
     assert KEY not in json.dumps([t.to_dict() for t in traces]) and KEY not in str(run.data)
 
 
-def test_first_epoch_is_the_same_whatever_the_arm(cifar_dir, experiment, gemini):
+def test_first_epoch_is_the_same_whatever_the_arm(tiny_cifar, experiment, gemini):
     gemini(reply("Use a learning rate of 0.05."))
-    assert train(experiment, "baseline", "--data-dir", cifar_dir, "--epochs", 1) == 0
-    assert train(experiment, "per_class", "--data-dir", cifar_dir, "--epochs", 2) == 0
+    assert train(experiment, "baseline", "--data-dir", tiny_cifar, "--epochs", 1) == 0
+    assert train(experiment, "per_class", "--data-dir", tiny_cifar, "--epochs", 2) == 0
     base, llm = sorted(runs_of(experiment), key=lambda r: r.info.start_time)
     for key in ("train_loss", "grad_norm", "test_acc", "class_acc/cat"):
         assert history(base.info.run_id, key)[0] == history(llm.info.run_id, key)[0]
@@ -124,9 +124,9 @@ def test_first_epoch_is_the_same_whatever_the_arm(cifar_dir, experiment, gemini)
     ("grad_norms", ["- Gradient norms (per-epoch mean, last 2 epochs): [", "- Overall trend of gradient norms: "]),
     ("per_class", ["- Per-class test accuracy: plane: ", "%, car: ", "- Worst three classes: "]),
 ])
-def test_signal_arms_add_their_lines(arm, lines, cifar_dir, experiment, gemini):
+def test_signal_arms_add_their_lines(arm, lines, tiny_cifar, experiment, gemini):
     g = gemini(reply("I would keep the learning rate where it is for now."))
-    assert train(experiment, arm, "--data-dir", cifar_dir, "--epochs", 3) == 0
+    assert train(experiment, arm, "--data-dir", tiny_cifar, "--epochs", 3) == 0
     sent = g.requests[-1]["body"]["contents"][0]["parts"][0]["text"]
     assert "- Loss values (last 2 epochs): [" in sent
     for line in lines:
@@ -136,11 +136,11 @@ def test_signal_arms_add_their_lines(arm, lines, cifar_dir, experiment, gemini):
     assert lrs(run.info.run_id) == [0.1, 0.1, 0.1]
 
 
-def test_cadence_and_overrides(cifar_dir, experiment, gemini):
+def test_cadence_and_overrides(tiny_cifar, experiment, gemini):
     g = gemini(reply("LR: 0.05"))
-    assert train(experiment, "cadence3", "--data-dir", cifar_dir, "--epochs", 7, "--step-size", 100) == 0
+    assert train(experiment, "cadence3", "--data-dir", tiny_cifar, "--epochs", 7, "--step-size", 100) == 0
     assert cli("train", "--arm", "cadence5", "--signals", "losses,grad_norms,per_class", "--every", 2,
-               "--data-dir", cifar_dir, "--epochs", 3, *TINY, "--experiment", experiment) == 0
+               "--data-dir", tiny_cifar, "--epochs", 3, *TINY, "--experiment", experiment) == 0
     cad3, over = sorted(runs_of(experiment), key=lambda r: r.info.start_time)
     assert asked_epochs(cad3.info.run_id) == ["advisor/epoch_03", "advisor/epoch_06"]
     assert lrs(cad3.info.run_id) == [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05]
@@ -149,13 +149,21 @@ def test_cadence_and_overrides(cifar_dir, experiment, gemini):
     assert "Per-class test accuracy" in g.requests[-1]["body"]["contents"][0]["parts"][0]["text"]
 
 
-def test_reply_variants_follow_the_rule_and_replay_reproduces_them(cifar_dir, experiment, gemini, monkeypatch):
+def test_a_cadence_that_can_never_ask_says_so(tiny_cifar, experiment, gemini):
+    g = gemini(reply("LR: 0.05"))
+    with pytest.warns(UserWarning, match="arm 'cadence5' asks every 5 epochs and never after the last one: in 5 "
+                                         "epochs it will make no call"):
+        assert train(experiment, "cadence5", "--data-dir", tiny_cifar, "--epochs", 5) == 0
+    assert g.requests == [] and runs_of(experiment)[0].data.metrics["llm_calls"] == 0
+
+
+def test_reply_variants_follow_the_rule_and_replay_reproduces_them(tiny_cifar, experiment, gemini, monkeypatch):
     gemini(reply("I'd keep going as you are."),                                   # no phrase -> keep
            reply("Raise the learning rate to 1.5."),                              # out of (0, 1) -> keep
            reply("Reduce the learning rate by a factor of 10."),                 # '10' -> out of range
            reply(None, finish="MAX_TOKENS"),                                      # thinking ate the budget
            reply("New LR = 5E-04, since the loss has flattened."))               # accepted after the cut
-    assert train(experiment, "losses", "--data-dir", cifar_dir, "--epochs", 6) == 0
+    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 6) == 0
     (run,) = runs_of(experiment)
     rows = calls(run)
     assert [r["accepted"] for r in rows] == [False, False, False, False, True]
@@ -167,7 +175,7 @@ def test_reply_variants_follow_the_rule_and_replay_reproduces_them(cifar_dir, ex
     # Replay: no server, no key; the same LR trajectory and the same metrics.
     monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL")
     monkeypatch.delenv("GOOGLE_API_KEY")
-    assert train(experiment, "losses", "--data-dir", cifar_dir, "--epochs", 6, "--advisor", "replay",
+    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 6, "--advisor", "replay",
                  "--replay-run-id", run.info.run_id) == 0
     replay = next(r for r in runs_of(experiment) if r.info.run_id != run.info.run_id)
     assert lrs(replay.info.run_id) == lrs(run.info.run_id)
@@ -176,17 +184,17 @@ def test_reply_variants_follow_the_rule_and_replay_reproduces_them(cifar_dir, ex
 
     # A replay whose training differs (another seed) reports the differing prompts.
     with pytest.warns(UserWarning, match="prompt at epoch 1 differs"):
-        assert train(experiment, "losses", "--data-dir", cifar_dir, "--epochs", 3, "--seed", 9,
+        assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 3, "--seed", 9,
                      "--advisor", "replay", "--replay-run-id", run.info.run_id) == 0
     other = max(runs_of(experiment), key=lambda r: r.info.start_time)
     assert other.data.tags["replay_prompt_mismatch"] == "1,2"
 
 
-def test_retries_wait_as_told_then_succeed(cifar_dir, experiment, gemini):
+def test_retries_wait_as_told_then_succeed(tiny_cifar, experiment, gemini):
     g = gemini(error(429, retry_delay="1.5s"), error(500), error(503),
                reply("learning rate: 0.02", delay=2.5),                          # past the 1 s timeout
                reply("learning rate: 0.03"))
-    assert train(experiment, "losses", "--data-dir", cifar_dir, "--epochs", 2, "--llm-timeout", 1,
+    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 2, "--llm-timeout", 1,
                  "--llm-max-wait", 1.6) == 0
     gaps = [b["time"] - a["time"] for a, b in zip(g.requests, g.requests[1:])]
     assert len(g.requests) == 5
@@ -198,21 +206,21 @@ def test_retries_wait_as_told_then_succeed(cifar_dir, experiment, gemini):
     assert row["attempts"] == 5 and row["applied_lr"] == 0.03 and run.info.status == "FINISHED"
 
 
-def test_a_retry_delay_beyond_llm_max_wait_fails_the_exchange_at_once(cifar_dir, experiment, gemini):
+def test_a_retry_delay_beyond_llm_max_wait_fails_the_exchange_at_once(tiny_cifar, experiment, gemini):
     g = gemini(error(429, retry_delay="3600s"))
-    assert train(experiment, "losses", "--data-dir", cifar_dir, "--epochs", 2) == 0
+    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 2) == 0
     assert len(g.requests) == 1
     (run,) = runs_of(experiment)
     (row,) = calls(run)
     assert row["reason"].endswith("server asked to wait 3600 s > llm_max_wait 60 s") and row["attempts"] == 1
 
 
-def test_exhausted_and_per_day_errors(cifar_dir, experiment, gemini, capsys):
+def test_exhausted_and_per_day_errors(tiny_cifar, experiment, gemini, capsys):
     g = gemini(error(429, retry_delay="0.1s", quota_id="GenerateRequestsPerDayPerProjectPerModel-FreeTier"))
-    assert train(experiment, "losses", "--data-dir", cifar_dir, "--epochs", 2) == 0
+    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 2) == 0
     assert len(g.requests) == 1  # a per-day quota is not retried
     g = gemini(error(500))
-    assert train(experiment, "losses", "--data-dir", cifar_dir, "--epochs", 2, "--llm-attempts", 3,
+    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 2, "--llm-attempts", 3,
                  "--llm-max-wait", 0.05) == 0
     assert len(g.requests) == 3
     day, five = sorted(runs_of(experiment), key=lambda r: r.info.start_time)
@@ -224,7 +232,7 @@ def test_exhausted_and_per_day_errors(cifar_dir, experiment, gemini, capsys):
 
     # on_advisor_error=fail: the run ends FAILED, with what was logged kept.
     capsys.readouterr()
-    assert train(experiment, "losses", "--data-dir", cifar_dir, "--epochs", 3, "--llm-attempts", 1,
+    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 3, "--llm-attempts", 1,
                  "--on-advisor-error", "fail") == 1
     assert "failed" in capsys.readouterr().err
     failed = max(runs_of(experiment), key=lambda r: r.info.start_time)
@@ -232,11 +240,11 @@ def test_exhausted_and_per_day_errors(cifar_dir, experiment, gemini, capsys):
     assert len(history(failed.info.run_id, "train_loss")) == 1 and len(calls(failed)) == 1
 
 
-def test_json_parser_and_max_factor(cifar_dir, experiment, gemini, monkeypatch):
+def test_json_parser_and_max_factor(tiny_cifar, experiment, gemini, monkeypatch):
     monkeypatch.setenv("GOOGLE_GENAI_API_VERSION", "v1beta")  # the 2.x SDKs' path
     g = gemini(reply(json.dumps({"learning_rate": 0.05, "reasoning": "halve it"})),
                reply(json.dumps({"learning_rate": 0.001, "reasoning": "cut hard"})))
-    assert train(experiment, "losses", "--data-dir", cifar_dir, "--epochs", 3, "--parser", "json",
+    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 3, "--parser", "json",
                  "--max-factor", 2) == 0
     assert g.requests[0]["path"].startswith("/v1beta/")
     config = g.requests[0]["body"]["generationConfig"]
@@ -248,10 +256,10 @@ def test_json_parser_and_max_factor(cifar_dir, experiment, gemini, monkeypatch):
     assert calls(run)[1]["reason"].startswith("accepted, clamped to 0.025")
 
 
-def test_llm_arm_without_credentials_fails_before_training(cifar_dir, experiment, monkeypatch, capsys):
+def test_llm_arm_without_credentials_fails_before_training(tiny_cifar, experiment, monkeypatch, capsys):
     for var in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI"):
         monkeypatch.delenv(var, raising=False)
-    assert train(experiment, "losses", "--data-dir", cifar_dir, "--epochs", 2) == 2
+    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 2) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "GOOGLE_API_KEY or GEMINI_API_KEY" in err[0]
     assert runs_of(experiment) == []

@@ -176,12 +176,12 @@ def test_dead_tracking_server_is_one_line_within_seconds(cifar_dir, tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
 
 
-def test_server_lost_mid_run_stops_and_keeps_what_was_not_sent(cifar_dir, tmp_path):
+def test_server_lost_mid_run_stops_and_keeps_what_was_not_sent(tiny_cifar, tmp_path):
     # Retries shortened for the test; the defaults (4 retries, 20 s timeout) bound it to ~2 minutes.
     with mlflow_server(tmp_path) as (url, server):
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONUNBUFFERED": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-        proc = subprocess.Popen([sys.executable, "-m", "lradvisor", "train", "--data-dir", cifar_dir, "--epochs", "50",
+        proc = subprocess.Popen([sys.executable, "-m", "lradvisor", "train", "--data-dir", tiny_cifar, "--epochs", "50",
                                  "--batch-size", "8", "--experiment", "lost"], cwd=tmp_path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -241,10 +241,10 @@ def _read_until(stream, text, limit=120):
     return "".join(seen)
 
 
-def test_sigterm_to_a_sweep_ends_everything_killed_and_keeps_the_logs(cifar_dir, experiment):
+def test_sigterm_to_a_sweep_ends_everything_killed_and_keeps_the_logs(tiny_cifar, experiment):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "lradvisor", "sweep", "--arms", "baseline", "--seeds", "0,1",
-                             "--parallel", "2", "--sweep-id", "term", "--data-dir", cifar_dir, "--epochs", "100",
+                             "--parallel", "2", "--sweep-id", "term", "--data-dir", tiny_cifar, "--epochs", "100",
                              "--batch-size", "8", "--experiment", experiment], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -265,9 +265,9 @@ def test_sigterm_to_a_sweep_ends_everything_killed_and_keeps_the_logs(cifar_dir,
     assert (seen + proc.stdout.read()).count("do not match the official md5") == 1  # ... the sweep says it once
 
 
-def test_ctrl_c_under_mlflow_run_ends_the_run_killed(cifar_dir, experiment):
+def test_ctrl_c_under_mlflow_run_ends_the_run_killed(tiny_cifar, experiment):
     cmd = ["mlflow", "run", ROOT, "--env-manager", "local", "--experiment-name", experiment,
-           "-P", f"data_dir={cifar_dir}", "-P", "epochs=100", "-P", "batch_size=8"]
+           "-P", f"data_dir={tiny_cifar}", "-P", "epochs=100", "-P", "batch_size=8"]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
     proc = subprocess.Popen(cmd, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -301,11 +301,11 @@ def test_train_prints_the_runs_table_link_and_names_the_run(cifar_dir, experimen
 
 # ---- the launcher goes away; a dead tracking server under `mlflow run` ------------------------------------
 
-def test_sigterm_to_mlflow_runs_own_pid_ends_the_run_killed(cifar_dir, experiment):
+def test_sigterm_to_mlflow_runs_own_pid_ends_the_run_killed(tiny_cifar, experiment):
     """What a job scheduler does: SIGTERM to `mlflow run` alone. The launcher exits at once; its child notices
     and ends the run KILLED instead of training on as an orphan."""
     cmd = ["mlflow", "run", ROOT, "--env-manager", "local", "--experiment-name", experiment,
-           "-P", f"data_dir={cifar_dir}", "-P", "epochs=100", "-P", "batch_size=8"]
+           "-P", f"data_dir={tiny_cifar}", "-P", "epochs=100", "-P", "batch_size=8"]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
     proc = subprocess.Popen(cmd, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

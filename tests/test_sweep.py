@@ -12,7 +12,7 @@ import scipy.stats
 from conftest import cli, mlflow_run, mlflow_server
 from fake_gemini import FakeGemini, error, reply
 
-SHARED = {"epochs": 2, "batch_size": 20, "subset_ratio": 0.25}
+SHARED = {"epochs": 2, "batch_size": 20, "subset_ratio": 0.5}  # 10 of tiny_cifar's images
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +36,10 @@ def sweep_runs(client, sweep_id):
     return client.search_runs(exp_ids, f"tags.sweep_id = '{sweep_id}'")
 
 
-def test_sweep_then_compare_through_mlflow_run(cifar_dir, remote, tmp_path, capfd):
+def test_sweep_then_compare_through_mlflow_run(tiny_cifar, remote, tmp_path, capfd):
     with FakeGemini([reply("The learning rate should be 0.05.")]) as g:
         p = mlflow_run("sweeps", env=g.env(), entry_point="sweep", arms="baseline,losses", seeds="0,1",
-                       sweep_id="s1", parallel=2, data_dir=cifar_dir, **SHARED)
+                       sweep_id="s1", parallel=2, data_dir=tiny_cifar, **SHARED)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "sweep s1: 4 finished, 0 failed, 0 skipped" in p.stdout
 
@@ -110,7 +110,7 @@ def test_sweep_then_compare_through_mlflow_run(cifar_dir, remote, tmp_path, capf
     # The same sweep again: everything is already FINISHED with these parameters, nothing new runs.
     capfd.readouterr()
     assert cli("sweep", "--arms", "baseline,losses", "--seeds", "0,1", "--sweep-id", "s1", "--parallel", 2,
-               "--data-dir", cifar_dir, "--experiment", "sweeps",
+               "--data-dir", tiny_cifar, "--experiment", "sweeps",
                *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)]) == 0
     assert "4 already finished" in capfd.readouterr().out
     assert len([r for r in sweep_runs(remote, "s1") if r.data.tags.get("role") == "arm"]) == 4
@@ -123,11 +123,11 @@ def test_sweep_then_compare_through_mlflow_run(cifar_dir, remote, tmp_path, capf
     assert "no finished 'baseline' run" in captured.err and "| losses | 0,1 |" in captured.out
 
 
-def test_failing_arm_is_reported_while_the_others_finish(cifar_dir, remote, capfd, monkeypatch):
+def test_failing_arm_is_reported_while_the_others_finish(tiny_cifar, remote, capfd, monkeypatch):
     with FakeGemini([error(500)]) as g:
         for k, v in g.env().items():
             monkeypatch.setenv(k, v)
-        code = cli("sweep", "--arms", "baseline,losses", "--sweep-id", "s2", "--data-dir", cifar_dir,
+        code = cli("sweep", "--arms", "baseline,losses", "--sweep-id", "s2", "--data-dir", tiny_cifar,
                    "--on-advisor-error", "fail", "--llm-attempts", 1, "--experiment", "sweeps",
                    *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)])
     assert code == 1
@@ -142,14 +142,14 @@ def test_compare_says_when_there_is_nothing(remote, capfd, tmp_path):
     assert "no finished training runs in sweep no-such-sweep" in capfd.readouterr().err
 
 
-def test_registry_prompt_is_rendered_recorded_and_linked(cifar_dir, remote, capfd, monkeypatch, tmp_path):
+def test_registry_prompt_is_rendered_recorded_and_linked(tiny_cifar, remote, capfd, monkeypatch, tmp_path):
     assert cli("prompts", "register", "--name", "lra-test") == 0
     assert "registered prompts:/lra-test-losses/1" in capfd.readouterr().out
     registered = mlflow.genai.load_prompt("prompts:/lra-test-losses/1").template
     with FakeGemini([reply("The learning rate should be 0.05.")]) as g:
         for k, v in g.env().items():
             monkeypatch.setenv(k, v)
-        assert cli("train", "--arm", "losses", "--prompt", "prompts:/lra-test-losses/1", "--data-dir", cifar_dir,
+        assert cli("train", "--arm", "losses", "--prompt", "prompts:/lra-test-losses/1", "--data-dir", tiny_cifar,
                    "--experiment", "prompts", *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)]) == 0
     sent = g.requests[0]["body"]["contents"][0]["parts"][0]["text"]
     assert "{{" not in sent and "- Loss values (last 1 epochs): [" in sent and sent.startswith("Based on the following")
@@ -160,5 +160,5 @@ def test_registry_prompt_is_rendered_recorded_and_linked(cifar_dir, remote, capf
     assert "lra-test-losses" in run.data.tags["mlflow.linkedPrompts"]  # MLflow's own prompt-version <-> run link
 
     capfd.readouterr()
-    assert cli("train", "--arm", "losses", "--prompt", "prompts:/no-such-prompt/1", "--data-dir", cifar_dir) == 2
+    assert cli("train", "--arm", "losses", "--prompt", "prompts:/no-such-prompt/1", "--data-dir", tiny_cifar) == 2
     assert "cannot load prompt 'prompts:/no-such-prompt/1'" in capfd.readouterr().err

@@ -21,8 +21,8 @@ METRICS = ["lr", "train_loss", "train_acc", "test_loss", "test_acc", "grad_norm"
            "images_per_second"] + [f"class_acc/{c}" for c in CLASSES]
 
 
-def test_lr_trajectory_equals_steplr(cifar_dir, experiment):
-    assert cli("train", "--data-dir", cifar_dir, "--epochs", 20, "--batch-size", 20, "--subset-ratio", 0.25,
+def test_lr_trajectory_equals_steplr(tiny_cifar, experiment):
+    assert cli("train", "--data-dir", tiny_cifar, "--epochs", 20, "--batch-size", 20,
                "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     logged = [v for _, v in history(run.info.run_id, "lr")]
@@ -91,9 +91,9 @@ def test_diverging_loss_ends_failed_with_reason(cifar_dir, experiment, capsys):
     assert run.info.status == "FAILED" and "non-finite" in run.data.tags["failure_reason"]
 
 
-def test_interrupt_mid_epoch_ends_killed_and_keeps_what_was_logged(cifar_dir, experiment):
+def test_interrupt_mid_epoch_ends_killed_and_keeps_what_was_logged(tiny_cifar, experiment):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lradvisor", "train", "--data-dir", cifar_dir, "--epochs", "100",
+    proc = subprocess.Popen([sys.executable, "-m", "lradvisor", "train", "--data-dir", tiny_cifar, "--epochs", "100",
                              "--batch-size", "8", "--experiment", experiment], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -164,7 +164,7 @@ def test_bad_precision_flags(flags, says, cifar_dir, experiment, capsys):
     assert says in capsys.readouterr().err
 
 
-def _bf16_runs(tmp_path, experiment, per_class, runs, epochs):
+def _bf16_runs(tmp_path, experiment, per_class, runs, epochs, *flags):
     """Train `runs` [(precision, seed)] on a fresh synthetic set; return each run's final test accuracy and curves."""
     data = tmp_path / "data"
     if not data.exists():
@@ -174,7 +174,7 @@ def _bf16_runs(tmp_path, experiment, per_class, runs, epochs):
     out = []
     for precision, seed in runs:
         assert cli("train", "--precision", precision, "--seed", seed, "--data-dir", data, "--epochs", epochs,
-                   "--batch-size", 16, "--lr", 0.05, "--step-size", 2, "--experiment", experiment) == 0
+                   "--batch-size", 16, "--lr", 0.05, "--step-size", 2, "--experiment", experiment, *flags) == 0
         run = max(runs_of(experiment), key=lambda r: r.info.start_time)
         assert run.data.params["precision_used"] == precision
         out.append([history(run.info.run_id, k) for k in ("train_loss", "grad_norm", "test_acc")])
@@ -187,8 +187,9 @@ EMULATED = not native_bf16(torch.device("cpu"))
 
 
 def test_bf16_same_seed_same_run(tmp_path, experiment):
-    per_class, epochs = (2, 1) if EMULATED else (16, 3)  # 20 images and one epoch where bf16 is emulated
-    a, b = _bf16_runs(tmp_path, experiment, per_class, [("bf16", 2), ("bf16", 2)], epochs)
+    # Where bf16 is emulated: one step of 10 images (the first step is the slowest) and 10 test images.
+    per_class, epochs, flags = (2, 1, ["--subset-ratio", 0.5]) if EMULATED else (16, 3, [])
+    a, b = _bf16_runs(tmp_path, experiment, per_class, [("bf16", 2), ("bf16", 2)], epochs, *flags)
     assert a == b
 
 
