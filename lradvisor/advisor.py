@@ -127,17 +127,18 @@ def _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, changed
            "reply": got.get("reply")}
     if journal is not None:
         journal.append({"epoch": epoch, "advisor": row})
-    mlflow.log_table({k: [v] for k, v in row.items()}, artifact_file=TABLE)
     folder = f"advisor/epoch_{epoch:02d}"
-    mlflow.log_text(text, f"{folder}/prompt.txt")  # the exact bytes sent and received
-    mlflow.log_text(got.get("reply") or "", f"{folder}/reply.txt")
-    mlflow.log_text(exchange_page(row), f"{folder}/exchange.html")  # the same, readable in the UI's preview
-    if got.get("error_body"):  # the server's whole answer; the table and the console keep one line of it
-        mlflow.log_text(got["error_body"], f"{folder}/error.txt")
     metrics = {"advisor_accepted": float(accepted)}
     if proposed is not None:
         metrics["advisor_proposed_lr"] = proposed
-    mlflow.log_metrics(metrics, step=epoch)
+    with tracking.writing():
+        mlflow.log_table({k: [v] for k, v in row.items()}, artifact_file=TABLE)
+        mlflow.log_text(text, f"{folder}/prompt.txt")  # the exact bytes sent and received
+        mlflow.log_text(got.get("reply") or "", f"{folder}/reply.txt")
+        mlflow.log_text(exchange_page(row), f"{folder}/exchange.html")  # the same, readable in the UI's preview
+        if got.get("error_body"):  # the server's whole answer; the table and the console keep one line of it
+            mlflow.log_text(got["error_body"], f"{folder}/error.txt")
+        mlflow.log_metrics(metrics, step=epoch)
     return row
 
 
@@ -166,8 +167,9 @@ def record_rollback(exchange_epoch, epoch, lr, loss, previous, scheduler_lr, fac
            "accepted": False, "changed": False, "reason": reason, "model": "guard"}
     if journal is not None:
         journal.append({"epoch": epoch, "rollback": row})
-    mlflow.log_table({k: [v] for k, v in row.items()}, artifact_file=TABLE)
-    mlflow.log_metric("advisor_rollback", 1.0, step=epoch)
+    with tracking.writing():
+        mlflow.log_table({k: [v] for k, v in row.items()}, artifact_file=TABLE)
+        mlflow.log_metric("advisor_rollback", 1.0, step=epoch)
     print(f"  guard: {reason}", flush=True)
 
 

@@ -38,21 +38,23 @@ class Sweep:
     client: MlflowClient = field(default_factory=MlflowClient)
 
     def create_child(self, arm, seed, key):
-        return self.client.create_run(self.experiment_id, run_name=f"{arm}-s{seed}", tags={
-            "mlflow.parentRunId": self.parent_id, "sweep_id": self.sweep_id, "sweep_key": key,
-            "arm": arm, "seed": str(seed), "role": "arm"}).info.run_id
+        with tracking.writing():
+            return self.client.create_run(self.experiment_id, run_name=f"{arm}-s{seed}", tags={
+                "mlflow.parentRunId": self.parent_id, "sweep_id": self.sweep_id, "sweep_key": key,
+                "arm": arm, "seed": str(seed), "role": "arm"}).info.run_id
 
     def command(self, arm, seed, flags=None):
         return [sys.executable, "-m", "lradvisor", "train", "--arm", arm, "--seed", str(seed), *(flags or self.flags)]
 
     def settle(self, run_id, code, status_if_running="FAILED", reason=None):
         """The child's result as the tracking server has it; a run its child could not end is ended here."""
-        run = self.client.get_run(run_id)
-        if run.info.status == "RUNNING":
-            if reason:
-                self.client.set_tag(run_id, "failure_reason", reason)
-            self.client.set_terminated(run_id, status_if_running)
+        with tracking.writing():
             run = self.client.get_run(run_id)
+            if run.info.status == "RUNNING":
+                if reason:
+                    self.client.set_tag(run_id, "failure_reason", reason)
+                self.client.set_terminated(run_id, status_if_running)
+                run = self.client.get_run(run_id)
         ok = code == 0 and run.info.status == "FINISHED"
         return ok, run_id, run.data.metrics.get("test_acc"), code
 
@@ -73,7 +75,8 @@ def _keep_logs(client, logs, logdir):
     for run_id, log in logs:
         log.close()
         try:
-            client.log_artifact(run_id, log.name)
+            with tracking.writing():
+                client.log_artifact(run_id, log.name)
         except Exception as e:
             print(f"sweep: could not log {log.name} to run {run_id}: {e}")
     shutil.rmtree(logdir, ignore_errors=True)

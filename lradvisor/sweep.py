@@ -133,8 +133,10 @@ def main(args):
     # Ctrl-C or SIGTERM: stop the children (they end KILLED), keep their logs, end the parent KILLED.
     with tracking.interrupts_end_runs():
         parent = tracking.open_run(args.experiment, run_name=f"sweep-{sweep_id}")
+        tracking.sqlite_for_many_writers()
         # mlflow.runName also under `mlflow run`, which names its run at random
-        mlflow.set_tags({"sweep_id": sweep_id, "role": "sweep", "mlflow.runName": f"sweep-{sweep_id}"})
+        with tracking.writing():
+            mlflow.set_tags({"sweep_id": sweep_id, "role": "sweep", "mlflow.runName": f"sweep-{sweep_id}"})
         tracking.log_params_once({"arms": ",".join(arms), "seeds": ",".join(map(str, seeds)), "sweep_id": sweep_id,
                                   "parallel": args.parallel, "launcher": args.launcher})
         sw = launch.Sweep(args, sweep_id, parent.info.experiment_id, parent.info.run_id, flags, parallel)
@@ -150,7 +152,8 @@ def main(args):
         for (arm, seed), (ok, run_id, acc, code) in results.items():
             state = f"test_acc {acc:.2f}%" if ok and acc is not None else f"FAILED (exit {code})"
             print(f"  {arm:16s} seed {seed:<3d} {state:24s} run {run_id}")
-        mlflow.set_tags({"finished": len(results) - len(failed), "failed": len(failed), "skipped": len(skipped)})
+        with tracking.writing():
+            mlflow.set_tags({"finished": len(results) - len(failed), "failed": len(failed), "skipped": len(skipped)})
         if failed:
             tracking.end_failed("FAILED", "failed arms: " + ", ".join(f"{a}/s{s}" for a, s in failed))
             return 1

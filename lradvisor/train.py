@@ -160,8 +160,9 @@ def main(args):
         try:
             tracking.log_params_once(params_of(args, spec, device, len(y_tr), len(y_te)))
             bad = checksums(args.data_dir)
-            mlflow.set_tags({"arm": args.arm, "data_md5": "differs: " + ",".join(bad) if bad else "official"})
-            advisor.prepare_run(args, spec)
+            with tracking.writing():
+                mlflow.set_tags({"arm": args.arm, "data_md5": "differs: " + ",".join(bad) if bad else "official"})
+                advisor.prepare_run(args, spec)
             test_acc = epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, journal)
         except BaseException as e:
             why = None if isinstance(e, KeyboardInterrupt) else tracking.server_down(timeout=3)
@@ -222,7 +223,8 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
                    "epoch_seconds": seconds, "images_per_second": len(train_loader.y) / train_s,
                    **{f"class_acc/{c}": a for c, a in class_acc.items()}}
         journal.append({"epoch": epoch, "metrics": metrics})
-        mlflow.log_metrics(metrics, step=epoch)
+        with tracking.writing():
+            mlflow.log_metrics(metrics, step=epoch)
         if per_step:  # the LR of every batch, step = global batch number (host floats: no device sync)
             tracking.log_series("lr_step", lrs, first_step=step + 1)
         step += len(lrs)
@@ -247,5 +249,6 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
                 schedules.override(sched, opt, new_lr)
                 advised = (epoch, scheduler_lr) if new_lr != scheduler_lr else None
     journal[:] = [{"budget": budget}]
-    mlflow.log_metrics(budget)
+    with tracking.writing():
+        mlflow.log_metrics(budget)
     return test_acc
