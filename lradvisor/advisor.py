@@ -103,7 +103,7 @@ def consult(ask, args, spec, epoch, history, scheduler_lr, journal=None):
             if proposed is None:
                 reason = why if got["reply"] else f"no reply text (finish_reason {got.get('finish_reason') or 'none'})"
             if str(got.get("finish_reason")).lower() in ("length", "max_tokens"):
-                reason += "; reply cut at llm_max_tokens"
+                reason += "; reply cut at llm_max_tokens" if args.llm_max_tokens else "; reply cut by the server's limit"
         changed = not P.unchanged(applied, scheduler_lr)
         span.set_outputs({"parsed_lr": proposed, "applied_lr": applied, "accepted": accepted, "changed": changed,
                           "reason": reason, **{k: v for k, v in got.items() if k not in ("model", "error_body")}})
