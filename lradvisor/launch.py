@@ -207,7 +207,7 @@ def ray_connect(args):
         try:
             ray.init(log_to_driver=True, **kwargs)
             done["ok"] = True
-        except BaseException as e:  # noqa: B036 - reported below, on the main thread
+        except BaseException as e:  # reported below, on the main thread
             done["error"] = e
 
     worker = threading.Thread(target=connect, daemon=True)  # a hung connect must not keep the process alive
@@ -225,9 +225,10 @@ def ray_connect(args):
             os.close(saved)
         else:  # Ray goes on trying in the background until we exit: its lines stay aside, ours go out
             sys.stderr = os.fdopen(saved, "w", buffering=1)
-    log.seek(0)
-    said = [re.sub(r"^(\[[^\]]*\]|\d{4}-\d\d-\d\d [\d:,]+\s+\w+ \S+ --) ", "", line).strip()
-            for line in log.read().splitlines() if line.strip()]
+    with log:  # fd 2 keeps the file open where Ray goes on writing
+        log.seek(0)
+        said = [re.sub(r"^(\[[^\]]*\]|\d{4}-\d\d-\d\d [\d:,]+\s+\w+ \S+ --) ", "", line).strip()
+                for line in log.read().splitlines() if line.strip()]
     if "ok" not in done:
         why = f"{type(done['error']).__name__}: {str(done['error']).splitlines()[0]}" if "error" in done else \
             f"no answer within {limit:g} s ({RAY_TIMEOUT} sets the limit)"
