@@ -171,6 +171,23 @@ def build_parser(bench=True):
     return p
 
 
+def parse(argv, bench=True):
+    """Parsed and checked arguments, or UsageError: the checks that cost nothing (no torch, no mlflow, no data).
+    The tracking server and what reads data come after, in main."""
+    args = build_parser(bench=bench).parse_args(argv)
+    for key, word in UNSET.items():  # "" and the word mean the same; records always show the word
+        if getattr(args, key, None) == "" and (key != "experiment" or args.command == "compare"):
+            setattr(args, key, word)
+    if args.command == "train":
+        check_training_args(args)
+    elif args.command == "sweep":
+        from lradvisor import sweep
+        sweep.check_args(args)
+        for arm in sweep.parse_arms(args.arms):
+            check_training_args(argparse.Namespace(**vars(args), arm=arm, seed=0))
+    return args
+
+
 def refuse(command, message, argv):
     """One line on stderr. Under `mlflow run` the run it made before we started gets the reason and the arm,
     so the FAILED run it leaves behind says why."""
@@ -188,22 +205,12 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in ("train", "sweep", "compare", "prompts", "bench")), None)
     try:
-        args = build_parser(bench=command == "bench").parse_args(argv)
-        for key, word in UNSET.items():  # "" and the word mean the same; records always show the word
-            if getattr(args, key, None) == "" and (key != "experiment" or args.command == "compare"):
-                setattr(args, key, word)
-        # Cheap checks first (no torch, no mlflow, no data), then the tracking server, then what reads data.
-        if args.command == "train":
-            check_training_args(args)
-        elif args.command == "sweep":
-            from lradvisor import sweep
-            sweep.check_args(args)
-            for arm in sweep.parse_arms(args.arms):
-                check_training_args(argparse.Namespace(**vars(args), arm=arm, seed=0))
+        args = parse(argv, bench=command == "bench")
         if args.command in ("train", "sweep", "compare", "prompts"):
             from lradvisor import tracking
             tracking.check_server()  # seconds, not minutes, to learn that the tracking server is not there
         if args.command == "sweep":
+            from lradvisor import sweep
             sweep.check_resources(args)  # the data set and device, and the Ray cluster: before any run exists
         if args.command == "train":
             from lradvisor import train
