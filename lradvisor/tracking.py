@@ -144,8 +144,8 @@ def watch_launcher(interval=1.0):
     that the run ends KILLED as on any SIGTERM, with the reason. Linux reads /proc; elsewhere a changed parent
     pid tells."""
     pid = os.getppid()
-    if _comm(pid) in SHELLS and _stat(pid):
-        pid = _stat(pid)[1]
+    if _comm(pid) in SHELLS:
+        pid = (_stat(pid) or (None, pid))[1]
     first = _stat(pid)
     LAUNCHER["pid"] = pid
 

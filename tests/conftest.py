@@ -97,13 +97,18 @@ def mlflow_run(experiment, env=None, entry_point="main", **params):
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=600)
 
 
+def free_port():
+    """A loopback port nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def mlflow_server(d):
     """A real MLflow server (sqlite backend, proxied artifacts) on a loopback port, in its own process group;
     yields (url, process)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = open(d / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",

@@ -4,23 +4,20 @@ group, a sweep through `--launcher ray`, its resume, and Ctrl-C ending everythin
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import runs_of
+from conftest import free_port, runs_of
 
 ray = pytest.importorskip("ray")  # the optional extra; the README's test command installs it
 
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log_path = tmp_path_factory.mktemp("ray") / "head.log"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     with open(log_path, "w") as log:
@@ -90,12 +87,6 @@ def test_sigterm_cancels_the_ray_tasks_and_ends_everything_killed(ray_head, cifa
     assert left.stdout.strip() == "", "a child outlived the cancelled sweep"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("where, flags, says", [
     ("nothing", [], "no Ray cluster at '127.0.0.1:"),
     ("head", ["--cpus-per-run", 64], "no node of the Ray cluster can hold a run of 64 CPUs and 0 GPUs (nodes: 2 CPUs"),
@@ -103,7 +94,7 @@ def _free_port():
 def test_ray_refusals_come_before_any_run(where, flags, says, request, cifar_dir, experiment):
     """Nothing at the address (Ray itself would wait forever), or no node that can ever hold a run (a task would
     queue forever): one line, exit 2, within seconds, and no run."""
-    address = request.getfixturevalue("ray_head") if where == "head" else f"127.0.0.1:{_free_port()}"
+    address = request.getfixturevalue("ray_head") if where == "head" else f"127.0.0.1:{free_port()}"
     t0 = time.monotonic()
     proc = sweep(address, experiment, cifar_dir, "--arms", "baseline", "--epochs", 1, *flags,
                  env_extra={"LRADVISOR_RAY_TIMEOUT": "5"}, stderr=subprocess.PIPE)

@@ -8,7 +8,6 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, cli, history, mlflow_run, mlflow_server, runs_of
+from conftest import ROOT, cli, free_port, history, mlflow_run, mlflow_server, runs_of
 from lradvisor import data
 
 TINY = ["--batch-size", 20, "--subset-ratio", 0.25]
@@ -157,14 +156,8 @@ def test_bad_batch_files_are_one_line_naming_the_file(change, says, cifar_dir, t
 
 # ---- 4: a tracking server that is not there, or goes away -------------------------------------------------
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_dead_tracking_server_is_one_line_within_seconds(cifar_dir, tracking_uri, capsys):
-    mlflow.set_tracking_uri(f"http://127.0.0.1:{_free_port()}")
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")
     try:
         t0 = time.monotonic()
         for command in (["train", "--data-dir", cifar_dir], ["sweep", "--data-dir", cifar_dir],
@@ -334,7 +327,7 @@ def test_dead_tracking_server_under_mlflow_run_fails_fast_with_the_documented_se
     """MLflow's own launcher makes the run before our code starts, retrying for ~5 minutes by default; the README's
     remedy (these two variables in the environment of `mlflow run`) makes that seconds."""
     env = {**{k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")},
-           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
            "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     t0 = time.monotonic()
     p = subprocess.run(["mlflow", "run", ROOT, "--env-manager", "local", "-P", f"data_dir={cifar_dir}"], env=env,
