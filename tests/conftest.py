@@ -97,6 +97,18 @@ def mlflow_run(experiment, env=None, entry_point="main", **params):
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=600)
 
 
+def store_holds(secret):
+    """Whether the session's sqlite store (the database file and its write-ahead log) holds `secret` anywhere in its
+    bytes. Read in another process: opening and closing the live database file here would drop this process's
+    SQLite locks on it (POSIX locks belong to the process), and a sweep child ending its last connection could
+    then checkpoint and delete the WAL under our open connections: "database disk image is malformed"."""
+    store = mlflow.get_tracking_uri().removeprefix("sqlite:///")
+    code = ("import os, sys; s = sys.argv[1].encode(); "
+            "print(any(os.path.isfile(f) and s in open(f, 'rb').read() for f in (sys.argv[2], sys.argv[2] + '-wal')))")
+    out = subprocess.run([sys.executable, "-c", code, secret, store], capture_output=True, text=True, check=True).stdout
+    return out.strip() == "True"
+
+
 def free_port():
     """A loopback port nothing listens on (now)."""
     with socket.socket() as s:

@@ -9,7 +9,7 @@ import re
 import mlflow
 import pytest
 
-from conftest import cli, history, mlflow_run, runs_of
+from conftest import cli, history, mlflow_run, runs_of, store_holds
 from fake_gemini import KEY, PUBLISHED_REPLY, FakeGemini, error, reply
 from lradvisor import prompt
 
@@ -101,10 +101,10 @@ def test_losses_arm_published_exchange_via_mlflow_run(tiny_cifar, experiment, tm
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
     # The key: not in params, tags, artifacts, traces (all in the store's files), nor on the console.
-    store = mlflow.get_tracking_uri().removeprefix("sqlite:///")
     artifacts = client.download_artifacts(rid, "", str(tmp_path / "all"))
-    files = [store] + glob.glob(os.path.join(artifacts, "**", "*"), recursive=True)
+    files = glob.glob(os.path.join(artifacts, "**", "*"), recursive=True)
     leaked = [f for f in files if os.path.isfile(f) and KEY.encode() in open(f, "rb").read()]
+    assert store_holds(rid) and not store_holds(KEY)  # it sees the run; it does not see the key
     assert leaked == [] and KEY not in p.stdout + p.stderr
     assert KEY not in json.dumps([t.to_dict() for t in traces]) and KEY not in str(run.data)
 

@@ -11,7 +11,7 @@ import time
 import mlflow
 import pytest
 
-from conftest import cli, history, runs_of
+from conftest import cli, history, runs_of, store_holds
 from fake_openai import KEY, FakeOpenAI, chat, status
 from lradvisor import prompt
 from lradvisor.data import CLASSES
@@ -67,10 +67,10 @@ def test_openai_advisor_end_to_end_and_the_key_stays_secret(cifar_dir, experimen
     traces = mlflow.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id, return_type="list")
     assert len(traces) == 2
     # The key: nowhere in the store, the artifacts, the traces, or the console.
-    store = mlflow.get_tracking_uri().removeprefix("sqlite:///")
-    files = [store] + glob.glob(os.path.join(mlflow.MlflowClient().download_artifacts(run.info.run_id, "", str(tmp_path)),
-                                             "**", "*"), recursive=True)
+    files = glob.glob(os.path.join(mlflow.MlflowClient().download_artifacts(run.info.run_id, "", str(tmp_path)),
+                                   "**", "*"), recursive=True)
     assert [f for f in files if os.path.isfile(f) and KEY.encode() in open(f, "rb").read()] == []
+    assert not store_holds(KEY)
     out = capfd.readouterr()
     assert KEY not in out.out + out.err and KEY not in json.dumps([t.to_dict() for t in traces])
 
