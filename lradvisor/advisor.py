@@ -2,8 +2,11 @@
 
 `consult` builds the prompt (prompt.py, or the run's template), asks, turns the reply into the next epoch's
 LR by the published rule, and logs the exchange to MLflow: prompt and reply as text artifacts, a row of
-advisor/calls.json, two metrics and a trace span.
+advisor/calls.json, two metrics and a trace span. With credit on, `record_credit` later fills in the row of
+a decision what it was worth against its counterfactual branch (train.py trains the branch).
 """
+
+import json
 
 import mlflow
 
@@ -22,7 +25,7 @@ def make_asker(args, spec):
     """An asker is `ask(epoch, prompt, state) -> dict` (state: the scheduler's LR and the recent losses, for the
     controls, which answer without an LLM). None for arms that never ask. Also loads and checks the prompt
     template into spec (load_template), and puts there which model answers and what the run keeps about it."""
-    spec["model"], spec["records"] = "none", {}
+    spec["model"], spec["records"], spec["calls"] = "none", {}, []  # calls: the rows of calls.json so far
     if not spec["every"]:
         return None
     load_template(args, spec)
@@ -32,10 +35,13 @@ def make_asker(args, spec):
 
 
 def load_template(args, spec):
-    """Fill spec["template"] (None: the built-in published family) from `prompt`: a text file, or
+    """Fill spec["template"] from `prompt`: the built-in published family, a text file, or
     prompts:/NAME/VERSION or prompts:/NAME@ALIAS from the MLflow Prompt Registry. Checked before training."""
     spec["template"] = spec["prompt_version"] = None
-    if not spec["every"] or args.prompt in ("", "published"):
+    if not spec["every"]:
+        return spec
+    if args.prompt in ("", "published"):
+        spec["template"] = P.builtin_template(spec["signals"], args.parser == "json", split_of(args))
         return spec
     if args.prompt.startswith("prompts:/"):
         import mlflow.genai
@@ -64,12 +70,28 @@ def load_template(args, spec):
     return spec
 
 
+def split_of(args):
+    """Where the decisions' held-out numbers (per-class accuracy, credit) come from."""
+    return "validation" if args.holdout > 0 else "test"
+
+
+def saw_test(args, spec):
+    """1 when the run's decisions read test-set numbers: an advisor that reads the prompt (an LLM, or replayed
+    LLM replies), a prompt with per-class accuracy, and no holdout. The controls read only the LR and the
+    training losses; a schedule alone reads the training loss (plateau: validation loss with a holdout)."""
+    if not spec["every"] or args.holdout > 0 or spec["advisor"] in ("random", "textbook"):
+        return 0
+    return int(bool(P.PER_CLASS & set(P.PLACEHOLDER.findall(spec["template"]))))
+
+
 def prepare_run(args, spec):
     if not spec["every"]:
         return
     # What the run's prompts were made from, next to them; and MLflow's own link from the prompt version.
-    template = spec.get("template") or P.builtin_template(spec["signals"], args.parser == "json")
-    mlflow.log_text(template, "advisor/prompt_template.txt")
+    mlflow.log_text(spec["template"], "advisor/prompt_template.txt")
+    # calls.json is rewritten whole (a credit fills in a row epochs later), not appended by log_table: this is
+    # the tag log_table would set, by which the UI and load_table find the table.
+    mlflow.set_tag("mlflow.loggedArtifacts", json.dumps([{"path": TABLE, "type": "table"}]))
     if spec.get("prompt_version") is not None:
         mlflow.MlflowClient().link_prompt_version_to_run(mlflow.active_run().info.run_id, spec["prompt_version"])
     for path, record in spec.get("records", {}).items():  # e.g. the models an OpenAI-compatible server lists
@@ -87,8 +109,8 @@ def prepare_run(args, spec):
 def consult(ask, args, spec, epoch, history, scheduler_lr, journal=None):
     """Return the LR for the next epoch and the exchange's row of the calls table, after logging it (the
     row goes to `journal` first, so that it survives a tracking server that goes away meanwhile)."""
-    text = P.build_prompt(spec["signals"], history, scheduler_lr, args.window, json_reply=args.parser == "json",
-                          template=spec.get("template"), epochs=args.epochs)
+    text = P.build_prompt(spec["signals"], history, scheduler_lr, args.window, template=spec["template"],
+                          epochs=args.epochs)
     state = {"scheduler_lr": scheduler_lr, "losses": history["train_loss"][-args.window:]}
     model = spec["model"]
     # The trace list shows span names: say which run and epoch each exchange belongs to.
@@ -107,7 +129,13 @@ def consult(ask, args, spec, epoch, history, scheduler_lr, journal=None):
         changed = not P.unchanged(applied, scheduler_lr)
         span.set_outputs({"parsed_lr": proposed, "applied_lr": applied, "accepted": accepted, "changed": changed,
                           "reason": reason, **{k: v for k, v in got.items() if k not in ("model", "error_body")}})
-    row = _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, changed, reason, journal)
+    credit = {}
+    if args.credit_epochs:  # which decisions get a counterfactual branch (train.py trains it), and why not
+        k = min(args.credit_epochs, args.epochs - epoch) if accepted and changed else 0
+        credit = {"credit_acc": None, "credit_loss": None, "credit_epochs": k,
+                  "credit_note": f"pending: against {k} epoch(s) at the scheduler's lr {scheduler_lr:g}" if k else
+                  "no branch: the scheduler's LR was applied"}
+    row = _record(spec, epoch, text, got, proposed, scheduler_lr, applied, accepted, changed, reason, credit, journal)
     history.setdefault("proposals", []).append((epoch, proposed, accepted))  # what the feedback signal shows
     if "error" in got and args.on_advisor_error == "fail" and spec["advisor"] in LLMS:
         raise AdvisorError(f"{spec['advisor']} exchange after epoch {epoch} failed ({reason}) and on_advisor_error is fail")
@@ -116,10 +144,10 @@ def consult(ask, args, spec, epoch, history, scheduler_lr, journal=None):
     return applied, row
 
 
-def _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, changed, reason, journal=None):
+def _record(spec, epoch, text, got, proposed, scheduler_lr, applied, accepted, changed, reason, credit, journal=None):
     # The decision first and the long texts last: the UI's table shows the first columns without scrolling.
     row = {"epoch": epoch, "parsed_lr": proposed, "scheduler_lr": scheduler_lr, "applied_lr": applied,
-           "accepted": accepted, "changed": changed, "reason": reason, "model": got.get("model"),
+           "accepted": accepted, "changed": changed, "reason": reason, **credit, "model": got.get("model"),
            "model_version": got.get("model_version"), "response_format": got.get("response_format"),
            "attempts": got.get("attempts"), "latency_s": got.get("latency_s"), "retry_wait_s": got.get("retry_wait_s"),
            "prompt_tokens": got.get("prompt_tokens"), "output_tokens": got.get("output_tokens"),
@@ -131,8 +159,9 @@ def _record(epoch, text, got, proposed, scheduler_lr, applied, accepted, changed
     metrics = {"advisor_accepted": float(accepted)}
     if proposed is not None:
         metrics["advisor_proposed_lr"] = proposed
+    spec["calls"].append(row)
     with tracking.writing():
-        mlflow.log_table({k: [v] for k, v in row.items()}, artifact_file=TABLE)
+        tracking.write_table(spec["calls"], TABLE)
         mlflow.log_text(text, f"{folder}/prompt.txt")  # the exact bytes sent and received
         mlflow.log_text(got.get("reply") or "", f"{folder}/reply.txt")
         mlflow.log_text(exchange_page(row), f"{folder}/exchange.html")  # the same, readable in the UI's preview
@@ -158,7 +187,24 @@ def exchange_page(row):
                        reply=html.escape(row["reply"]) if row["reply"] is not None else "(none)")
 
 
-def record_rollback(exchange_epoch, epoch, lr, loss, previous, scheduler_lr, factor, journal=None):
+def record_credit(spec, decision, epoch, run, branch, split, journal=None):
+    """The decision after epoch `decision` against its branch, both evaluated on `split` at `epoch`: run, branch
+    are (loss, accuracy). Fills in the decision's row of calls.json, logs credit_acc and credit_loss at step =
+    the decision's epoch, and says it on the console."""
+    row = next(r for r in spec["calls"] if r["epoch"] == decision and r["model"] != "guard")
+    acc, loss = run[1] - branch[1], run[0] - branch[0]
+    row.update(credit_acc=acc, credit_loss=loss,
+               credit_note=f"run − branch on {split} after epoch {epoch} (branch: accuracy {branch[1]:.2f}%, loss {branch[0]:.4g})")
+    if journal is not None:
+        journal.append({"epoch": epoch, "credit": {"decision": decision, "credit_acc": acc, "credit_loss": loss}})
+    with tracking.writing():
+        tracking.write_table(spec["calls"], TABLE)
+        mlflow.log_metrics({"credit_acc": acc, "credit_loss": loss}, step=decision)
+    print(f"  credit of the decision after epoch {decision} (lr {row['applied_lr']:.4g} instead of "
+          f"{row['scheduler_lr']:.4g}), on {split} after epoch {epoch}: {acc:+.2f} points, loss {loss:+.4g}", flush=True)
+
+
+def record_rollback(spec, exchange_epoch, epoch, lr, loss, previous, scheduler_lr, factor, journal=None):
     """guard=rollback undid epoch `epoch` (trained at the advisor's `lr`): a note under its exchange in the calls
     table (model "guard"; replay skips it) and the metric advisor_rollback."""
     reason = (f"rolled back: epoch {epoch} at lr {lr:g} ended with training loss {loss:.4g} (limit {factor:g} x "
@@ -167,8 +213,9 @@ def record_rollback(exchange_epoch, epoch, lr, loss, previous, scheduler_lr, fac
            "accepted": False, "changed": False, "reason": reason, "model": "guard"}
     if journal is not None:
         journal.append({"epoch": epoch, "rollback": row})
+    spec["calls"].append(row)
     with tracking.writing():
-        mlflow.log_table({k: [v] for k, v in row.items()}, artifact_file=TABLE)
+        tracking.write_table(spec["calls"], TABLE)
         mlflow.log_metric("advisor_rollback", 1.0, step=epoch)
     print(f"  guard: {reason}", flush=True)
 

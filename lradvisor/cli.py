@@ -60,6 +60,7 @@ def add_training_args(p, sweep=False):
     g.add_argument("--step-size", type=int, default=5, help="StepLR: cut the LR every this many epochs")
     g.add_argument("--gamma", type=float, default=0.1, help="StepLR (and plateau): multiply the LR by this at each cut")
     g.add_argument("--subset-ratio", type=float, default=1.0, help="class-stratified fraction of the training set, in (0, 1]")
+    g.add_argument("--holdout", type=float, default=0.0, help="class-stratified, seed-determined fraction of the training set held out as the validation split every decision reads instead of the test set (per-class accuracy, plateau, credit), in [0, 0.5); 0 = the published protocol")
     g.add_argument("--data-dir", default="data", help="folder holding (or receiving) cifar-10-batches-py")
     g.add_argument("--model", default="resnet18", help="resnet18 (CIFAR stem) or resnet18_imagenet_stem")
     g.add_argument("--device", default="auto", help=DEVICES)
@@ -85,6 +86,7 @@ def add_training_args(p, sweep=False):
     g.add_argument("--on-advisor-error", default="continue", help="continue (keep the scheduler's LR) or fail (end the run FAILED)")
     g.add_argument("--guard", default="off", help="off (published) or rollback: an epoch at the advisor's LR whose loss explodes is trained again at the scheduler's LR")
     g.add_argument("--guard-factor", type=float, default=3.0, help="rollback when the epoch's training loss exceeds this x the previous epoch's (or is not finite)")
+    g.add_argument("--credit-epochs", type=int, default=0, help="k >= 1: every decision that moved the LR is measured against a branch trained k epochs from the same state at the scheduler's LR (credit_acc, credit_loss); 0 = off")
 
 
 def check_training_args(a):
@@ -103,6 +105,7 @@ def check_training_args(a):
         (a.step_size > 0, f"step_size must be > 0, got {a.step_size}"),
         (a.gamma > 0, f"gamma must be > 0, got {a.gamma}"),
         (0 < a.subset_ratio <= 1, f"subset_ratio must be in (0, 1], got {a.subset_ratio}"),
+        (0 <= a.holdout < 0.5, f"holdout must be in [0, 0.5) (0 = no validation split), got {a.holdout}"),
         (a.model in MODELS, f"unknown model {a.model!r}; valid models: {', '.join(MODELS)}"),
         (a.device == "auto" or a.device == "cpu" or a.device.split(":")[0] == "cuda", f"unknown device {a.device!r}; valid: {DEVICES}"),
         (a.compile in (0, 1), f"compile must be 0 or 1, got {a.compile}"),
@@ -113,6 +116,7 @@ def check_training_args(a):
         (a.max_factor == 0 or a.max_factor >= 1, f"max_factor must be 0 (off) or >= 1, got {a.max_factor}"),
         (a.guard in ("off", "rollback"), f"unknown guard {a.guard!r}; valid: off, rollback"),
         (a.guard_factor > 1, f"guard_factor must be > 1, got {a.guard_factor}"),
+        (a.credit_epochs >= 0, f"credit_epochs must be >= 0 (0 = off), got {a.credit_epochs}"),
         (a.llm_attempts > 0, f"llm_attempts must be > 0, got {a.llm_attempts}"),
         (a.llm_max_wait >= 0, f"llm_max_wait must be >= 0, got {a.llm_max_wait}"),
         # The SDK takes whole milliseconds, and 0 means no timeout at all.
@@ -157,6 +161,7 @@ def build_parser(bench=True):
     c.add_argument("--baseline", default="baseline", help="arm the others are measured against")
     c.add_argument("--output-dir", default="outputs", help="folder the figures and tables are written to (an earlier compare's files there are replaced)")
     c.add_argument("--margin", type=float, default=0.0, help="points: verdict better/worse only when the whole 95%% CI of Δ lies beyond ±margin")
+    c.add_argument("--credit-margin", type=float, default=0.1, help="points: a decision helped / hurt when its credit_acc lies above +this / below -this, else neutral")
 
     r = sub.add_parser("prompts", help="the MLflow Prompt Registry: register the built-in templates",
                        description="Register the built-in prompt templates in the MLflow Prompt Registry of the current tracking server.")

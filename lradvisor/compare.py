@@ -1,6 +1,6 @@
 """Compare finished runs from the tracking server: the results table with paired statistics against the
 baseline, overlay plots of each arm against it (mean and min-max band over seeds), a forest plot of the
-differences, and a per-class heatmap.
+differences, a per-class heatmap, and, for runs with credit on, each decision's credit against its branch.
 
 Runs are grouped by arm *and* configuration: runs of one arm that differ in any training parameter other than
 the seed are separate rows, named by what differs (`baseline [step_size=1]`). Everything is read back from
@@ -22,15 +22,16 @@ from mlflow.tracking import MlflowClient
 from lradvisor import stats, tracking
 from lradvisor.arms import ARMS, UsageError, check_id
 from lradvisor.data import CLASSES
-from lradvisor.figures import CURVES, curves_figure, forest, heatmap, styles
+from lradvisor.figures import CURVES, credit, curves_figure, forest, heatmap, styles
+from lradvisor.tracking import TABLE
 
 # Params that say where or how a run was recorded, not what it trained: runs differing only in these are
 # seeds of one configuration. (A replay's source run differs per seed by construction.)
 NOT_CONFIG = {"seed", "device_name", "torch_version", "replay_run_id"}
 BUDGET = ("llm_calls", "llm_failed_calls", "llm_tokens", "llm_seconds", "llm_retry_seconds", "train_seconds",
-          "advisor_changes")
+          "credit_seconds", "advisor_changes")
 # The files a compare writes; an earlier compare's are removed from output_dir first, nothing else is touched.
-OURS = ("results.md", "results.csv", "overview.png", "class_heatmap.png", "forest.png", "overlay_*.png")
+OURS = ("results.md", "results.csv", "overview.png", "class_heatmap.png", "forest.png", "credit.png", "overlay_*.png")
 
 
 def find_runs(args):
@@ -82,8 +83,9 @@ def group(runs):
 
 
 def collect(groups):
-    """Per run: seed, run_id, curves {key: [values by epoch]}, final class accuracies, budget. One run per seed
-    (the latest, when a seed was run twice with the same configuration)."""
+    """Per run: seed, run_id, curves {key: [values by epoch]}, final class accuracies, budget, whether its
+    decisions saw the test set, and the credit of each decision. One run per seed (the latest, when a seed was
+    run twice with the same configuration)."""
     client = MlflowClient()
     notes = []
     for label, g in groups.items():
@@ -102,8 +104,26 @@ def collect(groups):
             g["seeds"].append({
                 "seed": seed, "run_id": r.info.run_id, "curves": curves,
                 "class_acc": {c: r.data.metrics.get(f"class_acc/{c}", math.nan) for c in CLASSES},
-                "budget": {k: r.data.metrics.get(k) for k in BUDGET}})
+                "budget": {k: r.data.metrics.get(k) for k in BUDGET},
+                "saw_test": r.data.tags.get("decisions_saw_test", "?"),  # "?": recorded before the tag existed
+                "credits": credits_of(r)})
     return notes
+
+
+def credits_of(run):
+    """The decisions of a run with credit on that have one: [{epoch, credit_acc, credit_loss}] from its calls table."""
+    if run.data.params.get("credit_epochs", "0") == "0" or not run.data.metrics.get("llm_calls"):
+        return []
+    table = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{TABLE}")  # log_table's "split" layout
+    rows = [dict(zip(table["columns"], values)) for values in table["data"]]
+    return [{k: r[k] for k in ("epoch", "credit_acc", "credit_loss")} for r in rows
+            if r.get("credit_acc") is not None and math.isfinite(r["credit_acc"])]
+
+
+def saw_test(g):
+    """A row's decisions_saw_test: 1, 0, mixed, or ? (runs recorded before lradvisor tagged it)."""
+    seen = {s["saw_test"] for s in g["seeds"]}
+    return seen.pop() if len(seen) == 1 else "mixed"
 
 
 def pick_baselines(groups, baseline):
@@ -127,7 +147,7 @@ def pick_baselines(groups, baseline):
     return pairs, notes
 
 
-def table(groups, pairs, margin):
+def table(groups, pairs, margin, credit_margin):
     rows = []
     for label, g in groups.items():
         finals = {s["seed"]: s["curves"]["test_acc"][-1] for s in g["seeds"]}
@@ -138,7 +158,7 @@ def table(groups, pairs, margin):
                "epochs": ",".join(sorted({str(len(s["curves"]["test_acc"])) for s in g["seeds"]})),
                "final_test_acc_mean": statistics.mean(vals),
                "final_test_acc_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-               "baseline": base_label or "", "pairs": 0, "unpaired_seeds": "",
+               "decisions_saw_test": saw_test(g), "baseline": base_label or "", "pairs": 0, "unpaired_seeds": "",
                "delta_vs_baseline": None, "delta_ci_low": None, "delta_ci_high": None, "p_value": None,
                "verdict": ""}
         if base_label and base_label != label:
@@ -153,6 +173,12 @@ def table(groups, pairs, margin):
         row["accepted"] = statistics.mean(sum(s["curves"]["advisor_accepted"]) for s in g["seeds"])
         row["changes"] = row.pop("advisor_changes")  # next to accepted: how many accepted answers moved the LR
         row["lowest_lr"] = min(min(s["curves"]["lr"]) for s in g["seeds"])
+        # Credit: every decision of the row's runs that moved the LR, against its branch (accuracy points).
+        credits = [c["credit_acc"] for s in g["seeds"] for c in s["credits"]]
+        mean, low, high = stats.mean_ci(credits)
+        row.update(n_decisions=len(credits), credit_mean=mean, credit_ci_low=low, credit_ci_high=high,
+                   helped=sum(c > credit_margin for c in credits), hurt=sum(c < -credit_margin for c in credits),
+                   neutral=sum(abs(c) <= credit_margin for c in credits))
         rows.append(row)
     return rows
 
@@ -161,7 +187,10 @@ def _f(x, fmt):
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-def markdown(rows, margin):
+SAW_TEST = " †"  # marks a row whose decisions read test-set numbers
+
+
+def markdown(rows, margin, credit_margin=0.1):
     lines = ["| arm | seeds | final test acc (%) | Δ vs baseline (points) | 95 % CI | p | verdict | "
              "LLM calls | failed | accepted | changes | LLM tokens | LLM s | retry waits s | train s | lowest LR |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -169,14 +198,31 @@ def markdown(rows, margin):
         acc = f"{r['final_test_acc_mean']:.2f}" + (f" ± {r['final_test_acc_std']:.2f}" if r["runs"] > 1 else "")
         ci = "—" if r["delta_ci_low"] is None else f"[{r['delta_ci_low']:+.2f}, {r['delta_ci_high']:+.2f}]"
         verdict = r["verdict"] or "—"
-        lines.append(f"| {r['arm']} | {r['seeds']} | {acc} | {_f(r['delta_vs_baseline'], '+.2f')} | {ci} | "
+        arm = r["arm"] + (SAW_TEST if r["decisions_saw_test"] in ("1", "mixed") else "")
+        lines.append(f"| {arm} | {r['seeds']} | {acc} | {_f(r['delta_vs_baseline'], '+.2f')} | {ci} | "
                      f"{_f(r['p_value'], '.3g')} | {verdict} | {_f(r['llm_calls'], 'g')} | {_f(r['llm_failed_calls'], 'g')} | "
                      f"{_f(r['accepted'], 'g')} | {_f(r['changes'], 'g')} | {_f(r['llm_tokens'], '.0f')} | "
                      f"{_f(r['llm_seconds'], '.1f')} | {_f(r['llm_retry_seconds'], '.1f')} | {_f(r['train_seconds'], '.1f')} | "
                      f"{r['lowest_lr']:.3g} |")
+    credited = [r for r in rows if r["n_decisions"]]
+    if credited:
+        lines += ["", "| arm | decisions | credit (points) | 95 % CI | helped | hurt | neutral | credit s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in credited:
+            ci = "—" if r["credit_ci_low"] is None else f"[{r['credit_ci_low']:+.2f}, {r['credit_ci_high']:+.2f}]"
+            lines.append(f"| {r['arm']} | {r['n_decisions']} | {r['credit_mean']:+.2f} | {ci} | {r['helped']} | "
+                         f"{r['hurt']} | {r['neutral']} | {_f(r['credit_seconds'], '.1f')} |")
     notes = [f"Δ: mean over seeds of (arm − its baseline) in final test accuracy, paired by seed; CI: t "
              f"distribution, n−1 df; p: two-sided paired t-test; verdict: CI entirely above +{margin:g} / below "
              f"−{margin:g} points → better / worse, else inconclusive."]
+    if credited:
+        notes.append(f"Credit: per decision that moved the LR, run − branch in accuracy (points) on the decision "
+                     f"split, the branch trained from the same state and data order at the scheduler's LR; mean and "
+                     f"95 % CI (t) over all decisions of the row's runs; helped / hurt: above +{credit_margin:g} / "
+                     f"below −{credit_margin:g} points, else neutral.")
+    if any(r["decisions_saw_test"] in ("1", "mixed") for r in rows):
+        notes.append(f"{SAW_TEST.strip()} decisions read test-set numbers (per-class test accuracy in the prompt, "
+                     "holdout 0): its test accuracy is not a held-out score.")
     unpaired = [f"{r['arm']}: {r['unpaired_seeds']}" for r in rows if r["unpaired_seeds"]]
     if unpaired:
         notes.append("Unpaired seeds (not in Δ): " + "; ".join(unpaired) + ".")
@@ -196,7 +242,7 @@ def write_outputs(groups, rows, pairs, args):
     out = lambda name: os.path.join(args.output_dir, name)  # noqa: E731
     written = [out("results.md"), out("results.csv")]
     with open(written[0], "w") as f:
-        f.write(markdown(rows, args.margin))
+        f.write(markdown(rows, args.margin, args.credit_margin))
     with open(written[1], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -214,6 +260,9 @@ def write_outputs(groups, rows, pairs, args):
     if any(r["delta_vs_baseline"] is not None for r in rows):
         written.append(out("forest.png"))
         forest(rows, written[-1], args.margin)
+    if any(r["n_decisions"] for r in rows):
+        written.append(out("credit.png"))
+        credit(groups, written[-1], style, args.credit_margin)
     return written
 
 
@@ -221,8 +270,9 @@ def main(args):
     for key in ("run_ids", "sweep_id", "experiment"):  # "none" (the parameters' default): not given
         if getattr(args, key) == "none":
             setattr(args, key, "")
-    if not math.isfinite(args.margin) or args.margin < 0:
-        raise UsageError(f"margin must be a finite number >= 0 (points), got {args.margin}")
+    for key in ("margin", "credit_margin"):
+        if not math.isfinite(getattr(args, key)) or getattr(args, key) < 0:
+            raise UsageError(f"{key} must be a finite number >= 0 (points), got {getattr(args, key)}")
     runs = find_runs(args)
     what = (f"sweep {args.sweep_id}" if args.sweep_id else f"experiment {args.experiment}" if args.experiment
             else "the given runs")
@@ -246,10 +296,15 @@ def main(args):
                      + "); final accuracies are not like for like")
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    seen = {saw_test(g) for g in groups.values()}
+    if "mixed" in seen or {"0", "1"} <= seen:
+        print("warning: this comparison mixes runs whose decisions saw the test set (marked †, decisions_saw_test=1) "
+              "with runs whose decisions did not; the first have no held-out score: rerun them with --holdout 0.1 "
+              "for a like-for-like table", file=sys.stderr)
 
-    rows = table(groups, pairs, args.margin)
+    rows = table(groups, pairs, args.margin, args.credit_margin)
     written = write_outputs(groups, rows, pairs, args)
-    print(markdown(rows, args.margin))
+    print(markdown(rows, args.margin, args.credit_margin))
 
     exp_id = runs[0].info.experiment_id
     if not os.environ.get("MLFLOW_RUN_ID"):
@@ -259,7 +314,7 @@ def main(args):
     try:
         mlflow.set_tags({"role": "compare", "sweep_id": args.sweep_id, "compared_runs": len(runs),
                          "mlflow.runName": name})
-        tracking.log_params_once({"baseline": args.baseline, "margin": args.margin})
+        tracking.log_params_once({"baseline": args.baseline, "margin": args.margin, "credit_margin": args.credit_margin})
         for path in written:
             mlflow.log_artifact(path)
         mlflow.log_table({"row": [label for label, g in groups.items() for _ in g["seeds"]],

@@ -166,6 +166,25 @@ def stratified_subset(labels, ratio, seed):
     return np.sort(np.concatenate(keep))
 
 
+def holdout_split(labels, idx, fraction, seed):
+    """Split the training indices `idx` into (train, validation): a class-stratified, seed-determined `fraction`
+    of each class held out, at least one image per class, never overlapping. Its own random stream, so that
+    the subset `idx` came from is the same with and without a holdout."""
+    if fraction <= 0:
+        return idx, idx[:0]
+    rng = np.random.default_rng([seed, 1])
+    val = []
+    for c in np.unique(labels[idx]):
+        members = idx[labels[idx] == c]
+        n = max(1, round(fraction * len(members)))
+        if n >= len(members):
+            raise DataError(f"holdout {fraction:g} would leave class {CLASSES[c]} with no training image "
+                            f"({len(members)} in the training set); lower holdout or raise subset_ratio")
+        val.append(rng.permutation(members)[:n])
+    val = np.sort(np.concatenate(val))
+    return np.setdiff1d(idx, val, assume_unique=True), val
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Batches on the device
 

@@ -126,3 +126,30 @@ def heatmap(groups, path):
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def credit(groups, path, style, margin):
+    """Every decision's credit (run − branch, accuracy points) against the epoch it was made after, one colour
+    per row; the ±margin band is where a decision counts as neutral. Markers are spread a little sideways
+    within an epoch so that equal values stay visible."""
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+    labels = [label for label, g in groups.items() if any(s["credits"] for s in g["seeds"])]
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
+    for i, label in enumerate(labels):
+        pts = [(c["epoch"], c["credit_acc"]) for s in groups[label]["seeds"] for c in s["credits"]]
+        shift = 0.25 * ((i + 0.5) / len(labels) - 0.5)
+        color, _ = style[label]
+        ax.scatter([e + shift for e, _ in pts], [v for _, v in pts], color=color, s=28, alpha=0.8,
+                   label=f"{label} (n={len(pts)})")
+    ax.axhline(0, color="black", lw=1)
+    if margin:
+        ax.axhspan(-margin, margin, color="gray", alpha=0.15, lw=0, label=f"neutral (±{margin:g} points)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch of the decision", ylabel="credit: run − branch accuracy (points)",
+           title="what each decision was worth against the schedule's LR from the same state")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -60,8 +60,8 @@ VARIABLES = {  # name: what it holds (the README shows an example of each)
     "lr_history": "per-epoch LRs of the window, a Python list",
     "grad_norms": "per-epoch mean gradient norms of the window, a Python list",
     "grad_norm_trend": "overall trend of those norms",
-    "per_class": "per-class test accuracy after the epoch",
-    "worst_classes": "the three worst classes",
+    "per_class": "per-class accuracy after the epoch: on the validation split with holdout > 0, else the test set",
+    "worst_classes": "the three worst classes (of the same split)",
     "feedback": "the advisor's earlier proposals in this run and the training loss after each",
 }
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -77,10 +77,15 @@ def check_template(text, where):
     return text
 
 
-def builtin_template(signals, json_reply=False):
+# The placeholders whose values come from a held-out split: the test set unless the run has a holdout.
+PER_CLASS = {"per_class", "worst_classes"}
+
+
+def builtin_template(signals, json_reply=False, split="test"):
     """The published prompt family as a template. The published text names the window's length ("last 5
     epochs", "last 1 epochs" after the first), so that is a variable too: the template renders byte for byte
-    what the published code printed, at every epoch and window."""
+    what the published code printed, at every epoch and window. `split` names where per-class accuracy comes
+    from (test: published; validation with a holdout), so that the prompt says what it shows."""
     lines = ["- Current Learning Rate: {{current_lr}}"]
     if "lr_history" in signals:
         lines.append("- Learning rate history (per-epoch, last {{window_epochs}} epochs): {{lr_history}}")
@@ -92,7 +97,7 @@ def builtin_template(signals, json_reply=False):
         lines += ["- Gradient norms (per-epoch mean, last {{window_epochs}} epochs): {{grad_norms}}",
                   "- Overall trend of gradient norms: {{grad_norm_trend}}"]
     if "per_class" in signals:
-        lines += ["- Per-class test accuracy: {{per_class}}", "- Worst three classes: {{worst_classes}}"]
+        lines += [f"- Per-class {split} accuracy: {{{{per_class}}}}", "- Worst three classes: {{worst_classes}}"]
     if "feedback" in signals:
         lines.append("- Your earlier suggestions: {{feedback}}")
     tail = TAIL + ("\n\n" + JSON_TAIL if json_reply else "")

@@ -24,7 +24,21 @@ def paired(arm, base, margin=0.0):
         return out
     half = stats.t.ppf(0.975, n - 1) * statistics.stdev(d) / math.sqrt(n)
     low, high = out["delta_vs_baseline"] - half, out["delta_vs_baseline"] + half
-    p = float(stats.ttest_rel(arm, base).pvalue)
+    # Every pair differing by the same amount (Δ = 0 exactly, from identical runs) has no t statistic.
+    p = float(stats.ttest_rel(arm, base).pvalue) if statistics.stdev(d) > 0 else math.nan
     out.update(delta_ci_low=low, delta_ci_high=high, p_value=None if math.isnan(p) else p,
                verdict="better" if low > margin else "worse" if high < -margin else "inconclusive")
     return out
+
+
+def mean_ci(values):
+    """(mean, 95 % CI low, high) of independent-looking values by the t distribution; no CI below 2 values."""
+    from scipy import stats
+    n = len(values)
+    if n == 0:
+        return None, None, None
+    mean = statistics.mean(values)
+    if n < 2:
+        return mean, None, None
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half

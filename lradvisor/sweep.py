@@ -87,10 +87,12 @@ def check_resources(args):
     """What the sweep needs to exist, before the parent or any child run does: the device, the data (downloaded
     once here, not in N children at once; its md5 said once), and the Ray cluster with a node that fits a run."""
     from lradvisor import launch
-    from lradvisor.data import load_cifar10
+    from lradvisor.data import holdout_split, load_cifar10, stratified_subset
     from lradvisor.device import pick_device
     pick_device(args.device)
-    load_cifar10(args.data_dir)
+    labels = load_cifar10(args.data_dir)[1]
+    for seed in parse_list(args.seeds, "seeds", int):  # a holdout too big for the data: said once, not per run
+        holdout_split(labels, stratified_subset(labels, args.subset_ratio, seed), args.holdout, seed)
     if args.launcher == "ray":
         import importlib.util
         if importlib.util.find_spec("ray") is None:

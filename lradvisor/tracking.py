@@ -243,6 +243,16 @@ def log_series(key, values, first_step):
             MlflowClient().log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
+def write_table(rows, artifact_file):
+    """rows (dicts) as a table artifact in log_table's format, replacing the file: log_table would append."""
+    import tempfile
+    import pandas as pd
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, os.path.basename(artifact_file))
+        pd.DataFrame(rows).to_json(path, orient="split", index=False, date_format="iso")
+        mlflow.log_artifact(path, os.path.dirname(artifact_file) or None)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # A tracking server that is not there, or goes away
 

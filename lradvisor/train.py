@@ -5,10 +5,16 @@ trains, evaluates, logs one row of metrics, steps the schedule, and, when the ar
 overwrite the LR of the next epoch (schedules.py says how each schedule goes on from there). Inside an
 epoch nothing is read back from the device: loss, correct counts and gradient norms accumulate there and
 are read once at its end; the per-step LRs are host floats already.
+
+Decisions read held-out numbers (per-class accuracy, plateau's metric, credit) from the decision split: a
+validation split of the training set with holdout > 0, else (the published protocol) the test set. With
+credit_epochs = k, every decision that moved the LR gets a counterfactual branch: from the same state and
+data order, k epochs at the scheduler's LR, compared with the run k epochs later (`branch`).
 """
 
 import contextlib
 import copy
+import hashlib
 import math
 import sys
 import time
@@ -19,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lradvisor import advisor, arms, schedules, tracking
-from lradvisor.data import CLASSES, Loader, checksums, load_cifar10, stratified_subset
+from lradvisor.data import CLASSES, Loader, checksums, holdout_split, load_cifar10, stratified_subset
 from lradvisor.device import native_bf16, pick_channels_last, pick_device, pick_precision
 from lradvisor.model import build_model
 
@@ -81,7 +87,7 @@ def evaluate(model, loader, autocast):
     return loss_sum / n, 100 * n_right / n, dict(zip(CLASSES, per_class))
 
 
-def params_of(args, spec, device, n_train, n_test):
+def params_of(args, spec, device, n_train, n_val, n_test):
     p = {k: v for k, v in vars(args).items() if k not in ("command", "experiment")}
     p.update({"arm.signals": ",".join(spec["signals"]) or "none", "arm.every": spec["every"],
               "arm.advisor": spec["advisor"] if spec["every"] else "none", "arm.schedule": spec["schedule"],
@@ -89,7 +95,7 @@ def params_of(args, spec, device, n_train, n_test):
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "precision_used": pick_precision(args.precision, device),
               "channels_last_used": int(pick_channels_last(args.channels_last, device)),
-              "torch_version": torch.__version__, "n_train": n_train, "n_test": n_test})
+              "torch_version": torch.__version__, "n_train": n_train, "n_val": n_val, "n_test": n_test})
     return p
 
 
@@ -129,6 +135,34 @@ def restore(snap, model, opt, sched, loader):
     loader.generator.set_state(snap["rng"])
 
 
+def branch(args, name, model, opt, sched, autocast, train_loader, decision_loader, per_step, k):
+    """The counterfactual of a decision: from the state right now (the schedule stepped, the advisor's LR not
+    yet applied), k epochs at the schedule's own LR with no advisor, in the same data order; returns
+    (loss, accuracy) on the decision split after them. The run's model, optimizer, schedule and data RNG
+    come back exactly as they were (restore), so a run trains bit for bit the same with credit on or off."""
+    saved = snapshot(model, opt, sched, train_loader)
+    try:
+        for i in range(k):
+            train_loss, *_ = train_epoch(model, opt, train_loader, autocast, per_step)
+            if i < k - 1:  # the schedule as the run steps it (plateau: on the validation loss with a holdout)
+                metric = evaluate(model, decision_loader, autocast)[0] if name == "plateau" and args.holdout > 0 else train_loss
+                schedules.after_epoch(name, sched, metric)
+        loss, acc, _ = evaluate(model, decision_loader, autocast)
+    finally:
+        restore(saved, model, opt, sched, train_loader)
+    return loss, acc
+
+
+def weights_digest(model):
+    """sha256 of the final weights (every state_dict tensor's bytes, in order): two runs that say they trained
+    the same can be checked bit for bit."""
+    h = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        h.update(key.removeprefix("_orig_mod.").encode())  # compiled or not: the same weights, the same digest
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def warn_about(args, spec, device):
     """Settings that run, but not as one might think: one line each."""
     if spec["every"] and spec["every"] >= args.epochs:
@@ -147,23 +181,31 @@ def main(args):
     ask = advisor.make_asker(args, spec)  # checks credentials / the replay run before training starts
 
     # ---- data: the whole set on the device, uint8
-    x_tr, y_tr, x_te, y_te = load_cifar10(args.data_dir)
-    keep = stratified_subset(y_tr, args.subset_ratio, args.seed)
-    x_tr, y_tr = torch.from_numpy(x_tr[keep]).to(device), torch.from_numpy(y_tr[keep]).to(device)
+    x_all, y_all, x_te, y_te = load_cifar10(args.data_dir)
+    keep, held = holdout_split(y_all, stratified_subset(y_all, args.subset_ratio, args.seed), args.holdout, args.seed)
+    x_tr, y_tr = torch.from_numpy(x_all[keep]).to(device), torch.from_numpy(y_all[keep]).to(device)
     x_te, y_te = torch.from_numpy(x_te).to(device), torch.from_numpy(y_te).to(device)
     train_loader, test_loader, model, opt, sched, autocast = setup(args, x_tr, y_tr, x_te, y_te, spec["schedule"])
+    val_loader = None
+    if len(held):  # evaluated like the test set: no augmentation
+        val_loader = Loader(torch.from_numpy(x_all[held]).to(device), torch.from_numpy(y_all[held]).to(device), 1000,
+                            train=False, seed=args.seed, channels_last=test_loader.channels_last)
 
     # Ctrl-C or SIGTERM (a sweep stopping its children) ends the run KILLED, not RUNNING, and only once.
     with tracking.interrupts_end_runs():
         run = tracking.open_run(args.experiment, run_name=f"{args.arm}-s{args.seed}")  # as a sweep names its runs
         journal = []  # what the current epoch logs, kept until it is sent: the tracking server may go away
         try:
-            tracking.log_params_once(params_of(args, spec, device, len(y_tr), len(y_te)))
+            tracking.log_params_once(params_of(args, spec, device, len(y_tr), len(held), len(y_te)))
             bad = checksums(args.data_dir)
             with tracking.writing():
-                mlflow.set_tags({"arm": args.arm, "data_md5": "differs: " + ",".join(bad) if bad else "official"})
+                mlflow.set_tags({"arm": args.arm, "data_md5": "differs: " + ",".join(bad) if bad else "official",
+                                 "decisions_saw_test": advisor.saw_test(args, spec)})
                 advisor.prepare_run(args, spec)
-            test_acc = epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, journal)
+            test_acc = epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, val_loader,
+                              journal)
+            with tracking.writing():
+                mlflow.set_tag("weights_sha256", weights_digest(model))
         except BaseException as e:
             why = None if isinstance(e, KeyboardInterrupt) else tracking.server_down(timeout=3)
             if why:  # nothing more can be recorded there: keep it here and say where
@@ -184,17 +226,20 @@ def main(args):
     return run.info.run_id
 
 
-def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, journal):
+def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, val_loader, journal):
     """The training loop of a run that is open in MLflow; returns the final test accuracy."""
     name = spec["schedule"]
     per_step = sched if name in schedules.PER_STEP else None
+    split = advisor.split_of(args)
+    decision_loader = val_loader or test_loader
     history = {"lr": [], "train_loss": [], "grad_norm": [], "class_acc": []}
     # What the run cost, for compare's budget columns: LLM calls (and how many failed), tokens (prompt + output +
-    # thinking), seconds in requests and seconds waited between attempts, seconds of training + evaluation; and
-    # how often the advisor's answer changed the LR.
+    # thinking), seconds in requests and seconds waited between attempts, seconds of training + evaluation,
+    # seconds of credit branches; and how often the advisor's answer changed the LR.
     budget = {"llm_calls": 0, "llm_failed_calls": 0, "llm_tokens": 0, "llm_seconds": 0.0, "llm_retry_seconds": 0.0,
-              "train_seconds": 0.0, "advisor_changes": 0}
+              "train_seconds": 0.0, "credit_seconds": 0.0, "advisor_changes": 0}
     advised = None  # (exchange epoch, the scheduler's LR) when the advisor set this epoch's LR
+    pending = []  # credit branches waiting for the run to reach their epoch: (decision epoch, due epoch, result)
     step = 0
     for epoch in range(1, args.epochs + 1):
         journal.clear()
@@ -208,7 +253,8 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
             # The advisor's LR blew the loss up: train this epoch again from its start at the scheduler's LR.
             restore(saved, model, opt, sched, train_loader)
             schedules.override(sched, opt, advised[1])
-            advisor.record_rollback(advised[0], epoch, lr, train_loss, previous, advised[1], args.guard_factor, journal)
+            advisor.record_rollback(spec, advised[0], epoch, lr, train_loss, previous, advised[1], args.guard_factor,
+                                    journal)
             lr = advised[1]
             train_loss, train_acc, grad_norm, lrs = train_epoch(model, opt, train_loader, autocast, per_step, live)
         train_s = time.perf_counter() - t0
@@ -216,12 +262,17 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
             raise TrainingError(f"training loss became non-finite ({train_loss}) in epoch {epoch} at lr {lr:g}; "
                                 "lower --lr, or set --max-factor or --guard rollback")
         test_loss, test_acc, class_acc = evaluate(model, test_loader, autocast)
-        seconds = time.perf_counter() - t0
-        budget["train_seconds"] += seconds
         metrics = {"lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                    "test_loss": test_loss, "test_acc": test_acc, "grad_norm": grad_norm,
-                   "epoch_seconds": seconds, "images_per_second": len(train_loader.y) / train_s,
                    **{f"class_acc/{c}": a for c, a in class_acc.items()}}
+        decided = test_loss, test_acc, class_acc  # what decisions may read: with a holdout, never the test set
+        if val_loader:
+            decided = evaluate(model, val_loader, autocast)
+            metrics.update({"val_loss": decided[0], "val_acc": decided[1],
+                            **{f"val_class_acc/{c}": a for c, a in decided[2].items()}})
+        seconds = time.perf_counter() - t0
+        budget["train_seconds"] += seconds
+        metrics.update(epoch_seconds=seconds, images_per_second=len(train_loader.y) / train_s)
         journal.append({"epoch": epoch, "metrics": metrics})
         with tracking.writing():
             mlflow.log_metrics(metrics, step=epoch)
@@ -229,11 +280,15 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
             tracking.log_series("lr_step", lrs, first_step=step + 1)
         step += len(lrs)
         print(f"{chr(13) if live else ''}epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}  train_loss {train_loss:.4f}  "
-              f"test_acc {test_acc:6.2f}%  {seconds:6.1f}s", flush=True)
-        for key, value in zip(history, (lr, train_loss, grad_norm, class_acc)):
+              f"test_acc {test_acc:6.2f}%" + (f"  val_acc {decided[1]:6.2f}%" if val_loader else "") +
+              f"  {seconds:6.1f}s", flush=True)
+        for key, value in zip(history, (lr, train_loss, grad_norm, decided[2])):
             history[key].append(value)
+        for decision, due, result in [p for p in pending if p[1] == epoch]:
+            advisor.record_credit(spec, decision, epoch, decided[:2], result, split, journal)
+            pending.remove((decision, due, result))
 
-        schedules.after_epoch(name, sched, train_loss)
+        schedules.after_epoch(name, sched, decided[0] if val_loader else train_loss)  # plateau's metric
         advised = None
         # Asking after the final epoch could change nothing, so it is never done.
         if spec["every"] and epoch % spec["every"] == 0 and epoch < args.epochs:
@@ -245,6 +300,12 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
             budget["llm_seconds"] += (row["latency_s"] or 0) - (row["retry_wait_s"] or 0)
             budget["llm_tokens"] += sum(row[k] or 0 for k in ("prompt_tokens", "output_tokens", "thought_tokens"))
             budget["advisor_changes"] += row["changed"]
+            if row.get("credit_epochs"):  # before the advisor's LR is applied: the branch keeps the scheduler's
+                t1 = time.perf_counter()
+                result = branch(args, name, model, opt, sched, autocast, train_loader, decision_loader, per_step,
+                                row["credit_epochs"])
+                pending.append((epoch, epoch + row["credit_epochs"], result))
+                budget["credit_seconds"] += time.perf_counter() - t1
             if row["accepted"]:
                 schedules.override(sched, opt, new_lr)
                 advised = (epoch, scheduler_lr) if new_lr != scheduler_lr else None
