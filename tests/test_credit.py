@@ -5,7 +5,6 @@ credit statistics recomputed from the calls tables."""
 import argparse
 import csv
 import math
-import os
 import re
 
 import mlflow
@@ -63,13 +62,22 @@ def test_with_a_holdout_the_prompt_reads_validation_not_test(cifar_dir, experime
     assert {"val_loss", "val_acc"} <= set(run.data.metrics)
 
 
-def test_published_default_reads_test_and_is_tagged_so(cifar_dir, experiment, monkeypatch):
+def test_published_default_reads_test_and_is_tagged_so(cifar_dir, experiment, monkeypatch, tmp_path, capsys):
     with FakeOpenAI([chat("learning rate 0.01")], models=None) as s:
         for k, v in s.env().items():
             monkeypatch.setenv(k, v)
         assert cli("train", "--arm", "per_class", "--advisor", "openai", "--llm-model", "m", "--epochs", 2,
                    "--batch-size", 20, "--data-dir", cifar_dir, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
+    assert cli("train", "--arm", "baseline", "--epochs", 2, "--batch-size", 20, "--data-dir", cifar_dir,
+               "--experiment", experiment) == 0
+    capsys.readouterr()
+    assert cli("compare", "--experiment", experiment, "--output-dir", tmp_path) == 0
+    out = capsys.readouterr()
+    assert out.err.count("mixes runs whose decisions saw the test set") == 1
+    assert "| per_class † |" in out.out and "| baseline |" in out.out
+    with open(tmp_path / "results.csv") as f:
+        assert {r["arm"]: r["decisions_saw_test"] for r in csv.DictReader(f)} == {"baseline": "0", "per_class": "1"}
     assert run.data.tags["decisions_saw_test"] == "1" and run.data.params["n_val"] == "0"
     split, shown = per_class_in(calls(run)[0]["prompt"])
     assert split == "test" and shown == {c: round(dict(history(run.info.run_id, f"class_acc/{c}"))[1], 1) for c in CLASSES}
