@@ -154,16 +154,20 @@ def load_cifar10(data_dir):
     return np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_test, y_test
 
 
+def _per_class(labels, idx, fraction, rng):
+    """A class-stratified draw from the indices `idx`: round(fraction x n) of each class's n (at least one)."""
+    drawn = []
+    for c in np.unique(labels[idx]):
+        members = idx[labels[idx] == c]
+        drawn.append(rng.permutation(members)[:max(1, round(fraction * len(members)))])
+    return np.sort(np.concatenate(drawn))
+
+
 def stratified_subset(labels, ratio, seed):
     """Indices of a class-stratified, seed-determined `ratio` of the examples (at least one per class)."""
     if ratio >= 1:
         return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        keep.append(rng.permutation(idx)[:max(1, round(ratio * len(idx)))])
-    return np.sort(np.concatenate(keep))
+    return _per_class(labels, np.arange(len(labels)), ratio, np.random.default_rng(seed))
 
 
 def holdout_split(labels, idx, fraction, seed):
@@ -172,17 +176,14 @@ def holdout_split(labels, idx, fraction, seed):
     the subset `idx` came from is the same with and without a holdout."""
     if fraction <= 0:
         return idx, idx[:0]
-    rng = np.random.default_rng([seed, 1])
-    val = []
-    for c in np.unique(labels[idx]):
-        members = idx[labels[idx] == c]
-        n = max(1, round(fraction * len(members)))
-        if n >= len(members):
-            raise DataError(f"holdout {fraction:g} would leave class {CLASSES[c]} with no training image "
-                            f"({len(members)} in the training set); lower holdout or raise subset_ratio")
-        val.append(rng.permutation(members)[:n])
-    val = np.sort(np.concatenate(val))
-    return np.setdiff1d(idx, val, assume_unique=True), val
+    val = _per_class(labels, idx, fraction, np.random.default_rng([seed, 1]))
+    train = np.setdiff1d(idx, val, assume_unique=True)
+    empty = sorted(set(labels[idx]) - set(labels[train]))
+    if empty:
+        c = empty[0]
+        raise DataError(f"holdout {fraction:g} would leave class {CLASSES[c]} with no training image "
+                        f"({np.sum(labels[idx] == c)} in the training set); lower holdout or raise subset_ratio")
+    return train, val
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Runs are paired by seed (same seed = same initialisation, data order and augment
 differences d_i = arm_i - baseline_i cancel what the seed does to both. With n pairs:
   Δ = mean(d), 95 % CI = Δ ± t(0.975, n-1) · sd(d) / √n, p = two-sided paired t-test (scipy.stats.ttest_rel);
   verdict = "better" if the whole CI lies above +margin, "worse" if below -margin, else "inconclusive".
+`mean_ci` is that interval for one sample: compare uses it for the credit over a row's decisions.
 """
 
 import math
@@ -22,8 +23,7 @@ def paired(arm, base, margin=0.0):
     if n < 2:
         out["verdict"] = "inconclusive"
         return out
-    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(d) / math.sqrt(n)
-    low, high = out["delta_vs_baseline"] - half, out["delta_vs_baseline"] + half
+    _, low, high = mean_ci(d)
     # Every pair differing by the same amount (Δ = 0 exactly, from identical runs) has no t statistic.
     p = float(stats.ttest_rel(arm, base).pvalue) if statistics.stdev(d) > 0 else math.nan
     out.update(delta_ci_low=low, delta_ci_high=high, p_value=None if math.isnan(p) else p,
