@@ -6,7 +6,6 @@ advisor/calls.json, two metrics and a trace span. With credit on, `record_credit
 a decision what it was worth against its counterfactual branch (train.py trains the branch).
 """
 
-import json
 
 import mlflow
 
@@ -89,9 +88,6 @@ def prepare_run(args, spec):
         return
     # What the run's prompts were made from, next to them; and MLflow's own link from the prompt version.
     mlflow.log_text(spec["template"], "advisor/prompt_template.txt")
-    # calls.json is rewritten whole (a credit fills in a row epochs later), not appended by log_table: this is
-    # the tag log_table would set, by which the UI and load_table find the table.
-    mlflow.set_tag("mlflow.loggedArtifacts", json.dumps([{"path": TABLE, "type": "table"}]))
     if spec.get("prompt_version") is not None:
         mlflow.MlflowClient().link_prompt_version_to_run(mlflow.active_run().info.run_id, spec["prompt_version"])
     for path, record in spec.get("records", {}).items():  # e.g. the models an OpenAI-compatible server lists

@@ -96,3 +96,8 @@ def check_id(value, name):
     if not ID.match(value):
         raise UsageError(f"invalid {name} {value!r}; use letters, digits, '_', '.' and '-' only")
     return value
+
+
+def run_name(arm, dataset, seed):
+    """How a run is named, by train and by a sweep alike: `losses-s0`, and `losses-digits-s0` off CIFAR-10."""
+    return f"{arm}-s{seed}" if dataset == "cifar10" else f"{arm}-{dataset}-s{seed}"

@@ -48,9 +48,10 @@ def sync(device):
 
 def get_data(args):
     """Real CIFAR-10 when data_dir holds it, else random CIFAR-shaped data (speed does not depend on it)."""
-    from lradvisor.data import FOLDER, load_cifar10
+    from lradvisor.data import load
+    from lradvisor.datasets import FOLDER
     if os.path.isdir(os.path.join(args.data_dir, FOLDER)):
-        x_tr, y_tr, x_te, y_te = load_cifar10(args.data_dir)
+        x_tr, y_tr, x_te, y_te = load(args.data_dir)
         source = "cifar10"
     else:
         rng = np.random.default_rng(0)
@@ -63,7 +64,7 @@ def get_data(args):
 
 def time_ours(args, device, x_tr, y_tr, x_te, y_te):
     from lradvisor import train
-    cfg = argparse.Namespace(epochs=args.epochs, batch_size=args.batch_size, seed=0, model="resnet18", lr=0.1, momentum=0.9,
+    cfg = argparse.Namespace(dataset="cifar10", epochs=args.epochs, batch_size=args.batch_size, seed=0, model="resnet18", lr=0.1, momentum=0.9,
                              weight_decay=1e-3, step_size=5, gamma=0.1, compile=args.compile,
                              precision=args.precision, channels_last=args.channels_last)
     x_tr, y_tr = torch.from_numpy(x_tr).to(device), torch.from_numpy(y_tr).to(device)

@@ -61,7 +61,13 @@ def add_training_args(p, sweep=False):
     g.add_argument("--gamma", type=float, default=0.1, help="StepLR (and plateau): multiply the LR by this at each cut")
     g.add_argument("--subset-ratio", type=float, default=1.0, help="class-stratified fraction of the training set, in (0, 1]")
     g.add_argument("--holdout", type=float, default=0.0, help="class-stratified, seed-determined fraction of the training set held out as the validation split every decision reads instead of the test set (per-class accuracy, plateau, credit), in [0, 0.5); 0 = the published protocol")
-    g.add_argument("--data-dir", default="data", help="folder holding (or receiving) cifar-10-batches-py")
+    if sweep:
+        g.add_argument("--dataset", default="cifar10", help="comma list of data sets, crossed with arms x seeds: "
+                       "cifar10, cifar100, digits (scikit-learn's bundled 8x8 digits, no download)")
+    else:
+        g.add_argument("--dataset", default="cifar10", help="cifar10 (published), cifar100, or digits (scikit-learn's "
+                       "bundled 8x8 digits, no download; best tried with --lr 0.02 --batch-size 16)")
+    g.add_argument("--data-dir", default="data", help="folder holding (or receiving) cifar-10-batches-py / cifar-100-python")
     g.add_argument("--model", default="resnet18", help="resnet18 (CIFAR stem) or resnet18_imagenet_stem")
     g.add_argument("--device", default="auto", help=DEVICES)
     g.add_argument("--compile", type=int, default=0, help="1: torch.compile the model (one-time compile cost)")
@@ -96,6 +102,10 @@ def check_training_args(a):
     floats = [k for k, v in vars(a).items() if isinstance(v, float) and not math.isfinite(v)]
     if floats:  # inf and nan pass every comparison below in one direction or the other
         raise UsageError(f"{floats[0]} must be a finite number, got {getattr(a, floats[0])}")
+    from lradvisor.datasets import DATASETS
+    for name in str(a.dataset).split(","):  # a sweep's is a comma list
+        if name.strip() not in DATASETS:
+            raise UsageError(f"unknown dataset {name.strip()!r}; valid: {', '.join(DATASETS)}")
     rules = [
         (a.epochs > 0, f"epochs must be > 0, got {a.epochs}"),
         (a.batch_size > 0, f"batch_size must be > 0, got {a.batch_size}"),

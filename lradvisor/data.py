@@ -1,6 +1,7 @@
-"""CIFAR-10: find or download the python-format batches, read them safely, and serve augmented batches.
+"""The data sets (a registry, like ARMS): find or download CIFAR's python-format batches and read them safely,
+or take scikit-learn's bundled digits; then serve augmented batches.
 
-The whole dataset lives on the training device as uint8 (150 MB for the train set), and crop, flip and
+The whole data set lives on the training device as uint8 (150 MB for CIFAR's train set), and crop, flip and
 normalisation are done on whole batches with tensor ops, the way airbench does it: no DataLoader, no
 worker processes, no per-image Python. The same code runs on CPU for the tests.
 """
@@ -14,15 +15,7 @@ import numpy as np
 import torch
 
 from lradvisor.arms import UsageError
-
-CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-FOLDER = "cifar-10-batches-py"
-TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
-TEST_FILES = ["test_batch"]
-# Standard CIFAR-10 per-channel statistics (of the training set), as most CIFAR code uses.
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
-
+from lradvisor.datasets import CLASSES, DATASETS, DIGITS_TEST, MEAN, STD
 
 class DataError(UsageError):
     """The data set is missing or unreadable; the message says how to fix it."""
@@ -59,16 +52,16 @@ def _empty_bytes(*args):
     return b""
 
 
-def _read_batch(path):
+def _read_batch(path, label_key="labels", n_classes=10):
     with open(path, "rb") as f:
         try:
             d = _BatchUnpickler(f, encoding="latin1").load()
         except Exception as e:
             raise DataError(f"cannot read {path}: {e}; replace it with the file from the official archive") from e
     d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
-    if "data" not in d or "labels" not in d:
-        raise DataError(f"{path} is not a CIFAR-10 batch (it has no 'data' and 'labels')")
-    x, y = d["data"], d["labels"]
+    if "data" not in d or label_key not in d:
+        raise DataError(f"{path} is not a CIFAR batch (it has no 'data' and '{label_key}')")
+    x, y = d["data"], d[label_key]
     # A wrong file would otherwise fail deep in a reshape, index out of range mid-run, or (labels fewer than
     # images) train misaligned and finish as if nothing were wrong.
     if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 2 and x.shape[1] == 3 * 32 * 32):
@@ -83,22 +76,14 @@ def _read_batch(path):
     except Exception:
         ok = False
     if not ok:
-        raise DataError(f"{path}: 'labels' must be a list of integers; replace it with the official file")
+        raise DataError(f"{path}: '{label_key}' must be a list of integers; replace it with the official file")
     if len(y) != len(x):
         raise DataError(f"{path}: {len(y)} labels for {len(x)} images; replace it with the official file")
 
-    if len(y) and not (0 <= y.min() and y.max() < len(CLASSES)):
-        raise DataError(f"{path}: labels must lie in 0..{len(CLASSES) - 1}, found {y.min()}..{y.max()}; "
+    if len(y) and not (0 <= y.min() and y.max() < n_classes):
+        raise DataError(f"{path}: labels must lie in 0..{n_classes - 1}, found {y.min()}..{y.max()}; "
                         "replace it with the official file")
     return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
-
-
-# Official md5 of every batch file (torchvision's CIFAR10 lists the same; tests/test_data.py holds them together).
-# Kept here so that a run need not import torchvision (~1.8 s) unless it has to download.
-MD5 = {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-       "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
-       "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
-       "batches.meta": "5ff9c542aee3614f3951f8cda6e48888"}
 
 
 def _md5(path):
@@ -109,27 +94,36 @@ def _md5(path):
     return h.hexdigest()
 
 
-def ensure_cifar10(data_dir):
-    """Return the path of cifar-10-batches-py under data_dir, downloading the archive on first use."""
-    folder = os.path.join(data_dir, FOLDER)
+def check_name(name):
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def ensure(data_dir, name="cifar10"):
+    """Return the folder of a CIFAR data set under data_dir, downloading its archive on first use."""
+    files = check_name(name)["files"]
+    folder = os.path.join(data_dir, files["folder"])
     if not os.path.isdir(folder):
-        from torchvision.datasets import CIFAR10
+        import torchvision.datasets
         from torchvision.datasets.utils import download_and_extract_archive
+        tv = getattr(torchvision.datasets, files["torchvision"])
         try:  # torchvision's downloader checks the archive's md5 before extracting it
-            download_and_extract_archive(CIFAR10.url, data_dir, filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+            download_and_extract_archive(tv.url, data_dir, filename=tv.filename, md5=tv.tgz_md5)
         except Exception as e:
             raise DataError(
-                f"CIFAR-10 not found in {os.path.abspath(folder)} and the download failed ({type(e).__name__}: {e}); "
-                f"extract {CIFAR10.url} into {os.path.abspath(data_dir)}, or make a small offline copy with "
-                f"`python scripts/make_fake_cifar.py --out {data_dir}`") from e
-    missing = [f for f in TRAIN_FILES + TEST_FILES if not os.path.isfile(os.path.join(folder, f))]
+                f"{name} not found in {os.path.abspath(folder)} and the download failed ({type(e).__name__}: {e}); "
+                f"extract {tv.url} into {os.path.abspath(data_dir)}, make a small offline copy with "
+                f"`python scripts/make_fake_cifar.py --dataset {name} --out {data_dir}`, or try --dataset digits "
+                "(bundled, no download)") from e
+    missing = [f for f in files["train"] + files["test"] if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         raise DataError(f"{folder} lacks {', '.join(missing)}; extract the complete official archive there")
     # People point data_dir at their own copies, and the tests at synthetic ones: warn, don't refuse. A sweep
     # says it once for all its runs (QUIET_MD5 in the children's environment); each run records it as a tag.
-    bad = checksums(data_dir)
+    bad = checksums(data_dir, name)
     if bad and not os.environ.get(QUIET_MD5):
-        warnings.warn(f"CIFAR-10 files in {folder} do not match the official md5: {', '.join(bad)}; using them as they are")
+        warnings.warn(f"{name} files in {folder} do not match the official md5: {', '.join(bad)}; using them as they are")
     return folder
 
 
@@ -137,21 +131,51 @@ QUIET_MD5 = "LRADVISOR_MD5_SAID"
 _checked = {}
 
 
-def checksums(data_dir):
-    """The files of data_dir's cifar-10-batches-py whose md5 is not the official one (hashed once per process)."""
-    folder = os.path.abspath(os.path.join(data_dir, FOLDER))
+def checksums(data_dir, name="cifar10"):
+    """The files of a CIFAR data set's folder whose md5 is not the official one (hashed once per process); []
+    for a bundled data set."""
+    files = check_name(name)["files"]
+    if files is None:
+        return []
+    folder = os.path.abspath(os.path.join(data_dir, files["folder"]))
     if folder not in _checked:
-        _checked[folder] = [name for name, md5 in MD5.items()
-                            if os.path.isfile(os.path.join(folder, name)) and _md5(os.path.join(folder, name)) != md5]
+        _checked[folder] = [f for f, md5 in files["md5"].items()
+                            if os.path.isfile(os.path.join(folder, f)) and _md5(os.path.join(folder, f)) != md5]
     return _checked[folder]
 
 
-def load_cifar10(data_dir):
-    """Return (x_train, y_train, x_test, y_test) as uint8 NCHW and int64 numpy arrays."""
-    folder = ensure_cifar10(data_dir)
-    train = [_read_batch(os.path.join(folder, f)) for f in TRAIN_FILES]
-    x_test, y_test = _read_batch(os.path.join(folder, TEST_FILES[0]))
-    return np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_test, y_test
+def load(data_dir, name="cifar10"):
+    """Return (x_train, y_train, x_test, y_test) of a data set as uint8 N x 3 x 32 x 32 and int64 numpy arrays."""
+    ds = check_name(name)
+    if ds["files"] is None:
+        return load_digits()
+    files, n = ds["files"], len(ds["classes"])
+    folder = ensure(data_dir, name)
+    train = [_read_batch(os.path.join(folder, f), files["labels"], n) for f in files["train"]]
+    test = [_read_batch(os.path.join(folder, f), files["labels"], n) for f in files["test"]]
+    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+            np.concatenate([x for x, _ in test]), np.concatenate([y for _, y in test]))
+
+
+def load_digits():
+    """scikit-learn's bundled digits (1,797 real 8x8 images, values 0..16) as 32 x 32 x 3 uint8: each pixel
+    scaled to 0..255 and repeated 4 x 4 (nearest neighbour, so nothing is invented), grey in all three
+    channels; split by digits_split. No download, ever."""
+    from sklearn.datasets import load_digits as sk_digits
+    d = sk_digits()
+    x = np.round(d.images * (255 / 16)).astype(np.uint8)
+    x = np.repeat(np.repeat(x, 4, axis=1), 4, axis=2)  # 8x8 -> 32x32
+    x = np.repeat(x[:, None], 3, axis=1)  # grey -> 3 channels
+    y = d.target.astype(np.int64)
+    train, test = digits_split(y)
+    return x[train], y[train], x[test], y[test]
+
+
+def digits_split(labels):
+    """A fixed, class-stratified split: DIGITS_TEST of each class for the test set, drawn once with a fixed seed
+    (not the run's: every run is scored on the same test images). Returns (train, test) indices."""
+    test = _per_class(labels, np.arange(len(labels)), DIGITS_TEST, np.random.default_rng(1797))
+    return np.setdiff1d(np.arange(len(labels)), test, assume_unique=True), test
 
 
 def _per_class(labels, idx, fraction, rng):
@@ -170,7 +194,7 @@ def stratified_subset(labels, ratio, seed):
     return _per_class(labels, np.arange(len(labels)), ratio, np.random.default_rng(seed))
 
 
-def holdout_split(labels, idx, fraction, seed):
+def holdout_split(labels, idx, fraction, seed, classes=CLASSES):
     """Split the training indices `idx` into (train, validation): a class-stratified, seed-determined `fraction`
     of each class held out, at least one image per class, never overlapping. Its own random stream, so that
     the subset `idx` came from is the same with and without a holdout."""
@@ -181,7 +205,7 @@ def holdout_split(labels, idx, fraction, seed):
     empty = sorted(set(labels[idx]) - set(labels[train]))
     if empty:
         c = empty[0]
-        raise DataError(f"holdout {fraction:g} would leave class {CLASSES[c]} with no training image "
+        raise DataError(f"holdout {fraction:g} would leave class {classes[c]} with no training image "
                         f"({np.sum(labels[idx] == c)} in the training set); lower holdout or raise subset_ratio")
     return train, val
 
@@ -189,24 +213,25 @@ def holdout_split(labels, idx, fraction, seed):
 # ----------------------------------------------------------------------------------------------------------
 # Batches on the device
 
-def normalize(x_uint8):
-    """uint8 NCHW -> float normalised with the CIFAR-10 channel statistics."""
-    mean = torch.tensor(MEAN, device=x_uint8.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x_uint8.device).view(1, 3, 1, 1)
+def normalize(x_uint8, mean=MEAN, std=STD):
+    """uint8 NCHW -> float normalised with the data set's channel statistics (CIFAR-10's by default)."""
+    mean = torch.tensor(mean, device=x_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x_uint8.device).view(1, 3, 1, 1)
     return (x_uint8.float() / 255 - mean) / std
 
 
-def augment(x_padded, generator, pad=4):
-    """Random 32x32 crop of 4-pixel zero-padded images and a random horizontal flip, per image, as one
-    gather over the whole batch (the same distribution as torchvision's RandomCrop(32, 4) + flip)."""
+def augment(x_padded, generator, pad=4, flip=True):
+    """Random 32x32 crop of 4-pixel zero-padded images and (flip=True) a random horizontal flip, per image, as
+    one gather over the whole batch (the same distribution as torchvision's RandomCrop(32, 4) + flip)."""
     n, c, hp, wp = x_padded.shape
     h, w = hp - 2 * pad, wp - 2 * pad
     dev = x_padded.device
     dy = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
-    flip = torch.rand(n, device=dev, generator=generator) < 0.5
-    cols = torch.arange(w, device=dev)
-    cols = torch.where(flip[:, None], w - 1 - cols, cols)  # a flip is reading the columns backwards
+    cols = torch.arange(w, device=dev).expand(n, w)
+    if flip:
+        flips = torch.rand(n, device=dev, generator=generator) < 0.5
+        cols = torch.where(flips[:, None], w - 1 - cols, cols)  # a flip is reading the columns backwards
     rows = dy[:, None] + torch.arange(h, device=dev)
     cols = dx[:, None] + cols
     i = torch.arange(n, device=dev)[:, None, None, None]
@@ -217,9 +242,12 @@ def augment(x_padded, generator, pad=4):
 class Loader:
     """Shuffled, augmented, normalised batches of a uint8 dataset that already sits on `device`."""
 
-    def __init__(self, x, y, batch_size, train, seed, channels_last=False, drop_last=False):
+    def __init__(self, x, y, batch_size, train, seed, channels_last=False, drop_last=False, dataset="cifar10"):
         self.x, self.y, self.batch_size, self.train = x, y, batch_size, train
         self.channels_last, self.drop_last = channels_last, drop_last
+        self.dataset = dataset  # its normalisation, flips and class names
+        ds = DATASETS[dataset]
+        self.mean, self.std, self.flip = ds["mean"], ds["std"], ds["flip"]
         # Pad once up front; per batch only the crop offsets change.
         self.x_padded = torch.nn.functional.pad(x, (4, 4, 4, 4)) if train else None
         self.generator = torch.Generator(device=x.device)
@@ -238,10 +266,10 @@ class Loader:
             sl = slice(k * self.batch_size, (k + 1) * self.batch_size)
             if self.train:
                 idx = order[sl]
-                xb, yb = augment(self.x_padded[idx], self.generator), self.y[idx]
+                xb, yb = augment(self.x_padded[idx], self.generator, flip=self.flip), self.y[idx]
             else:
                 xb, yb = self.x[sl], self.y[sl]
-            xb = normalize(xb)
+            xb = normalize(xb, self.mean, self.std)
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yield xb, yb

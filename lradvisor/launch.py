@@ -1,8 +1,8 @@
 """Launchers: how a sweep runs its children. Each takes the jobs and a Sweep (what every child needs) and
-returns {(arm, seed): (ok, run_id, test_acc, exit code)}; on Ctrl-C or SIGTERM it stops its children (they
+returns {job: (ok, run_id, test_acc, exit code)}; on Ctrl-C or SIGTERM it stops its children (they
 end their runs KILLED), keeps their consoles as artifacts, and re-raises KeyboardInterrupt.
 
-Both run the same child, `python -m lradvisor train --arm A --seed S <shared flags>`, attached through
+Both run the same child, `python -m lradvisor train --arm A --dataset D --seed S <shared flags>`, attached through
 MLFLOW_RUN_ID to a run created with the sweep's tags: nesting, resume and the summary do not depend on
 where the child ran.
 
@@ -19,12 +19,26 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from lradvisor import tracking
+from lradvisor.arms import run_name
 from lradvisor.data import QUIET_MD5  # the sweep said it once; its children only record it
+
+
+class Job(NamedTuple):
+    """One child of a sweep."""
+    arm: str
+    dataset: str
+    seed: int
+    key: str  # sweep_key: the same arm, data set, seed and parameters as a finished child -> skipped
+
+    @property
+    def name(self):  # the run's name, its log file's, and its console prefix
+        return run_name(self.arm, self.dataset, self.seed)
 
 
 @dataclass
@@ -37,14 +51,15 @@ class Sweep:
     parallel: int = 1  # children at once (local launcher)
     client: MlflowClient = field(default_factory=MlflowClient)
 
-    def create_child(self, arm, seed, key):
+    def create_child(self, job):
         with tracking.writing():
-            return self.client.create_run(self.experiment_id, run_name=f"{arm}-s{seed}", tags={
-                "mlflow.parentRunId": self.parent_id, "sweep_id": self.sweep_id, "sweep_key": key,
-                "arm": arm, "seed": str(seed), "role": "arm"}).info.run_id
+            return self.client.create_run(self.experiment_id, run_name=job.name, tags={
+                "mlflow.parentRunId": self.parent_id, "sweep_id": self.sweep_id, "sweep_key": job.key,
+                "arm": job.arm, "seed": str(job.seed), "role": "arm"}).info.run_id
 
-    def command(self, arm, seed, flags=None):
-        return [sys.executable, "-m", "lradvisor", "train", "--arm", arm, "--seed", str(seed), *(flags or self.flags)]
+    def command(self, job, flags=None):
+        return [sys.executable, "-m", "lradvisor", "train", "--arm", job.arm, "--dataset", job.dataset,
+                "--seed", str(job.seed), *(flags or self.flags)]
 
     def settle(self, run_id, code, status_if_running="FAILED", reason=None):
         """The child's result as the tracking server has it; a run its child could not end is ended here."""
@@ -105,38 +120,38 @@ def local(jobs, sw):
     n = torch.cuda.device_count()
     # GPU slots: with several GPUs each child gets one of its own, `parallel / n` children per GPU.
     gpus = [g for g in range(n) for _ in range(max(1, -(-sw.parallel // n)))] if n > 1 else []
-    todo, results, running, logs = list(jobs), {}, [], []  # running: (proc, run_id, arm, seed, gpu, pump)
+    todo, results, running, logs = list(jobs), {}, [], []  # running: (proc, run_id, job, gpu, pump)
     logdir = tempfile.mkdtemp(prefix=f"lradvisor-sweep-{sw.sweep_id}-")
     try:
         while todo or running:
             while todo and len(running) < sw.parallel:
-                arm, seed, key = todo.pop(0)
-                run_id = sw.create_child(arm, seed, key)
+                job = todo.pop(0)
+                run_id = sw.create_child(job)
                 gpu = gpus.pop(0) if gpus else None
                 env = {**os.environ, "MLFLOW_RUN_ID": run_id, "PYTHONUNBUFFERED": "1", QUIET_MD5: "1"}
                 env.pop("MLFLOW_EXPERIMENT_ID", None)
                 if gpu is not None:
                     env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-                log = open(os.path.join(logdir, f"{arm}-s{seed}.log"), "w")
+                log = open(os.path.join(logdir, f"{job.name}.log"), "w")
                 logs.append((run_id, log))
-                proc = subprocess.Popen(sw.command(arm, seed), env=env, stdout=subprocess.PIPE,
+                proc = subprocess.Popen(sw.command(job), env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
-                pump = threading.Thread(target=_pump, args=(proc, f"{arm} s{seed}", log), daemon=True)
+                pump = threading.Thread(target=_pump, args=(proc, job.name, log), daemon=True)
                 pump.start()
-                running.append((proc, run_id, arm, seed, gpu, pump))
+                running.append((proc, run_id, job, gpu, pump))
             time.sleep(0.2)
             for item in [r for r in running if r[0].poll() is not None]:
-                proc, run_id, arm, seed, gpu, pump = item
+                proc, run_id, job, gpu, pump = item
                 running.remove(item)
                 pump.join()
                 if gpu is not None:
                     gpus.append(gpu)
-                results[(arm, seed)] = sw.settle(run_id, proc.returncode)  # killed too hard to end its run: FAILED
+                results[job] = sw.settle(run_id, proc.returncode)  # killed too hard to end its run: FAILED
     except BaseException:
         with tracking.signals_held():  # a second Ctrl-C must not leave children or runs behind
             for proc, *_ in running:  # children end their own runs KILLED on SIGTERM
                 proc.terminate()
-            for proc, run_id, arm, seed, gpu, pump in running:
+            for proc, run_id, job, gpu, pump in running:
                 proc.wait()
                 pump.join(timeout=10)
                 sw.settle(run_id, proc.returncode, "KILLED")
@@ -264,32 +279,32 @@ def ray(jobs, sw):
         forward = {k: os.environ[k] for k in FORWARD if k in os.environ}
         forward["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()  # the resolved one, not only what the env said
         pending, results = {}, {}
-        for arm, seed, key in jobs:
-            run_id = sw.create_child(arm, seed, key)
+        for job in jobs:
+            run_id = sw.create_child(job)
             env = {**forward, "MLFLOW_RUN_ID": run_id, "PYTHONUNBUFFERED": "1", QUIET_MD5: "1"}
-            pending[task.remote(sw.command(arm, seed, flags), env, f"{arm} s{seed}")] = (arm, seed, run_id)
+            pending[task.remote(sw.command(job, flags), env, job.name)] = (job, run_id)
         try:
             while pending:
                 (ref,), _ = ray_.wait(list(pending), num_returns=1)
-                arm, seed, run_id = pending.pop(ref)
+                job, run_id = pending.pop(ref)
                 try:
                     code, console = ray_.get(ref)
                     reason = None
                 except ray_.exceptions.RayError as e:  # the worker or its node died: the child went with it
                     code, console, reason = -1, "", f"ray: {type(e).__name__}: {str(e).splitlines()[0]}"
-                sw.client.log_text(run_id, console, f"{arm}-s{seed}.log")
-                results[(arm, seed)] = sw.settle(run_id, code, "FAILED", reason)
+                sw.client.log_text(run_id, console, f"{job.name}.log")
+                results[job] = sw.settle(run_id, code, "FAILED", reason)
         except BaseException:
             with tracking.signals_held():
                 for ref in pending:
                     ray_.cancel(ref)  # KeyboardInterrupt in the task, which SIGTERMs its child
-                for ref, (arm, seed, run_id) in pending.items():
+                for ref, (job, run_id) in pending.items():
                     try:
                         code, console = ray_.get(ref, timeout=120)
                     except Exception:  # cancelled (as it should be) or gone
                         code, console = -1, ""
                     if console:
-                        sw.client.log_text(run_id, console, f"{arm}-s{seed}.log")
+                        sw.client.log_text(run_id, console, f"{job.name}.log")
                     sw.settle(run_id, code, "KILLED", "the sweep was interrupted")
             raise
         return results

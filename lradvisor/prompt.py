@@ -12,8 +12,7 @@ Trend labels, defined here once and used for losses and gradient norms alike:
 
 import json
 import re
-
-from lradvisor.data import CLASSES
+import statistics
 
 HEAD = "Based on the following training loss trajectory, what would be a recommended new learning rate?"
 TAIL = ('Consider if the learning rate should be increased, decreased, or kept the same, and suggest\n'
@@ -60,7 +59,8 @@ VARIABLES = {  # name: what it holds (the README shows an example of each)
     "lr_history": "per-epoch LRs of the window, a Python list",
     "grad_norms": "per-epoch mean gradient norms of the window, a Python list",
     "grad_norm_trend": "overall trend of those norms",
-    "per_class": "per-class accuracy after the epoch: on the validation split with holdout > 0, else the test set",
+    "per_class": "per-class accuracy after the epoch: on the validation split with holdout > 0, else the test set; "
+                 "above 20 classes the mean, the 5 worst and the 5 best, and it says so",
     "worst_classes": "the three worst classes (of the same split)",
     "feedback": "the advisor's earlier proposals in this run and the training loss after each",
 }
@@ -116,20 +116,34 @@ def feedback(history):
     return ", ".join(items) or "none yet"
 
 
+SHOWN = 20  # classes the prompt lists one by one; with more, a summary (CIFAR-100 would be a 100-item line)
+
+
+def per_class(acc):
+    """'plane: 71.2%, car: 80.0%, ...' in class order; above SHOWN classes 'mean 41.3% over 100 classes; worst 5:
+    ...; best 5: ...' (the worst lowest first, the best highest first)."""
+    line = lambda cs: ", ".join(f"{c}: {acc[c]:.1f}%" for c in cs)  # noqa: E731
+    if len(acc) <= SHOWN:
+        return line(acc)
+    ranked = sorted(acc, key=acc.get)
+    return (f"mean {statistics.mean(acc.values()):.1f}% over {len(acc)} classes; worst 5: {line(ranked[:5])}; "
+            f"best 5: {line(ranked[::-1][:5])}")
+
+
 def variables(history, current_lr, window, epochs):
-    """history: per-epoch lists 'lr', 'train_loss', 'grad_norm', 'class_acc' (dicts of class -> %), and the
-    advisor's 'proposals' so far."""
+    """history: per-epoch lists 'lr', 'train_loss', 'grad_norm', 'class_acc' (dicts of class -> %, in the data
+    set's class order), and the advisor's 'proposals' so far."""
     n = min(window, len(history["train_loss"]))
     losses = [float(x) for x in history["train_loss"][-n:]]
     norms = [float(x) for x in history["grad_norm"][-n:]]
-    acc = history["class_acc"][-1] if history["class_acc"] else {c: 0.0 for c in CLASSES}
-    worst = sorted(CLASSES, key=lambda c: acc[c])[:3]
+    acc = history["class_acc"][-1] if history["class_acc"] else {}
+    worst = sorted(acc, key=lambda c: acc[c])[:3]
     return {"epoch": len(history["train_loss"]), "epochs": epochs, "window_epochs": n, "recent_epochs": min(n, RECENT),
             "current_lr": current_lr, "losses": losses,
             "loss_trend": overall_trend(losses), "recent_trend": recent_trend(losses),
             "lr_history": [float(x) for x in history["lr"][-n:]], "grad_norms": norms,
             "grad_norm_trend": overall_trend(norms),
-            "per_class": ", ".join(f"{c}: {acc[c]:.1f}%" for c in CLASSES),
+            "per_class": per_class(acc),
             "worst_classes": ", ".join(f"{c}: {acc[c]:.1f}%" for c in worst), "feedback": feedback(history)}
 
 

@@ -1,4 +1,4 @@
-"""Sweep: every arm x seed as its own MLflow run, nested under one parent run, resumable.
+"""Sweep: every arm x data set x seed as its own MLflow run, nested under one parent run, resumable.
 
 Each child is a separate `python -m lradvisor train` process attached to a run made here (MLFLOW_RUN_ID),
 so a crash or a kill in one arm cannot take the others down; launch.py starts them on this machine or on a
@@ -15,7 +15,7 @@ import uuid
 from lradvisor.arms import ARMS, GROUPS, UsageError, check_id, resolve
 
 LAUNCHERS = ("local", "ray")  # the functions of launch.py by these names
-SWEEP_ONLY = ("command", "arms", "seeds", "sweep_id", "parallel", "experiment", "launcher", "ray_address",
+SWEEP_ONLY = ("command", "arms", "dataset", "seeds", "sweep_id", "parallel", "experiment", "launcher", "ray_address",
               "gpus_per_run", "cpus_per_run")
 
 
@@ -51,9 +51,14 @@ def shared_flags(args):
     return flags
 
 
-def sweep_key(arm, seed, flags):
-    """Identity of a child within a sweep: same arm, seed and training parameters -> same key."""
-    return hashlib.sha1(json.dumps([arm, seed, flags]).encode()).hexdigest()[:16]
+def sweep_key(arm, dataset, seed, flags):
+    """Identity of a child within a sweep: same arm, data set, seed and training parameters -> same key."""
+    return hashlib.sha1(json.dumps([arm, dataset, seed, flags]).encode()).hexdigest()[:16]
+
+
+def parse_datasets(text):
+    from lradvisor.datasets import DATASETS
+    return parse_list(text, "dataset", valid=list(DATASETS))
 
 
 def finished_keys(experiment_id, sweep_id):
@@ -67,6 +72,7 @@ def finished_keys(experiment_id, sweep_id):
 def check_args(args):
     """Everything a child would refuse that costs nothing to check: before the data, the device or Ray."""
     parse_arms(args.arms)
+    parse_datasets(args.dataset)
     parse_list(args.seeds, "seeds", int)
     if args.parallel != "auto" and not (args.parallel.isdigit() and int(args.parallel) >= 1):
         raise UsageError(f"parallel must be auto or an integer >= 1, got {args.parallel!r}")
@@ -87,12 +93,14 @@ def check_resources(args):
     """What the sweep needs to exist, before the parent or any child run does: the device, the data (downloaded
     once here, not in N children at once; its md5 said once), and the Ray cluster with a node that fits a run."""
     from lradvisor import launch
-    from lradvisor.data import holdout_split, load_cifar10, stratified_subset
+    from lradvisor.data import DATASETS, holdout_split, load, stratified_subset
     from lradvisor.device import pick_device
     pick_device(args.device)
-    labels = load_cifar10(args.data_dir)[1]
-    for seed in parse_list(args.seeds, "seeds", int):  # a holdout too big for the data: said once, not per run
-        holdout_split(labels, stratified_subset(labels, args.subset_ratio, seed), args.holdout, seed)
+    for name in parse_datasets(args.dataset):
+        labels = load(args.data_dir, name)[1]
+        for seed in parse_list(args.seeds, "seeds", int):  # a holdout too big for the data: said once, not per run
+            holdout_split(labels, stratified_subset(labels, args.subset_ratio, seed), args.holdout, seed,
+                          DATASETS[name]["classes"])
     if args.launcher == "ray":
         import importlib.util
         if importlib.util.find_spec("ray") is None:
@@ -105,10 +113,11 @@ def main(args):
     from mlflow.tracking import MlflowClient
     from lradvisor import advisor, launch, tracking
     arms = parse_arms(args.arms)
+    datasets = parse_datasets(args.dataset)
     seeds = parse_list(args.seeds, "seeds", int)
     sweep_id = uuid.uuid4().hex[:8] if args.sweep_id in ("", "new") else args.sweep_id
     flags = shared_flags(args)
-    print(f"sweep {sweep_id}: arms {','.join(arms)} x seeds {','.join(map(str, seeds))}")
+    print(f"sweep {sweep_id}: arms {','.join(arms)} x data sets {','.join(datasets)} x seeds {','.join(map(str, seeds))}")
 
     client = MlflowClient()
     if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`, whose run is our parent
@@ -119,13 +128,14 @@ def main(args):
     done = finished_keys(exp_id, sweep_id) if exp_id else set()
     todo, skipped = [], []
     for arm in arms:
-        for seed in seeds:
-            key = sweep_key(arm, seed, flags)
-            (skipped if key in done else todo).append((arm, seed, key))
+        for dataset in datasets:
+            for seed in seeds:
+                key = sweep_key(arm, dataset, seed, flags)
+                (skipped if key in done else todo).append(launch.Job(arm, dataset, seed, key))
     if skipped:
         print(f"sweep {sweep_id}: {len(skipped)} already finished with these parameters, not run again: "
-              + ", ".join(f"{a}/s{s}" for a, s, _ in skipped))
-    for arm in dict.fromkeys(a for a, _, _ in todo):  # missing credentials fail here, not in every child
+              + ", ".join(j.name for j in skipped))
+    for arm in dict.fromkeys(j.arm for j in todo):  # missing credentials fail here, not in every child
         advisor.make_asker(argparse.Namespace(**vars(args), arm=arm, seed=0), resolve(arm, args.signals, args.every, args.advisor, args.schedule))
 
     parallel, why = launch.parallel_auto(args.device) if args.parallel == "auto" else (int(args.parallel), "")
@@ -139,7 +149,8 @@ def main(args):
         # mlflow.runName also under `mlflow run`, which names its run at random
         with tracking.writing():
             mlflow.set_tags({"sweep_id": sweep_id, "role": "sweep", "mlflow.runName": f"sweep-{sweep_id}"})
-        tracking.log_params_once({"arms": ",".join(arms), "seeds": ",".join(map(str, seeds)), "sweep_id": sweep_id,
+        tracking.log_params_once({"arms": ",".join(arms), "datasets": ",".join(datasets),
+                                  "seeds": ",".join(map(str, seeds)), "sweep_id": sweep_id,
                                   "parallel": args.parallel, "launcher": args.launcher})
         sw = launch.Sweep(args, sweep_id, parent.info.experiment_id, parent.info.run_id, flags, parallel)
         try:
@@ -151,13 +162,14 @@ def main(args):
 
         failed = [k for k, v in results.items() if not v[0]]
         print(f"\nsweep {sweep_id}: {len(results) - len(failed)} finished, {len(failed)} failed, {len(skipped)} skipped")
-        for (arm, seed), (ok, run_id, acc, code) in results.items():
+        for job, (ok, run_id, acc, code) in results.items():
             state = f"test_acc {acc:.2f}%" if ok and acc is not None else f"FAILED (exit {code})"
-            print(f"  {arm:16s} seed {seed:<3d} {state:24s} run {run_id}")
+            print(f"  {job.arm:16s} " + (f"{job.dataset:9s}" if len(datasets) > 1 else "")
+                  + f"seed {job.seed:<3d} {state:24s} run {run_id}")
         with tracking.writing():
             mlflow.set_tags({"finished": len(results) - len(failed), "failed": len(failed), "skipped": len(skipped)})
         if failed:
-            tracking.end_failed("FAILED", "failed arms: " + ", ".join(f"{a}/s{s}" for a, s in failed))
+            tracking.end_failed("FAILED", "failed arms: " + ", ".join(j.name for j in failed))
             return 1
         tracking.end_finished()
         print(f"  view: {tracking.ui_link(parent.info.experiment_id)}")

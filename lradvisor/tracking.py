@@ -12,6 +12,9 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 TABLE = "advisor/calls.json"  # an advisor run's exchanges, one row each (advisor.py writes it, replay reads it)
+# Per-class accuracy of a data set with more than CLASS_METRICS classes: one row per epoch and class, instead
+# of a metric per class (100 metrics would bury the run page's charts).
+CLASS_TABLE, CLASS_METRICS = "class_acc.json", 20
 
 
 def open_run(experiment, run_name=None):
@@ -241,6 +244,13 @@ def log_series(key, values, first_step):
     for i in range(0, len(metrics), 1000):  # the REST API takes at most 1000 metrics per batch
         with writing():
             MlflowClient().log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+def declare_tables(paths):
+    """Mark artifacts that write_table rewrites as tables: the tag log_table would set, by which the UI shows them
+    "as table" and load_table finds them (log_table itself would append to the file instead)."""
+    if paths:
+        mlflow.set_tag("mlflow.loggedArtifacts", json.dumps([{"path": p, "type": "table"} for p in paths]))
 
 
 def write_table(rows, artifact_file):

@@ -1,4 +1,4 @@
-"""Train one arm: ResNet-18 on CIFAR-10, SGD + an LR schedule, optionally an advisor choosing the next epoch's LR.
+"""Train one arm: ResNet-18 on a data set (CIFAR-10 by default; data.DATASETS), SGD + an LR schedule, optionally an advisor choosing the next epoch's LR.
 
 Read top to bottom: set-up (device, data, model, optimizer, schedule), then one loop over epochs that
 trains, evaluates, logs one row of metrics, steps the schedule, and, when the arm asks, lets the advisor
@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from lradvisor import advisor, arms, schedules, tracking
-from lradvisor.data import CLASSES, Loader, checksums, holdout_split, load_cifar10, stratified_subset
+from lradvisor.data import DATASETS, Loader, checksums, holdout_split, load, stratified_subset
 from lradvisor.device import native_bf16, pick_channels_last, pick_device, pick_precision
 from lradvisor.model import build_model
+from lradvisor.tracking import CLASS_METRICS, CLASS_TABLE
 
 
 class TrainingError(Exception):
@@ -71,11 +72,13 @@ def train_epoch(model, opt, loader, autocast, sched=None, live=""):
 
 @torch.no_grad()
 def evaluate(model, loader, autocast):
+    """(loss, accuracy, {class name: accuracy}) over the loader's data set, read back in one sync."""
     model.eval()
     dev = loader.x.device
+    classes = DATASETS[loader.dataset]["classes"]
     loss_sum = torch.zeros((), device=dev)
-    right = torch.zeros(len(CLASSES), device=dev)
-    total = torch.zeros(len(CLASSES), device=dev)
+    right = torch.zeros(len(classes), device=dev)
+    total = torch.zeros(len(classes), device=dev)
     for xb, yb in loader:
         with autocast():
             out = model(xb)
@@ -84,7 +87,7 @@ def evaluate(model, loader, autocast):
         total.index_add_(0, yb, torch.ones_like(yb, dtype=torch.float))
     per_class = 100 * right / total.clamp(min=1)
     loss_sum, n, n_right, *per_class = torch.cat([torch.stack([loss_sum, total.sum(), right.sum()]), per_class]).tolist()
-    return loss_sum / n, 100 * n_right / n, dict(zip(CLASSES, per_class))
+    return loss_sum / n, 100 * n_right / n, dict(zip(classes, per_class))
 
 
 def params_of(args, spec, device, n_train, n_val, n_test):
@@ -105,10 +108,12 @@ def setup(args, x_tr, y_tr, x_te, y_te, schedule="step"):
     cuda = dev.type == "cuda"
     bf16 = pick_precision(args.precision, dev) == "bf16"
     channels_last = pick_channels_last(args.channels_last, dev)
-    train_loader = Loader(x_tr, y_tr, args.batch_size, train=True, seed=args.seed, channels_last=channels_last)
-    test_loader = Loader(x_te, y_te, 1000, train=False, seed=args.seed, channels_last=channels_last)
+    train_loader = Loader(x_tr, y_tr, args.batch_size, train=True, seed=args.seed, channels_last=channels_last,
+                          dataset=args.dataset)
+    test_loader = Loader(x_te, y_te, 1000, train=False, seed=args.seed, channels_last=channels_last,
+                         dataset=args.dataset)
     torch.manual_seed(args.seed)
-    model = build_model(args.model).to(dev)
+    model = build_model(args.model, len(DATASETS[args.dataset]["classes"])).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cuda:  # cuDNN picks the fastest convolution algorithms for these shapes once; CPUs have nothing to pick
@@ -168,6 +173,10 @@ def warn_about(args, spec, device):
     if spec["every"] and spec["every"] >= args.epochs:
         warnings.warn(f"arm {args.arm!r} asks every {spec['every']} epochs and never after the last one: in "
                       f"{args.epochs} epochs it will make no call")
+    tried = DATASETS[args.dataset]["tried"]
+    if any(getattr(args, k) != v for k, v in tried.items()):
+        warnings.warn(f"{args.dataset} is best tried with " + " ".join(arms.flag(k, v) for k, v in tried.items())
+                      + "; this run trains with " + ", ".join(f"{k} {getattr(args, k):g}" for k in tried) + " as given")
     if args.precision == "bf16" and device.type == "cpu" and not native_bf16(device):
         warnings.warn("this CPU has no native bf16 (AVX512-BF16 or AMX, usable here): bf16 is emulated, ~4x slower "
                       f"than fp32 or worse; {arms.flag('precision', 'auto')} would pick fp32")
@@ -181,26 +190,32 @@ def main(args):
     ask = advisor.make_asker(args, spec)  # checks credentials / the replay run before training starts
 
     # ---- data: the whole set on the device, uint8
-    x_all, y_all, x_te, y_te = load_cifar10(args.data_dir)
-    keep, held = holdout_split(y_all, stratified_subset(y_all, args.subset_ratio, args.seed), args.holdout, args.seed)
+    classes = DATASETS[args.dataset]["classes"]
+    x_all, y_all, x_te, y_te = load(args.data_dir, args.dataset)
+    keep, held = holdout_split(y_all, stratified_subset(y_all, args.subset_ratio, args.seed), args.holdout, args.seed,
+                               classes)
     x_tr, y_tr = torch.from_numpy(x_all[keep]).to(device), torch.from_numpy(y_all[keep]).to(device)
     x_te, y_te = torch.from_numpy(x_te).to(device), torch.from_numpy(y_te).to(device)
     train_loader, test_loader, model, opt, sched, autocast = setup(args, x_tr, y_tr, x_te, y_te, spec["schedule"])
     val_loader = None
     if len(held):  # evaluated like the test set: no augmentation
         val_loader = Loader(torch.from_numpy(x_all[held]).to(device), torch.from_numpy(y_all[held]).to(device), 1000,
-                            train=False, seed=args.seed, channels_last=test_loader.channels_last)
+                            train=False, seed=args.seed, channels_last=test_loader.channels_last, dataset=args.dataset)
 
     # Ctrl-C or SIGTERM (a sweep stopping its children) ends the run KILLED, not RUNNING, and only once.
     with tracking.interrupts_end_runs():
-        run = tracking.open_run(args.experiment, run_name=f"{args.arm}-s{args.seed}")  # as a sweep names its runs
+        run = tracking.open_run(args.experiment, run_name=arms.run_name(args.arm, args.dataset, args.seed))
         journal = []  # what the current epoch logs, kept until it is sent: the tracking server may go away
         try:
             tracking.log_params_once(params_of(args, spec, device, len(y_tr), len(held), len(y_te)))
-            bad = checksums(args.data_dir)
+            bad = checksums(args.data_dir, args.dataset)
+            md5 = "differs: " + ",".join(bad) if bad else "official" if DATASETS[args.dataset]["files"] else "bundled"
             with tracking.writing():
-                mlflow.set_tags({"arm": args.arm, "data_md5": "differs: " + ",".join(bad) if bad else "official",
-                                 "decisions_saw_test": advisor.saw_test(args, spec)})
+                mlflow.set_tags({"arm": args.arm, "data_md5": md5, "decisions_saw_test": advisor.saw_test(args, spec)})
+                # Tables the UI shows as tables: the advisor's calls; per-class accuracy where there are too many
+                # classes for one metric each.
+                tracking.declare_tables(([advisor.TABLE] if spec["every"] else [])
+                                        + ([CLASS_TABLE] if len(classes) > CLASS_METRICS else []))
                 advisor.prepare_run(args, spec)
             test_acc = epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, val_loader,
                               journal)
@@ -240,6 +255,7 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
               "train_seconds": 0.0, "credit_seconds": 0.0, "advisor_changes": 0}
     advised = None  # (exchange epoch, the scheduler's LR) when the advisor set this epoch's LR
     pending = []  # credit branches waiting for the run to reach their epoch: (decision epoch, due epoch, result)
+    class_rows = []  # per-class accuracy by epoch, for data sets with too many classes for a metric each
     step = 0
     for epoch in range(1, args.epochs + 1):
         journal.clear()
@@ -263,19 +279,27 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
                                 "lower --lr, or set --max-factor or --guard rollback")
         test_loss, test_acc, class_acc = evaluate(model, test_loader, autocast)
         metrics = {"lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                   "test_loss": test_loss, "test_acc": test_acc, "grad_norm": grad_norm,
-                   **{f"class_acc/{c}": a for c, a in class_acc.items()}}
+                   "test_loss": test_loss, "test_acc": test_acc, "grad_norm": grad_norm}
         decided = test_loss, test_acc, class_acc  # what decisions may read: with a holdout, never the test set
         if val_loader:
             decided = evaluate(model, val_loader, autocast)
-            metrics.update({"val_loss": decided[0], "val_acc": decided[1],
-                            **{f"val_class_acc/{c}": a for c, a in decided[2].items()}})
+            metrics.update({"val_loss": decided[0], "val_acc": decided[1]})
+        few = len(class_acc) <= CLASS_METRICS
+        if few:  # one metric per class; else rows of class_table
+            metrics.update({f"class_acc/{c}": a for c, a in class_acc.items()})
+            if val_loader:
+                metrics.update({f"val_class_acc/{c}": a for c, a in decided[2].items()})
+        else:
+            class_rows += [{"epoch": epoch, "class": c, "test_acc": a,
+                            **({"val_acc": decided[2][c]} if val_loader else {})} for c, a in class_acc.items()]
         seconds = time.perf_counter() - t0
         budget["train_seconds"] += seconds
         metrics.update(epoch_seconds=seconds, images_per_second=len(train_loader.y) / train_s)
         journal.append({"epoch": epoch, "metrics": metrics})
         with tracking.writing():
             mlflow.log_metrics(metrics, step=epoch)
+            if not few:
+                tracking.write_table(class_rows, CLASS_TABLE)
         if per_step:  # the LR of every batch, step = global batch number (host floats: no device sync)
             tracking.log_series("lr_step", lrs, first_step=step + 1)
         step += len(lrs)
