@@ -3,7 +3,9 @@ baseline, overlay plots of each arm against it (mean and min-max band over seeds
 differences, a per-class heatmap, and, for runs with credit on, each decision's credit against its branch.
 
 Runs are grouped by arm *and* configuration: runs of one arm that differ in any training parameter other than
-the seed are separate rows, named by what differs (`baseline [step_size=1]`). Everything is read back from
+the seed are separate rows, named by what differs (`baseline [step_size=1]`). The data set is part of the
+configuration, so rows never pool data sets and each row is paired with a baseline of its own data set; with
+several data sets, a `pooled` row per arm combines its per-data-set Δ by random effects (stats.pooled). Everything is read back from
 MLflow (any server, or the embedded default), written to --output-dir, and logged as the artifacts of a
 `compare` run in the same experiment: exactly the files this compare wrote, and the ids of the runs it read.
 """
@@ -21,9 +23,9 @@ from mlflow.tracking import MlflowClient
 
 from lradvisor import stats, tracking
 from lradvisor.arms import ARMS, UsageError, check_id
-from lradvisor.data import CLASSES
+from lradvisor.datasets import DATASETS
 from lradvisor.figures import CURVES, credit, curves_figure, forest, heatmap, styles
-from lradvisor.tracking import TABLE
+from lradvisor.tracking import CLASS_TABLE, TABLE
 
 # Params that say where or how a run was recorded, not what it trained: runs differing only in these are
 # seeds of one configuration. (A replay's source run differs per seed by construction.)
@@ -61,7 +63,22 @@ def find_runs(args):
 
 
 def config_of(run):
-    return tuple(sorted((k, v) for k, v in run.data.params.items() if k not in NOT_CONFIG))
+    config = {k: v for k, v in run.data.params.items() if k not in NOT_CONFIG}
+    config.setdefault("dataset", "cifar10")  # runs from before data sets were a parameter trained on CIFAR-10
+    return tuple(sorted(config.items()))
+
+
+def task_settings(configs):
+    """With several data sets: the parameters that are one value per data set (lr 0.02 on digits, 0.1 on
+    CIFAR-10, or data_dir) are the task's settings, named by `dataset` alone in row labels and set aside when an
+    arm's rows are pooled across data sets."""
+    by_ds = {}
+    for c in configs:
+        by_ds.setdefault(c["dataset"], []).append(c)
+    if len(by_ds) < 2:
+        return set()
+    keys = {k for c in configs for k in c} - {"dataset"}
+    return {k for k in keys if all(len({c.get(k) for c in cs}) == 1 for cs in by_ds.values())}
 
 
 def group(runs):
@@ -71,15 +88,21 @@ def group(runs):
     for r in runs:
         by_arm.setdefault(r.data.tags["arm"], {}).setdefault(config_of(r), []).append(r)
     order = [a for a in ARMS if a in by_arm] + sorted(a for a in by_arm if a not in ARMS)
+    tied = task_settings([dict(c) for configs in by_arm.values() for c in configs])
     groups = {}
     for arm in order:
         configs = by_arm[arm]
-        varying = sorted({k for c in configs for k, v in c if any(dict(o).get(k) != v for o in configs)})
+        varying = sorted({k for c in configs for k, v in c
+                          if k not in tied and any(dict(o).get(k) != v for o in configs)})
         for config, members in sorted(configs.items()):
             d = dict(config)
             label = arm + (" [" + ", ".join(f"{k}={d.get(k, '')}" for k in varying) + "]" if varying else "")
-            groups[label] = {"arm": arm, "config": d, "runs": members}
-    return groups
+            groups[label] = {"arm": arm, "dataset": d["dataset"], "config": d, "runs": members,
+                             # what the pooled row matches across data sets: all but the data set's own settings
+                             "pool_key": (arm, tuple((k, v) for k, v in config if k not in tied | {"dataset"}))}
+    order = list(DATASETS)  # rows of one data set together, in the registry's order
+    return dict(sorted(groups.items(), key=lambda kv: (order.index(kv[1]["dataset"]) if kv[1]["dataset"] in order
+                                                        else len(order), kv[1]["dataset"])))
 
 
 def collect(groups):
@@ -103,11 +126,27 @@ def collect(groups):
                 curves[key + "_steps"] = [m.step for m in hist]
             g["seeds"].append({
                 "seed": seed, "run_id": r.info.run_id, "curves": curves,
-                "class_acc": {c: r.data.metrics.get(f"class_acc/{c}", math.nan) for c in CLASSES},
+                "class_acc": class_acc_of(r, g["dataset"]),
                 "budget": {k: r.data.metrics.get(k) for k in BUDGET},
                 "saw_test": r.data.tags.get("decisions_saw_test", "?"),  # "?": recorded before the tag existed
                 "credits": credits_of(r)})
     return notes
+
+
+def class_acc_of(run, dataset):
+    """Final per-class test accuracy: its metrics, or for data sets with many classes the last epoch's rows of
+    its class table; nan where neither exists."""
+    classes = DATASETS[dataset]["classes"] if dataset in DATASETS else ()
+    acc = {c: run.data.metrics.get(f"class_acc/{c}", math.nan) for c in classes}
+    if classes and all(math.isnan(v) for v in acc.values()) and len(classes) > tracking.CLASS_METRICS:
+        try:
+            table = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{CLASS_TABLE}")
+        except Exception:  # an unfinished record: the heatmap shows a gap
+            return acc
+        rows = [dict(zip(table["columns"], values)) for values in table["data"]]
+        last = max(r["epoch"] for r in rows)
+        acc.update({r["class"]: r["test_acc"] for r in rows if r["epoch"] == last})
+    return acc
 
 
 def credits_of(run):
@@ -129,11 +168,12 @@ def saw_test(g):
 def pick_baselines(groups, baseline):
     """label -> label of the baseline group it is measured against (None if there is none). `baseline` names an
     arm or a row label; with several baseline configurations each row gets the one differing from it least."""
-    if baseline in groups:
-        return {label: baseline for label in groups}, []
-    candidates = [label for label, g in groups.items() if g["arm"] == baseline]
+    if baseline in groups:  # one row: the baseline of its own data set's rows
+        return {label: baseline if g["dataset"] == groups[baseline]["dataset"] else None
+                for label, g in groups.items()}, []
     pairs, notes = {}, []
     for label, g in groups.items():
+        candidates = [b for b, h in groups.items() if h["arm"] == baseline and h["dataset"] == g["dataset"]]
         def distance(b):
             base = groups[b]["config"]
             return sum(1 for k in base if k in g["config"] and g["config"][k] != base[k])
@@ -154,13 +194,13 @@ def table(groups, pairs, margin, credit_margin):
         base_label = pairs.get(label)
         base = {s["seed"]: s["curves"]["test_acc"][-1] for s in groups[base_label]["seeds"]} if base_label else {}
         vals = list(finals.values())
-        row = {"arm": label, "seeds": ",".join(finals), "runs": len(finals),
+        row = {"arm": label, "dataset": g["dataset"], "seeds": ",".join(finals), "runs": len(finals),
                "epochs": ",".join(sorted({str(len(s["curves"]["test_acc"])) for s in g["seeds"]})),
                "final_test_acc_mean": statistics.mean(vals),
                "final_test_acc_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                "decisions_saw_test": saw_test(g), "baseline": base_label or "", "pairs": 0, "unpaired_seeds": "",
-               "delta_vs_baseline": None, "delta_ci_low": None, "delta_ci_high": None, "p_value": None,
-               "verdict": ""}
+               "delta_vs_baseline": None, "delta_se": None, "delta_ci_low": None, "delta_ci_high": None,
+               "p_value": None, "verdict": "", "tau2": None}
         if base_label and base_label != label:
             paired = [s for s in finals if s in base]
             row["unpaired_seeds"] = ",".join([f"{s} (no {base_label})" for s in finals if s not in base]
@@ -180,7 +220,34 @@ def table(groups, pairs, margin, credit_margin):
                    helped=sum(c > credit_margin for c in credits), hurt=sum(c < -credit_margin for c in credits),
                    neutral=sum(abs(c) <= credit_margin for c in credits))
         rows.append(row)
-    return rows
+    return rows + pooled_rows(groups, rows, margin)
+
+
+def pooled_rows(groups, rows, margin):
+    """Per arm (and configuration apart from the data set) measured on two or more data sets: one row whose Δ
+    pools the per-data-set Δs by random effects. Data sets where Δ has no spread (fewer than 2 pairs, or
+    every pair the same) cannot be weighed and are left out; it says which are in the row's `seeds`."""
+    if len({g["dataset"] for g in groups.values()}) < 2:
+        return []
+    by_config = {}
+    for row, g in zip(rows, groups.values()):
+        by_config.setdefault(g["pool_key"], []).append(row)
+    out = []
+    for members in by_config.values():
+        usable = [r for r in members if r["delta_se"]]
+        if len(usable) < 2:
+            continue
+        label = re.sub(r"\s*\[\]$", "", re.sub(r"dataset=[^,\]]*(, )?", "", members[0]["arm"]).replace(", ]", "]"))
+        row = {k: None for k in members[0]}
+        row.update(arm=label, dataset="pooled", seeds=" + ".join(r["dataset"] for r in usable),
+                   runs=sum(r["runs"] for r in usable), pairs=sum(r["pairs"] for r in usable),
+                   epochs=",".join(sorted({e for r in usable for e in r["epochs"].split(",")})),
+                   decisions_saw_test=({r["decisions_saw_test"] for r in usable}.pop()
+                                       if len({r["decisions_saw_test"] for r in usable}) == 1 else "mixed"),
+                   baseline=" + ".join(r["baseline"] for r in usable), unpaired_seeds="", n_decisions=0,
+                   **stats.pooled([r["delta_vs_baseline"] for r in usable], [r["delta_se"] for r in usable], margin))
+        out.append(row)
+    return out
 
 
 def _f(x, fmt):
@@ -190,20 +257,42 @@ def _f(x, fmt):
 SAW_TEST = " †"  # marks a row whose decisions read test-set numbers
 
 
+HEADER = ["| arm | seeds | final test acc (%) | Δ vs baseline (points) | 95 % CI | p | verdict | "
+          "LLM calls | failed | accepted | changes | LLM tokens | LLM s | retry waits s | train s | lowest LR |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def _line(r):
+    acc = f"{r['final_test_acc_mean']:.2f}" + (f" ± {r['final_test_acc_std']:.2f}" if r["runs"] > 1 else "")
+    ci = "—" if r["delta_ci_low"] is None else f"[{r['delta_ci_low']:+.2f}, {r['delta_ci_high']:+.2f}]"
+    arm = r["arm"] + (SAW_TEST if r["decisions_saw_test"] in ("1", "mixed") else "")
+    return (f"| {arm} | {r['seeds']} | {acc} | {_f(r['delta_vs_baseline'], '+.2f')} | {ci} | "
+            f"{_f(r['p_value'], '.3g')} | {r['verdict'] or '—'} | {_f(r['llm_calls'], 'g')} | {_f(r['llm_failed_calls'], 'g')} | "
+            f"{_f(r['accepted'], 'g')} | {_f(r['changes'], 'g')} | {_f(r['llm_tokens'], '.0f')} | "
+            f"{_f(r['llm_seconds'], '.1f')} | {_f(r['llm_retry_seconds'], '.1f')} | {_f(r['train_seconds'], '.1f')} | "
+            f"{r['lowest_lr']:.3g} |")
+
+
 def markdown(rows, margin, credit_margin=0.1):
-    lines = ["| arm | seeds | final test acc (%) | Δ vs baseline (points) | 95 % CI | p | verdict | "
-             "LLM calls | failed | accepted | changes | LLM tokens | LLM s | retry waits s | train s | lowest LR |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        acc = f"{r['final_test_acc_mean']:.2f}" + (f" ± {r['final_test_acc_std']:.2f}" if r["runs"] > 1 else "")
-        ci = "—" if r["delta_ci_low"] is None else f"[{r['delta_ci_low']:+.2f}, {r['delta_ci_high']:+.2f}]"
-        verdict = r["verdict"] or "—"
-        arm = r["arm"] + (SAW_TEST if r["decisions_saw_test"] in ("1", "mixed") else "")
-        lines.append(f"| {arm} | {r['seeds']} | {acc} | {_f(r['delta_vs_baseline'], '+.2f')} | {ci} | "
-                     f"{_f(r['p_value'], '.3g')} | {verdict} | {_f(r['llm_calls'], 'g')} | {_f(r['llm_failed_calls'], 'g')} | "
-                     f"{_f(r['accepted'], 'g')} | {_f(r['changes'], 'g')} | {_f(r['llm_tokens'], '.0f')} | "
-                     f"{_f(r['llm_seconds'], '.1f')} | {_f(r['llm_retry_seconds'], '.1f')} | {_f(r['train_seconds'], '.1f')} | "
-                     f"{r['lowest_lr']:.3g} |")
+    """The results table; with several data sets one table per data set, then the pooled rows."""
+    tasks = [r for r in rows if r["dataset"] != "pooled"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in tasks))
+    lines = []
+    for ds in datasets:
+        if len(datasets) > 1:
+            lines += [f"### data set: {ds}", ""]
+        lines += HEADER + [_line(r) for r in tasks if r["dataset"] == ds] + ([""] if len(datasets) > 1 else [])
+    pooled = [r for r in rows if r["dataset"] == "pooled"]
+    if pooled:
+        lines += ["### pooled over data sets (random effects)", "",
+                  "| arm | data sets | pairs | Δ vs baseline (points) | 95 % CI | p | verdict | τ² |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in pooled:
+            lines.append(f"| {r['arm']}{SAW_TEST if r['decisions_saw_test'] in ('1', 'mixed') else ''} | {r['seeds']} | "
+                         f"{r['pairs']} | {r['delta_vs_baseline']:+.2f} | [{r['delta_ci_low']:+.2f}, "
+                         f"{r['delta_ci_high']:+.2f}] | {r['p_value']:.3g} | {r['verdict']} | {r['tau2']:.3g} |")
+    if lines[-1] == "":
+        lines.pop()
     credited = [r for r in rows if r["n_decisions"]]
     if credited:
         lines += ["", "| arm | decisions | credit (points) | 95 % CI | helped | hurt | neutral | credit s |",
@@ -220,6 +309,10 @@ def markdown(rows, margin, credit_margin=0.1):
                      f"split, the branch trained from the same state and data order at the scheduler's LR; mean and "
                      f"95 % CI (t) over all decisions of the row's runs; helped / hurt: above +{credit_margin:g} / "
                      f"below −{credit_margin:g} points, else neutral.")
+    if pooled:
+        notes.append("Pooled: each data set's Δ weighed by 1/(SE² + τ²), DerSimonian–Laird random effects (τ²: the "
+                     "variance between data sets); 95 % CI and p from the normal distribution; data sets whose Δ has "
+                     "no spread (under 2 pairs, or all pairs equal) cannot be weighed and are left out.")
     if any(r["decisions_saw_test"] in ("1", "mixed") for r in rows):
         notes.append(f"{SAW_TEST.strip()} decisions read test-set numbers (per-class test accuracy in the prompt, "
                      "holdout 0): its test accuracy is not a held-out score.")

@@ -1,10 +1,11 @@
 """compare's figures: overlays of curves (mean over seeds, min-max band; geometric for the LR, with rejected
-proposals marked), the forest plot of paired differences, and the per-class heatmap. Plain matplotlib."""
+proposals marked), the forest plot of paired differences, and the per-class heatmap; with several data sets,
+one row of panels per data set (and the pooled rows last in the forest plot). Plain matplotlib."""
 
 import math
 import statistics
 
-from lradvisor.data import CLASSES
+from lradvisor.datasets import DATASETS
 
 CURVES = [("lr", "learning rate", True), ("train_loss", "training loss", False),
           ("test_acc", "test accuracy (%)", False), ("grad_norm", "gradient norm", False)]
@@ -51,24 +52,42 @@ def styles(labels, baselines):
     return out
 
 
+def by_dataset(groups, labels):
+    """{data set: its labels}, in the order the labels come."""
+    out = {}
+    for label in labels:
+        out.setdefault(groups[label]["dataset"], []).append(label)
+    return out
+
+
 def curves_figure(groups, labels, path, title, style):
+    """The four curves of each row: 2 x 2 panels for one data set, a row of four panels per data set for more."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
-    for ax, (key, label, log) in zip(axes.flat, CURVES):
-        for name in labels:
-            color, dash = style[name]
-            _band(ax, groups[name]["seeds"], key, name, color, log, dash)
-            if key == "lr":
-                _rejected(ax, groups[name]["seeds"], color)
-        ax.set(title=label, xlabel="epoch", yscale="log" if log else "linear")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    outside = len(labels) > 4  # many rows: one legend beside the panels instead of one covering the curves
-    if outside:
+    facets = by_dataset(groups, labels)
+    if len(facets) == 1:
+        fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
+        rows = [(None, labels, list(axes.flat))]
+    else:
+        fig, axes = plt.subplots(len(facets), 4, figsize=(20, 3.8 * len(facets)), dpi=100, squeeze=False)
+        rows = [(ds, names, list(row)) for (ds, names), row in zip(facets.items(), axes)]
+    outside = len(labels) > 4 or len(facets) > 1  # a legend beside the panels instead of one covering the curves
+    for ds, names, panels in rows:
+        for ax, (key, label, log) in zip(panels, CURVES):
+            for name in names:
+                color, dash = style[name]
+                _band(ax, groups[name]["seeds"], key, name, color, log, dash)
+                if key == "lr":
+                    _rejected(ax, groups[name]["seeds"], color)
+            ax.set(title=f"{ds}: {label}" if ds else label, xlabel="epoch", yscale="log" if log else "linear")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        if ds:  # each data set's rows beside its own panels
+            panels[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    if outside and len(facets) == 1:
         handles, names = axes[0, 0].get_legend_handles_labels()
         fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    else:
+    elif len(facets) == 1:
         axes[0, 0].legend(fontsize=8)
     fig.suptitle(title + " (mean over seeds, geometric for the LR; band = min-max)")
     fig.tight_layout()
@@ -89,7 +108,10 @@ def forest(rows, path, margin):
         color = VERDICT_COLORS.get(r["verdict"], "tab:gray")
         if r["delta_ci_low"] is not None:
             ax.plot([r["delta_ci_low"], r["delta_ci_high"]], [i, i], color=color, lw=2)
-        ax.plot(r["delta_vs_baseline"], i, "o", color=color)
+        ax.plot(r["delta_vs_baseline"], i, "D" if r.get("dataset") == "pooled" else "o", color=color,
+                ms=8 if r.get("dataset") == "pooled" else 6)
+        if i and r.get("dataset") != rows[i - 1].get("dataset"):  # a line between data sets, and before the pooled rows
+            ax.axhline(i - 0.5, color="black", lw=0.8, alpha=0.5)
         p = "" if r["p_value"] is None or math.isnan(r["p_value"]) else f"p={r['p_value']:.2g}"
         ax.annotate(f"n={r['pairs']} {p} {r['verdict']}", (1.01, i), xycoords=("axes fraction", "data"),
                     va="center", fontsize=8)
@@ -101,7 +123,9 @@ def forest(rows, path, margin):
             ax.axvline(x, color="black", lw=1, ls="--")
         legend.append(Line2D([], [], color="black", ls="--", label=f"±margin ({margin:g} points)"))
     ax.legend(handles=legend, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(legend), frameon=False)
-    ax.set(yticks=range(len(rows)), yticklabels=[f"{r['arm']} vs {r['baseline']}" for r in rows],
+    ax.set(yticks=range(len(rows)), yticklabels=[f"{r['arm']} pooled over {r['seeds']} (τ²={r['tau2']:.2g})"
+                                                 if r.get("dataset") == "pooled" else f"{r['arm']} vs {r['baseline']}"
+                                                 for r in rows],
            xlabel="Δ final test accuracy vs baseline (points), mean and 95 % CI over paired seeds")
     ax.invert_yaxis()
     ax.grid(alpha=0.3, axis="x")
@@ -112,17 +136,26 @@ def forest(rows, path, margin):
 
 
 def heatmap(groups, path):
+    """Final per-class test accuracy, rows x classes, one panel per data set (its own classes); the numbers are
+    written in only where there are few classes."""
     plt = _plt()
-    labels = list(groups)
-    grid = [[statistics.mean(s["class_acc"][c] for s in groups[a]["seeds"]) for c in CLASSES] for a in labels]
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * len(labels)), dpi=100)
-    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    ax.set(xticks=range(len(CLASSES)), xticklabels=CLASSES, yticks=range(len(labels)), yticklabels=labels,
-           title="final per-class test accuracy (%)")
-    for i, row in enumerate(grid):
-        for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="white" if v < 60 else "black", fontsize=8)
-    fig.colorbar(im, ax=ax)
+    facets = by_dataset(groups, list(groups))
+    wide = max(len(DATASETS[ds]["classes"]) if ds in DATASETS else 10 for ds in facets) > 20
+    heights = [1.2 + 0.5 * len(labels) + (1.0 if wide else 0) for labels in facets.values()]
+    fig, axes = plt.subplots(len(facets), 1, figsize=(22 if wide else 10, sum(heights)), dpi=100, squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (ds, labels) in zip(axes[:, 0], facets.items()):
+        classes = list(groups[labels[0]]["seeds"][0]["class_acc"])
+        grid = [[statistics.mean(s["class_acc"][c] for s in groups[a]["seeds"]) for c in classes] for a in labels]
+        im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        few = len(classes) <= 20
+        ax.set(xticks=range(len(classes)), yticks=range(len(labels)), yticklabels=labels,
+               title=f"final per-class test accuracy (%), {ds}")
+        ax.set_xticklabels(classes, rotation=0 if few else 90, fontsize=None if few else 6)
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row if few else []):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="white" if v < 60 else "black", fontsize=8)
+        fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -5,6 +5,12 @@ differences d_i = arm_i - baseline_i cancel what the seed does to both. With n p
   Δ = mean(d), 95 % CI = Δ ± t(0.975, n-1) · sd(d) / √n, p = two-sided paired t-test (scipy.stats.ttest_rel);
   verdict = "better" if the whole CI lies above +margin, "worse" if below -margin, else "inconclusive".
 `mean_ci` is that interval for one sample: compare uses it for the credit over a row's decisions.
+
+Across data sets, `pooled` combines one Δ_i per data set (with its variance v_i = SE_i² = sd(d_i)² / n_i) by
+DerSimonian–Laird random effects: fixed-effect weights w_i = 1/v_i, Q = Σ w_i (Δ_i − Δ_fixed)²,
+τ² = max(0, (Q − (k−1)) / (Σw − Σw²/Σw)), then w*_i = 1/(v_i + τ²), Δ = Σ w*_i Δ_i / Σ w*_i,
+SE = 1/√(Σ w*_i), 95 % CI = Δ ± 1.96 SE, p = two-sided normal test of Δ/SE. τ² is the between-task variance:
+0 when the tasks agree within their own noise.
 """
 
 import math
@@ -15,11 +21,13 @@ def paired(arm, base, margin=0.0):
     """arm, base: final accuracies (points) of the same seeds in the same order."""
     from scipy import stats
     n = len(arm)
-    out = {"delta_vs_baseline": None, "delta_ci_low": None, "delta_ci_high": None, "p_value": None, "verdict": ""}
+    out = {"delta_vs_baseline": None, "delta_se": None, "delta_ci_low": None, "delta_ci_high": None, "p_value": None,
+           "verdict": ""}
     if n == 0:
         return out
     d = [a - b for a, b in zip(arm, base)]
     out["delta_vs_baseline"] = statistics.mean(d)
+    out["delta_se"] = statistics.stdev(d) / math.sqrt(n) if n > 1 else None  # what pooled weighs by
     if n < 2:
         out["verdict"] = "inconclusive"
         return out
@@ -42,3 +50,21 @@ def mean_ci(values):
         return mean, None, None
     half = stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
     return mean, mean - half, mean + half
+
+
+def pooled(deltas, ses, margin=0.0):
+    """Random-effects (DerSimonian–Laird) pool of per-data-set Δ_i with standard errors SE_i (all > 0)."""
+    from scipy import stats
+    v = [se ** 2 for se in ses]
+    w = [1 / x for x in v]
+    fixed = sum(wi * d for wi, d in zip(w, deltas)) / sum(w)
+    q = sum(wi * (d - fixed) ** 2 for wi, d in zip(w, deltas))
+    c = sum(w) - sum(wi ** 2 for wi in w) / sum(w)
+    tau2 = max(0.0, (q - (len(deltas) - 1)) / c) if c > 0 else 0.0
+    ws = [1 / (x + tau2) for x in v]
+    delta = sum(wi * d for wi, d in zip(ws, deltas)) / sum(ws)
+    se = math.sqrt(1 / sum(ws))
+    half = stats.norm.ppf(0.975) * se
+    return {"delta_vs_baseline": delta, "delta_se": se, "delta_ci_low": delta - half, "delta_ci_high": delta + half,
+            "p_value": float(2 * stats.norm.sf(abs(delta) / se)), "tau2": tau2,
+            "verdict": "better" if delta - half > margin else "worse" if delta + half < -margin else "inconclusive"}
