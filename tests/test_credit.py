@@ -88,11 +88,11 @@ def test_published_default_reads_test_and_is_tagged_so(cifar_dir, experiment, mo
 def test_a_branch_at_the_runs_own_lr_reproduces_the_run_exactly(tiny_cifar):
     """Credit 0.0: k epochs of the branch equal k epochs of the run, bit for bit, and the run's state comes back
     exactly as it was (weights, momentum, schedule, data order)."""
-    from lradvisor.data import load_cifar10
-    args = argparse.Namespace(batch_size=8, seed=0, model="resnet18", lr=0.05, momentum=0.9, weight_decay=1e-3,
+    from lradvisor.data import load
+    args = argparse.Namespace(dataset="cifar10", batch_size=8, seed=0, model="resnet18", lr=0.05, momentum=0.9, weight_decay=1e-3,
                               precision="fp32", channels_last="0", compile=0, epochs=4, step_size=1, gamma=0.5,
                               holdout=0.0)
-    x, y, xt, yt = (torch.from_numpy(a) for a in load_cifar10(tiny_cifar))
+    x, y, xt, yt = (torch.from_numpy(a) for a in load(tiny_cifar))
     loader, test_loader, model, opt, sched, autocast = train.setup(args, x, y, xt, yt, "step")
     train.train_epoch(model, opt, loader, autocast)
     schedules.after_epoch("step", sched, None)

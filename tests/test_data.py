@@ -5,6 +5,8 @@ import http.server
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tarfile
 import threading
 
@@ -15,22 +17,23 @@ import torchvision.transforms.v2 as T
 from torchvision.datasets import CIFAR10
 
 from lradvisor import data
-from conftest import cli, runs_of
+from lradvisor.datasets import FOLDER, MD5
+from conftest import ROOT, cli, runs_of
 
 
 def test_reads_real_format(cifar_dir):
-    x_tr, y_tr, x_te, y_te = data.load_cifar10(cifar_dir)
+    x_tr, y_tr, x_te, y_te = data.load(cifar_dir)
     assert x_tr.shape == (80, 3, 32, 32) and x_tr.dtype == np.uint8
     assert x_te.shape == (40, 3, 32, 32) and sorted(set(y_tr.tolist())) == list(range(10))
     # Same bytes as a plain pickle.load of the file (the reader only restricts what may be loaded).
-    with open(os.path.join(cifar_dir, data.FOLDER, "test_batch"), "rb") as f:
+    with open(os.path.join(cifar_dir, FOLDER, "test_batch"), "rb") as f:
         raw = pickle.load(f, encoding="latin1")
     assert np.array_equal(x_te.reshape(40, -1), raw["data"]) and y_te.tolist() == raw["labels"]
 
 
 def test_checksum_mismatch_is_a_warning_naming_the_file(cifar_dir):
     with pytest.warns(UserWarning, match="data_batch_1"):
-        data.ensure_cifar10(cifar_dir)
+        data.ensure(cifar_dir)
 
 
 def test_crafted_pickle_cannot_run_code(cifar_dir, tmp_path):
@@ -41,10 +44,10 @@ def test_crafted_pickle_cannot_run_code(cifar_dir, tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    with open(tmp_path / data.FOLDER / "data_batch_3", "wb") as f:
+    with open(tmp_path / FOLDER / "data_batch_3", "wb") as f:
         pickle.dump({"data": Evil(), "labels": [0]}, f, protocol=2)
     with pytest.raises(data.DataError, match="refusing to load.*system"):
-        data.load_cifar10(str(tmp_path))
+        data.load(str(tmp_path))
     assert not marker.exists()
 
 
@@ -52,7 +55,8 @@ def test_missing_data_is_one_clear_line(tmp_path, capsys, tracking_uri):
     # No network to the CIFAR host here: the real torchvision download fails and we say what to do.
     assert cli("train", "--data-dir", tmp_path, "--epochs", 1, "--experiment", "missing_data") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "CIFAR-10 not found in" in err[0] and "make_fake_cifar.py" in err[0]
+    assert len(err) == 1 and "cifar10 not found in" in err[0] and "make_fake_cifar.py" in err[0]
+    assert "--dataset digits" in err[0]  # the offline way to real images
     assert runs_of("missing_data") == []
 
 
@@ -63,22 +67,31 @@ def _serve(folder):
     return server
 
 
-def test_downloads_and_verifies_archive_on_first_use(cifar_dir, tmp_path, monkeypatch):
-    """The real torchvision download path, from a local HTTP server holding a real-format archive."""
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_downloads_and_verifies_archive_on_first_use(name, tmp_path, monkeypatch):
+    """The real torchvision download path, from a local HTTP server holding an archive in the real layout."""
+    import torchvision.datasets
+    tv = getattr(torchvision.datasets, data.DATASETS[name]["files"]["torchvision"])
+    folder = data.DATASETS[name]["files"]["folder"]
+    made = tmp_path / "made"
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--dataset", name,
+                    "--out", str(made), "--train-per-class", "2", "--test-per-class", "1"], check=True, capture_output=True)
     served = tmp_path / "served"
     served.mkdir()
-    with tarfile.open(served / CIFAR10.filename, "w:gz") as tar:
-        tar.add(os.path.join(cifar_dir, data.FOLDER), arcname=data.FOLDER)
-    md5 = hashlib.md5((served / CIFAR10.filename).read_bytes()).hexdigest()
+    with tarfile.open(served / tv.filename, "w:gz") as tar:
+        tar.add(made / folder, arcname=folder)
+    md5 = hashlib.md5((served / tv.filename).read_bytes()).hexdigest()
     server = _serve(served)
     try:
-        monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{server.server_port}/{CIFAR10.filename}")
-        monkeypatch.setattr(CIFAR10, "tgz_md5", "0" * 32)  # a corrupt download is refused ...
+        monkeypatch.setattr(tv, "url", f"http://127.0.0.1:{server.server_port}/{tv.filename}")
+        monkeypatch.setattr(tv, "tgz_md5", "0" * 32)  # a corrupt download is refused ...
         with pytest.raises(data.DataError, match="download failed"):
-            data.ensure_cifar10(str(tmp_path / "bad"))
-        monkeypatch.setattr(CIFAR10, "tgz_md5", md5)  # ... a good one is extracted and read
-        x_tr, _, _, _ = data.load_cifar10(str(tmp_path / "good"))
-        assert x_tr.shape[0] == 80
+            data.ensure(str(tmp_path / "bad"), name)
+        monkeypatch.setattr(tv, "tgz_md5", md5)  # ... a good one is extracted and read
+        n = len(data.DATASETS[name]["classes"])
+        with pytest.warns(UserWarning, match=f"{name} files in .* do not match the official md5"):
+            x_tr, y_tr, x_te, y_te = data.load(str(tmp_path / "good"), name)
+        assert x_tr.shape == (2 * n, 3, 32, 32) and sorted(set(y_tr.tolist())) == list(range(n)) and len(y_te) == n
     finally:
         server.shutdown()
 
@@ -131,7 +144,7 @@ def test_md5_list_and_model_equal_torchvision():
     resnet18 (same seed, same weights bit for bit, same outputs), with the CIFAR stem swapped in as before."""
     import torchvision
     from lradvisor.model import build_model
-    assert data.MD5 == dict(CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])])
+    assert MD5 == dict(CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])])
     for name in ("resnet18", "resnet18_imagenet_stem"):
         torch.manual_seed(3)
         ours = build_model(name)

@@ -4,8 +4,8 @@
                                     conda.yaml and scripts/ and the data/ the offline try-out leaves there, with
                                     stand-in Gemini and OpenAI-compatible servers in the environment and MLflow's
                                     default store in that folder; make_fake_cifar.py writes 2 images per class
-                                    instead of the README's count (the one change), `mlflow ui` is not started
-                                    (a server)
+                                    instead of the README's count and `mlflow run -P epochs=N` trains 1 epoch
+                                    (the two changes: the suite's time), `mlflow ui` is not started (a server)
     <!-- test: check -->            each lradvisor / mlflow run command is parsed and validated by the CLI's own
                                     checks, not run; a block's compare names a sweep id its sweep gave, and its
                                     --data-dir is what its make_fake_cifar.py wrote
@@ -103,5 +103,6 @@ def test_run_blocks_run_as_written(index, tmp_path):
         env.update(g.env(), **o.env(), MLFLOW_DISABLE_TELEMETRY="true")
         script = "\n".join(["set -euo pipefail"] + [c for c in commands(text) if not c.startswith("mlflow ui")])
         script = re.sub(r"--(train|test)-per-class \d+", r"--\1-per-class 2", script)
+        script = re.sub(r"-P epochs=\d+", "-P epochs=1", script)
         p = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, f"{script}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import ROOT, cli, free_port, history, mlflow_run, mlflow_server, runs_of
-from lradvisor import data
+from lradvisor.datasets import FOLDER
 
 TINY = ["--batch-size", 20, "--subset-ratio", 0.25]
 
@@ -102,7 +102,7 @@ def test_values_that_pass_comparisons_but_misbehave(flags, says, cifar_dir, expe
     (["--sweep-id", "af' and tags.arm = 'baseline"], "invalid sweep_id"),
     (["--sweep-id", "a/b"], "invalid sweep_id"),
     (["--device", "cuda"], "CUDA is not available"),
-    (["--data-dir", "/nonexistent/cifar"], "CIFAR-10 not found"),
+    (["--data-dir", "/nonexistent/cifar"], "cifar10 not found"),
 ])
 def test_sweep_refuses_before_any_run(flags, says, cifar_dir, experiment, capsys):
     argv = ["sweep", "--arms", "baseline", "--data-dir", cifar_dir, *flags, "--experiment", experiment]
@@ -130,7 +130,7 @@ def test_compare_refuses_a_baseline_that_is_neither_an_arm_nor_a_row(cifar_dir, 
 
 def _corrupt(src, dst, name, change):
     shutil.copytree(src, dst, dirs_exist_ok=True)
-    path = os.path.join(dst, data.FOLDER, name)
+    path = os.path.join(dst, FOLDER, name)
     with open(path, "rb") as f:
         d = pickle.load(f, encoding="latin1")
     change(d)
@@ -185,7 +185,7 @@ def test_server_lost_mid_run_stops_and_keeps_what_was_not_sent(tiny_cifar, tmp_p
             assert time.monotonic() - t0 < 60
         finally:
             proc.kill()
-    err = [line for line in proc.stderr.read().strip().splitlines() if not line.startswith("warning: CIFAR-10 files")]
+    err = [line for line in proc.stderr.read().strip().splitlines() if not line.startswith("warning: cifar10 files")]
     assert len(err) == 1 and "lost the tracking server" in err[0], err
     (path,) = glob.glob(str(tmp_path / "lradvisor-unsent-*.json"))
     assert path in err[0]
@@ -340,7 +340,7 @@ def test_explicit_bf16_on_a_cpu_that_emulates_it_says_so(tmp_path):
     """The warning comes before anything is read. ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY below AVX-512 make
     this process a CPU without native bf16, whatever CPU runs the test."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-    (tmp_path / data.FOLDER).mkdir()  # no batch files: refused after the warning, before any run
+    (tmp_path / FOLDER).mkdir()  # no batch files: refused after the warning, before any run
     argv = [sys.executable, "-m", "lradvisor", "train", "--precision", "bf16", "--device", "cpu", "--data-dir",
             str(tmp_path)]
     err = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120).stderr.strip().splitlines()

@@ -165,16 +165,18 @@ def test_bad_precision_flags(flags, says, cifar_dir, experiment, capsys):
 
 
 def _bf16_runs(tmp_path, experiment, per_class, runs, epochs, *flags):
-    """Train `runs` [(precision, seed)] on a fresh synthetic set; return each run's final test accuracy and curves."""
+    """Train `runs` [(precision, seed)] on a fresh synthetic set (per_class > 0) or on digits (per_class 0, its
+    settings); return each run's curves."""
     data = tmp_path / "data"
-    if not data.exists():
+    if per_class and not data.exists():
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--out", str(data),
                         "--train-per-class", str(per_class), "--test-per-class", str(per_class // 2)],
                        check=True, capture_output=True)
+    task = ["--data-dir", data, "--lr", 0.05, "--step-size", 2] if per_class else ["--dataset", "digits", "--lr", 0.02]
     out = []
     for precision, seed in runs:
-        assert cli("train", "--precision", precision, "--seed", seed, "--data-dir", data, "--epochs", epochs,
-                   "--batch-size", 16, "--lr", 0.05, "--step-size", 2, "--experiment", experiment, *flags) == 0
+        assert cli("train", "--precision", precision, "--seed", seed, *task, "--epochs", epochs,
+                   "--batch-size", 16, "--experiment", experiment, *flags) == 0
         run = max(runs_of(experiment), key=lambda r: r.info.start_time)
         assert run.data.params["precision_used"] == precision
         out.append([history(run.info.run_id, k) for k in ("train_loss", "grad_norm", "test_acc")])
@@ -193,12 +195,12 @@ def test_bf16_same_seed_same_run(tmp_path, experiment):
     assert a == b
 
 
-@pytest.mark.skipif(EMULATED, reason="this CPU emulates bf16 (no AVX512-BF16 or AMX usable here): the 3 bf16 runs "
-                                     "this comparison needs would take 3-10 minutes; it runs where bf16 is native")
+@pytest.mark.skipif(EMULATED, reason="this CPU emulates bf16 (no AVX512-BF16 or AMX usable here): the 2 bf16 runs "
+                                     "this comparison needs would take minutes; it runs where bf16 is native")
 def test_bf16_learns_like_fp32(tmp_path, experiment):
-    """Over several seeds bf16 and fp32 end within noise of each other."""
-    finals = _bf16_runs(tmp_path, experiment, 16, [(p, s) for p in ("bf16", "fp32") for s in (0, 1, 2)], 3)
-    final = {"bf16": [c[2][-1][1] for c in finals[:3]], "fp32": [c[2][-1][1] for c in finals[3:]]}
+    """On real images (digits, one epoch), bf16 and fp32 both learn and end within noise of each other."""
+    finals = _bf16_runs(tmp_path, experiment, 0, [(p, s) for p in ("bf16", "fp32") for s in (0, 1)], 1)
+    final = {"bf16": [c[2][-1][1] for c in finals[:2]], "fp32": [c[2][-1][1] for c in finals[2:]]}
     mean = {p: sum(v) / len(v) for p, v in final.items()}
-    assert min(mean.values()) > 15, final  # both learn (chance is 10 %; ~28 % after these 30 steps)
-    assert abs(mean["bf16"] - mean["fp32"]) < 15, final  # per-seed spread here is ~8 points
+    assert min(mean.values()) > 35, final  # both learn (chance is 10 %; ~55 % after this epoch)
+    assert abs(mean["bf16"] - mean["fp32"]) < 20, final  # per-seed spread here is ~10 points
