@@ -310,9 +310,10 @@ def markdown(rows, margin, credit_margin=0.1):
                      f"95 % CI (t) over all decisions of the row's runs; helped / hurt: above +{credit_margin:g} / "
                      f"below −{credit_margin:g} points, else neutral.")
     if pooled:
-        notes.append("Pooled: each data set's Δ weighed by 1/(SE² + τ²), DerSimonian–Laird random effects (τ²: the "
-                     "variance between data sets); 95 % CI and p from the normal distribution; data sets whose Δ has "
-                     "no spread (under 2 pairs, or all pairs equal) cannot be weighed and are left out.")
+        notes.append("Pooled: each data set's Δ weighed by 1/(SE² + τ²), τ² the variance between data sets "
+                     "(DerSimonian–Laird); 95 % CI and p by Hartung–Knapp (t with k−1 df, k data sets): wide for few "
+                     "data sets, by design; data sets whose Δ has no spread (under 2 pairs, or all pairs equal) cannot "
+                     "be weighed and are left out.")
     if any(r["decisions_saw_test"] in ("1", "mixed") for r in rows):
         notes.append(f"{SAW_TEST.strip()} decisions read test-set numbers (per-class test accuracy in the prompt, "
                      "holdout 0): its test accuracy is not a held-out score.")

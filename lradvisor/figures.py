@@ -3,6 +3,7 @@ proposals marked), the forest plot of paired differences, and the per-class heat
 one row of panels per data set (and the pooled rows last in the forest plot). Plain matplotlib."""
 
 import math
+import re
 import statistics
 
 from lradvisor.datasets import DATASETS
@@ -103,7 +104,7 @@ def forest(rows, path, margin):
     plt = _plt()
     from matplotlib.lines import Line2D
     rows = [r for r in rows if r["delta_vs_baseline"] is not None]
-    fig, ax = plt.subplots(figsize=(8, 2.0 + 0.45 * len(rows)), dpi=100)
+    fig, ax = plt.subplots(figsize=(10, 2.0 + 0.45 * len(rows)), dpi=100)
     for i, r in enumerate(rows):
         color = VERDICT_COLORS.get(r["verdict"], "tab:gray")
         if r["delta_ci_low"] is not None:
@@ -124,7 +125,9 @@ def forest(rows, path, margin):
         legend.append(Line2D([], [], color="black", ls="--", label=f"±margin ({margin:g} points)"))
     ax.legend(handles=legend, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(legend), frameon=False)
     ax.set(yticks=range(len(rows)), yticklabels=[f"{r['arm']} pooled over {r['seeds']} (τ²={r['tau2']:.2g})"
-                                                 if r.get("dataset") == "pooled" else f"{r['arm']} vs {r['baseline']}"
+                                                 if r.get("dataset") == "pooled"
+                                                 # its own data set's baseline: the data set is said once
+                                                 else f"{r['arm']} vs {re.sub(r' [[]dataset=[^]]*[]]$', '', r['baseline'])}"
                                                  for r in rows],
            xlabel="Δ final test accuracy vs baseline (points), mean and 95 % CI over paired seeds")
     ax.invert_yaxis()

@@ -1,4 +1,5 @@
-"""Train one arm: ResNet-18 on a data set (CIFAR-10 by default; data.DATASETS), SGD + an LR schedule, optionally an advisor choosing the next epoch's LR.
+"""Train one arm: ResNet-18 on a data set (CIFAR-10 by default; datasets.py), SGD + an LR schedule, optionally an
+advisor choosing the next epoch's LR.
 
 Read top to bottom: set-up (device, data, model, optimizer, schedule), then one loop over epochs that
 trains, evaluates, logs one row of metrics, steps the schedule, and, when the arm asks, lets the advisor
@@ -285,7 +286,7 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
             decided = evaluate(model, val_loader, autocast)
             metrics.update({"val_loss": decided[0], "val_acc": decided[1]})
         few = len(class_acc) <= CLASS_METRICS
-        if few:  # one metric per class; else rows of class_table
+        if few:  # one metric per class; else rows of CLASS_TABLE
             metrics.update({f"class_acc/{c}": a for c, a in class_acc.items()})
             if val_loader:
                 metrics.update({f"val_class_acc/{c}": a for c, a in decided[2].items()})

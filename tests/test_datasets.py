@@ -132,17 +132,19 @@ def test_compare_rows_per_data_set_and_the_pooled_row(cifar_dir, experiment, tmp
         assert math.isclose(float(rows[(f"onecycle [dataset={ds}]", ds)]["delta_vs_baseline"]), statistics.mean(d))
         deltas.append(statistics.mean(d))
         ses.append(statistics.stdev(d) / math.sqrt(3))
-    # DerSimonian-Laird by hand (k = 2): Q = w1 w2 (d1 - d2)^2 / (w1 + w2), C = w1 + w2 - (w1^2 + w2^2)/(w1 + w2).
+    # DerSimonian-Laird by hand (k = 2): Q = w1 w2 (d1 - d2)^2 / (w1 + w2), C = w1 + w2 - (w1^2 + w2^2)/(w1 + w2);
+    # Hartung-Knapp: SE^2 = max(1, sum w* (d - mu)^2 / (k - 1)) / sum w*, CI = mu +- t(0.975, 1) SE.
     w1, w2 = 1 / ses[0] ** 2, 1 / ses[1] ** 2
     q = w1 * w2 * (deltas[0] - deltas[1]) ** 2 / (w1 + w2)
     tau2 = max(0.0, (q - 1) / (w1 + w2 - (w1 ** 2 + w2 ** 2) / (w1 + w2)))
     v1, v2 = ses[0] ** 2 + tau2, ses[1] ** 2 + tau2
     mu = (deltas[0] / v1 + deltas[1] / v2) / (1 / v1 + 1 / v2)
-    se = (1 / v1 + 1 / v2) ** -0.5
+    hk = ((deltas[0] - mu) ** 2 / v1 + (deltas[1] - mu) ** 2 / v2) / 1
+    se = (max(1.0, hk) / (1 / v1 + 1 / v2)) ** 0.5
     pooled = rows[("onecycle", "pooled")]
     assert math.isclose(float(pooled["delta_vs_baseline"]), mu, rel_tol=1e-9, abs_tol=1e-9)
     assert math.isclose(float(pooled["tau2"]), tau2, rel_tol=1e-9, abs_tol=1e-9)
-    assert math.isclose(float(pooled["delta_ci_low"]), mu - 1.959963984540054 * se, rel_tol=1e-9, abs_tol=1e-9)
+    assert math.isclose(float(pooled["delta_ci_low"]), mu - 12.706204736174707 * se, rel_tol=1e-9, abs_tol=1e-9)
     assert pooled["verdict"] in ("better", "worse", "inconclusive") and pooled["pairs"] == "6"
     md = (out / "results.md").read_text()
     assert md.index("### data set: cifar10") < md.index("### data set: digits") < md.index("### pooled over data sets")
@@ -150,15 +152,17 @@ def test_compare_rows_per_data_set_and_the_pooled_row(cifar_dir, experiment, tmp
 
 
 def test_pooled_by_hand_with_three_tasks():
-    """stats.pooled against the formula worked through for three tasks that disagree (τ² > 0)."""
-    d, se = [2.0, -1.0, 0.5], [0.5, 1.0, 0.25]
+    """stats.pooled against the formulas worked through for three tasks that disagree (τ² > 0)."""
+    d, se = [2.0, -1.0, 0.5], [0.5, 1.0, 0.25]  # fixed-effect weights 1/se²: 4, 1, 16
     fixed = (8.0 - 1.0 + 8.0) / 21.0
     q = 4 * (2 - fixed) ** 2 + 1 * (-1 - fixed) ** 2 + 16 * (0.5 - fixed) ** 2
     tau2 = (q - 2) / (21 - (16 + 1 + 256) / 21)
     ws = [1 / (s ** 2 + tau2) for s in se]
     mu = sum(a * b for a, b in zip(ws, d)) / sum(ws)
+    hk = sum(w * (x - mu) ** 2 for w, x in zip(ws, d)) / 2
     out = stats.pooled(d, se)
     assert tau2 > 0 and math.isclose(out["tau2"], tau2) and math.isclose(out["delta_vs_baseline"], mu)
-    assert math.isclose(out["delta_ci_high"] - mu, 1.959963984540054 / math.sqrt(sum(ws)))
-    same = stats.pooled([1.0, 1.0], [0.5, 0.5])  # tasks that agree: no between-task variance, the fixed effect
-    assert same["tau2"] == 0 and same["delta_vs_baseline"] == 1.0 and math.isclose(same["delta_se"], 0.5 / math.sqrt(2))
+    assert math.isclose(out["delta_ci_high"] - mu, 4.302652729749464 * math.sqrt(max(1, hk) / sum(ws)))  # t(0.975, 2)
+    same = stats.pooled([1.0, 1.0], [0.5, 0.5])  # tasks that agree: no between-task variance, the fixed effect,
+    assert same["tau2"] == 0 and same["delta_vs_baseline"] == 1.0  # and an interval no narrower than the weights say
+    assert math.isclose(same["delta_se"], 0.5 / math.sqrt(2))

@@ -195,12 +195,12 @@ def test_bf16_same_seed_same_run(tmp_path, experiment):
     assert a == b
 
 
-@pytest.mark.skipif(EMULATED, reason="this CPU emulates bf16 (no AVX512-BF16 or AMX usable here): the 2 bf16 runs "
+@pytest.mark.skipif(EMULATED, reason="this CPU emulates bf16 (no AVX512-BF16 or AMX usable here): the 2 bf16 epochs "
                                      "this comparison needs would take minutes; it runs where bf16 is native")
 def test_bf16_learns_like_fp32(tmp_path, experiment):
-    """On real images (digits, one epoch), bf16 and fp32 both learn and end within noise of each other."""
-    finals = _bf16_runs(tmp_path, experiment, 0, [(p, s) for p in ("bf16", "fp32") for s in (0, 1)], 1)
-    final = {"bf16": [c[2][-1][1] for c in finals[:2]], "fp32": [c[2][-1][1] for c in finals[2:]]}
-    mean = {p: sum(v) / len(v) for p, v in final.items()}
-    assert min(mean.values()) > 35, final  # both learn (chance is 10 %; ~55 % after this epoch)
-    assert abs(mean["bf16"] - mean["fp32"]) < 20, final  # per-seed spread here is ~10 points
+    """On real images (digits, 2 epochs, the same seed), bf16 and fp32 both learn and end close together. (After
+    one epoch digits is still in its steep, seed-sensitive phase: 43-69 % here; after two, 95-96 %.)"""
+    finals = _bf16_runs(tmp_path, experiment, 0, [("bf16", 0), ("fp32", 0)], 2)
+    final = {"bf16": finals[0][2][-1][1], "fp32": finals[1][2][-1][1]}
+    assert min(final.values()) > 80, final  # chance is 10 %
+    assert abs(final["bf16"] - final["fp32"]) < 8, final  # 95.3 and 96.1 % on this project's CPU
