@@ -5,9 +5,10 @@ differences, a per-class heatmap, and, for runs with credit on, each decision's 
 Runs are grouped by arm *and* configuration: runs of one arm that differ in any training parameter other than
 the seed are separate rows, named by what differs (`baseline [step_size=1]`). The data set is part of the
 configuration, so rows never pool data sets and each row is paired with a baseline of its own data set; with
-several data sets, a `pooled` row per arm combines its per-data-set Δ by random effects (stats.pooled). Everything is read back from
-MLflow (any server, or the embedded default), written to --output-dir, and logged as the artifacts of a
-`compare` run in the same experiment: exactly the files this compare wrote, and the ids of the runs it read.
+several data sets, a `pooled` row per arm combines its per-data-set Δ by random effects (stats.pooled).
+Everything is read back from MLflow (any server, or the embedded default), written to --output-dir, and logged
+as the artifacts of a `compare` run in the same experiment: exactly the files this compare wrote, and the ids
+of the runs it read.
 """
 
 import csv

@@ -99,6 +99,13 @@ def curves_figure(groups, labels, path, title, style):
 VERDICT_COLORS = {"better": "tab:green", "worse": "tab:red", "inconclusive": "tab:gray"}
 
 
+def _forest_label(r):
+    if r.get("dataset") == "pooled":
+        return f"{r['arm']} pooled over {r['seeds']} (τ²={r['tau2']:.2g})"
+    # a baseline of the row's own data set: the data set is said once, in the row's label
+    return f"{r['arm']} vs {re.sub(r' [[]dataset=[^]]*[]]$', '', r['baseline'])}"
+
+
 def forest(rows, path, margin):
     """Δ with its 95 % CI per row: how a difference of a few points should be read."""
     plt = _plt()
@@ -111,7 +118,7 @@ def forest(rows, path, margin):
             ax.plot([r["delta_ci_low"], r["delta_ci_high"]], [i, i], color=color, lw=2)
         ax.plot(r["delta_vs_baseline"], i, "D" if r.get("dataset") == "pooled" else "o", color=color,
                 ms=8 if r.get("dataset") == "pooled" else 6)
-        if i and r.get("dataset") != rows[i - 1].get("dataset"):  # a line between data sets, and before the pooled rows
+        if i and r.get("dataset") != rows[i - 1].get("dataset"):  # between data sets, and before the pooled rows
             ax.axhline(i - 0.5, color="black", lw=0.8, alpha=0.5)
         p = "" if r["p_value"] is None or math.isnan(r["p_value"]) else f"p={r['p_value']:.2g}"
         ax.annotate(f"n={r['pairs']} {p} {r['verdict']}", (1.01, i), xycoords=("axes fraction", "data"),
@@ -124,11 +131,7 @@ def forest(rows, path, margin):
             ax.axvline(x, color="black", lw=1, ls="--")
         legend.append(Line2D([], [], color="black", ls="--", label=f"±margin ({margin:g} points)"))
     ax.legend(handles=legend, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(legend), frameon=False)
-    ax.set(yticks=range(len(rows)), yticklabels=[f"{r['arm']} pooled over {r['seeds']} (τ²={r['tau2']:.2g})"
-                                                 if r.get("dataset") == "pooled"
-                                                 # its own data set's baseline: the data set is said once
-                                                 else f"{r['arm']} vs {re.sub(r' [[]dataset=[^]]*[]]$', '', r['baseline'])}"
-                                                 for r in rows],
+    ax.set(yticks=range(len(rows)), yticklabels=[_forest_label(r) for r in rows],
            xlabel="Δ final test accuracy vs baseline (points), mean and 95 % CI over paired seeds")
     ax.invert_yaxis()
     ax.grid(alpha=0.3, axis="x")

@@ -52,8 +52,10 @@ def shared_flags(args):
 
 
 def sweep_key(arm, dataset, seed, flags):
-    """Identity of a child within a sweep: same arm, data set, seed and training parameters -> same key."""
-    return hashlib.sha1(json.dumps([arm, dataset, seed, flags]).encode()).hexdigest()[:16]
+    """Identity of a child within a sweep: same arm, data set, seed and training parameters -> same key. CIFAR-10's
+    is the key from before data sets were a parameter, so that a sweep started then resumes as before."""
+    ident = [arm, seed, flags] if dataset == "cifar10" else [arm, dataset, seed, flags]
+    return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
 
 
 def parse_datasets(text):
