@@ -102,10 +102,9 @@ def check_training_args(a):
     floats = [k for k, v in vars(a).items() if isinstance(v, float) and not math.isfinite(v)]
     if floats:  # inf and nan pass every comparison below in one direction or the other
         raise UsageError(f"{floats[0]} must be a finite number, got {getattr(a, floats[0])}")
-    from lradvisor.datasets import DATASETS
+    from lradvisor.datasets import check_name
     for name in str(a.dataset).split(","):  # a sweep's is a comma list
-        if name.strip() not in DATASETS:
-            raise UsageError(f"unknown dataset {name.strip()!r}; valid: {', '.join(DATASETS)}")
+        check_name(name.strip())
     rules = [
         (a.epochs > 0, f"epochs must be > 0, got {a.epochs}"),
         (a.batch_size > 0, f"batch_size must be > 0, got {a.batch_size}"),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lradvisor.arms import UsageError
-from lradvisor.datasets import CLASSES, DATASETS, DIGITS_TEST, MEAN, STD
+from lradvisor.datasets import CLASSES, DATASETS, DIGITS_TEST, MEAN, STD, check_name
 
 class DataError(UsageError):
     """The data set is missing or unreadable; the message says how to fix it."""
@@ -92,12 +92,6 @@ def _md5(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def check_name(name):
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
-    return DATASETS[name]
 
 
 def ensure(data_dir, name="cifar10"):

@@ -1,6 +1,8 @@
 """The data sets, as data (like ARMS): adding one is one entry of DATASETS. Imports nothing heavy, so that
 the CLI can check a `dataset` parameter in a fraction of a second; data.py reads and serves them."""
 
+from lradvisor.arms import UsageError
+
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FOLDER = "cifar-10-batches-py"
 # Standard CIFAR-10 per-channel statistics (of the training set), as most CIFAR code uses.
@@ -50,3 +52,10 @@ DATASETS = {
                "tried": {"lr": 0.02, "batch_size": 16}},
 }
 DIGITS_TEST = 0.2  # the digits test split: a fixed 20 % of each class
+
+
+def check_name(name):
+    """The entry of a data set, or UsageError naming the valid ones."""
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    return DATASETS[name]

@@ -85,10 +85,10 @@ def curves_figure(groups, labels, path, title, style):
             ax.grid(alpha=0.3)
         if ds:  # each data set's rows beside its own panels
             panels[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    if outside and len(facets) == 1:
+    if len(facets) == 1 and outside:
         handles, names = axes[0, 0].get_legend_handles_labels()
         fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    elif len(facets) == 1:
+    elif len(facets) == 1:  # few rows: inside the first panel
         axes[0, 0].legend(fontsize=8)
     fig.suptitle(title + " (mean over seeds, geometric for the LR; band = min-max)")
     fig.tight_layout()
