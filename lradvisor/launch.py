@@ -217,7 +217,7 @@ def ray_connect(args):
     import ray
     kwargs = {"address": "local", "include_dashboard": False} if address == "local" else \
         {"address": None if address == "auto" and os.environ.get("RAY_ADDRESS") else address}
-    done = {}
+    done, answered = {}, threading.Event()
 
     def connect():
         try:
@@ -225,6 +225,12 @@ def ray_connect(args):
             done["ok"] = True
         except BaseException as e:  # reported below, on the main thread
             done["error"] = e
+        answered.set()
+        if address == "local":
+            # The local instance's processes die with the *thread* that started them (Linux's parent-death signal
+            # follows the thread): this one stays, asleep, as long as the process does. Returning here killed the
+            # GCS and, 60 s later, the whole sweep ("Failed to connect to GCS").
+            threading.Event().wait()
 
     worker = threading.Thread(target=connect, daemon=True)  # a hung connect must not keep the process alive
     # Ray's C++ side logs a line every few seconds while it cannot reach the cluster: keep that (fd 2) aside
@@ -234,7 +240,7 @@ def ray_connect(args):
     os.dup2(log.fileno(), 2)
     try:
         worker.start()
-        worker.join(limit)
+        answered.wait(limit)
     finally:
         if "ok" in done or "error" in done:
             os.dup2(saved, 2)
