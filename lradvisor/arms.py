@@ -10,6 +10,7 @@ The published study's arms each add one signal to the recent losses; parameters 
 (`--signals losses,grad_norms,per_class --every 2 --schedule cosine`).
 """
 
+import json
 import os
 import re
 
@@ -32,10 +33,17 @@ ARMS = {
     "textbook_control": dict(signals=("losses",), every=1, advisor="textbook"),
     # beyond the published study: the advisor also sees what its earlier proposals did
     "feedback":   dict(signals=("losses", "feedback"), every=1),
+    # classical controllers at the LLM's budget (search.py): a schedule found by Optuna (TPE or random search) or
+    # followed by Population Based Training, re-trained on fresh seeds. Only `lradvisor search` trains these.
+    "search_tpe":    dict(signals=(), every=0),
+    "search_random": dict(signals=(), every=0),
+    "search_pbt":    dict(signals=(), every=0),
 }
+SEARCH_ARMS = ("search_tpe", "search_random", "search_pbt")
 SIGNALS = ("losses", "lr_history", "grad_norms", "per_class", "feedback")
 ADVISORS = ("gemini", "openai", "random", "textbook", "replay")
-SCHEDULES = ("step", "cosine", "onecycle", "linear", "plateau", "constant")  # built in schedules.py
+# built in schedules.py; `file` follows --schedule-file (a PBT winner's LR per epoch)
+SCHEDULES = ("step", "cosine", "onecycle", "linear", "plateau", "constant", "file")
 MODELS = ("resnet18", "resnet18_imagenet_stem")  # built in model.py
 # Names a sweep's `arms` accepts for several arms at once.
 GROUPS = {
@@ -101,3 +109,16 @@ def check_id(value, name):
 def run_name(arm, dataset, seed):
     """How a run is named, by train and by a sweep alike: `losses-s0`, and `losses-digits-s0` off CIFAR-10."""
     return f"{arm}-s{seed}" if dataset == "cifar10" else f"{arm}-{dataset}-s{seed}"
+
+
+def read_schedule_file(path):
+    """The per-epoch LRs of a schedule file (schedule `file`), or UsageError saying what is wrong with it."""
+    try:
+        with open(path) as f:
+            lrs = json.load(f)["lr"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"cannot read schedule file {path!r} ({type(e).__name__}: {e}); it holds "
+                         '{"lr": [the LR of epoch 1, of epoch 2, ...]}') from None
+    if not (isinstance(lrs, list) and lrs and all(isinstance(x, (int, float)) and 0 < x < float("inf") for x in lrs)):
+        raise UsageError(f"schedule file {path!r}: 'lr' must be a non-empty list of positive numbers")
+    return [float(x) for x in lrs]

@@ -28,7 +28,8 @@ DEVICES = "auto, cpu, cuda or cuda:N"
 # String parameters whose default is "not given". MLflow stores an empty default as the literal '', so
 # these defaults are words instead (and "" given by hand is read as the word).
 UNSET = {"signals": "preset", "every": "preset", "advisor": "preset", "schedule": "preset", "replay_run_id": "none", "sweep_id": "new",
-         "experiment": "none", "run_ids": "none", "llm_model": "auto"}
+         "experiment": "none", "run_ids": "none", "llm_model": "auto",
+         "schedule_file": "none", "budget_from": "none", "storage": "auto"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,9 +47,9 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see {self.prog} --help")
 
 
-def add_training_args(p, sweep=False):
+def add_training_args(p, sweep=False, search=False):
     g = p.add_argument_group("training (the published setup)")
-    if not sweep:  # a sweep takes lists of these instead
+    if not sweep and not search:  # a sweep takes lists of these instead; a search sets the arm and seeds
         g.add_argument("--arm", default="baseline", help=f"preset: {', '.join(ARMS)}")
         g.add_argument("--seed", type=int, default=0, help="seed of init, shuffling, augmentation and subset")
     g.add_argument("--epochs", type=int, default=20, help="epochs to train")
@@ -56,11 +57,13 @@ def add_training_args(p, sweep=False):
     g.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=0.001, help="SGD weight decay")
-    g.add_argument("--schedule", default="preset", help="LR schedule: preset (the arm's own; step for most), step, cosine, onecycle, linear, plateau, constant")
+    if not search:  # a search sets the schedule itself
+        g.add_argument("--schedule", default="preset", help="LR schedule: preset (the arm's own; step for most), step, cosine, onecycle, linear, plateau, constant")
+        g.add_argument("--schedule-file", default="none", help='JSON file {"lr": [one LR per epoch]} the run follows (schedule `file`; how a PBT winner is trained again); none: off')
     g.add_argument("--step-size", type=int, default=5, help="StepLR: cut the LR every this many epochs")
     g.add_argument("--gamma", type=float, default=0.1, help="StepLR (and plateau): multiply the LR by this at each cut")
     g.add_argument("--subset-ratio", type=float, default=1.0, help="class-stratified fraction of the training set, in (0, 1]")
-    g.add_argument("--holdout", type=float, default=0.0, help="class-stratified, seed-determined fraction of the training set held out as the validation split every decision reads instead of the test set (per-class accuracy, plateau, credit), in [0, 0.5); 0 = the published protocol")
+    g.add_argument("--holdout", type=float, default=0.1 if search else 0.0, help="(a search: > 0, what trials are judged on) " * search + "class-stratified, seed-determined fraction of the training set held out as the validation split every decision reads instead of the test set (per-class accuracy, plateau, credit), in [0, 0.5); 0 = the published protocol")
     if sweep:
         g.add_argument("--dataset", default="cifar10", help="comma list of data sets, crossed with arms x seeds: "
                        "cifar10, cifar100, digits (scikit-learn's bundled 8x8 digits, no download)")
@@ -73,6 +76,8 @@ def add_training_args(p, sweep=False):
     g.add_argument("--compile", type=int, default=0, help="1: torch.compile the model (one-time compile cost)")
     g.add_argument("--precision", default="auto", help="auto (bf16 where the GPU or CPU has native bf16, else fp32), fp32 or bf16 (autocast)")
     g.add_argument("--channels-last", default="auto", help="image memory layout: auto (on for CUDA and CPUs with native bf16), 0 or 1")
+    if search:  # no advisor: the search is the controller
+        return
     g = p.add_argument_group("LLM advisor (arms other than baseline)")
     g.add_argument("--signals", default="preset", help="override the arm's prompt signals: comma list of losses, lr_history, grad_norms, per_class")
     g.add_argument("--every", default="preset", help="override the arm's cadence: ask after every N-th epoch (0 = never)")
@@ -136,8 +141,23 @@ def check_training_args(a):
     for ok, message in rules:
         if not ok:
             raise UsageError(message)
-    from lradvisor.arms import resolve
-    resolve(a.arm, a.signals, a.every, a.advisor, a.schedule)
+    from lradvisor.arms import SEARCH_ARMS, resolve
+    if a.arm in SEARCH_ARMS and a.command != "search":
+        raise UsageError(f"arm {a.arm!r} is trained by `lradvisor search --method {a.arm.removeprefix('search_')}` "
+                         "(the schedule it found, on fresh seeds); pick another arm")
+    spec = resolve(a.arm, a.signals, a.every, a.advisor, a.schedule)
+    if a.schedule_file != "none" and a.schedule not in ("preset", "file"):
+        raise UsageError("schedule_file sets the schedule: leave schedule preset (or file)")
+    if a.schedule == "file" and a.schedule_file == "none":
+        raise UsageError("schedule file needs a schedule_file: a JSON file {\"lr\": [one LR per epoch]}")
+    if a.schedule_file != "none":
+        from lradvisor.arms import read_schedule_file
+        lrs = read_schedule_file(a.schedule_file)
+        if len(lrs) < a.epochs:
+            raise UsageError(f"schedule file {a.schedule_file!r} has {len(lrs)} LRs for {a.epochs} epochs; give one per epoch")
+        if spec["every"]:
+            raise UsageError("a schedule file is followed as it is: it does not take an advisor; use an arm with no "
+                             "advisor (baseline) or --every 0")
 
 
 def build_parser(bench=True):
@@ -172,6 +192,29 @@ def build_parser(bench=True):
     c.add_argument("--margin", type=float, default=0.0, help="points: verdict better/worse only when the whole 95%% CI of Δ lies beyond ±margin")
     c.add_argument("--credit-margin", type=float, default=0.1, help="points: a decision helped / hurt when its credit_acc lies above +this / below -this, else neutral")
 
+    x = sub.add_parser("search", help="Optuna (tpe, random) or Ray Tune PBT at the LLM arms' budget; the winner on fresh seeds",
+                       description="A classical controller at the LLM's budget: an Optuna search over the schedule "
+                       "(tpe, random) or Population Based Training over the LR (pbt), every trial a run nested under "
+                       "search-<id>, selected on a validation holdout; the winner is trained again on --seeds as arm "
+                       "search_<method>. The space is in lradvisor/search.py's docstring.")
+    g = x.add_argument_group("search")
+    g.add_argument("--method", default="tpe", help="tpe (Optuna's TPESampler), random (RandomSampler) or pbt (Ray Tune's PopulationBasedTraining)")
+    g.add_argument("--budget-epochs", type=int, default=0, help="epochs the trials (or PBT members) may train in all, pruned ones included")
+    g.add_argument("--budget-from", default="none", help="or sweep_id=ID: the epochs the LLM arms of that sweep trained (advisor gemini or openai)")
+    g.add_argument("--search-id", default="new", help="id of the search (letters, digits, _ . -); reuse one to resume its Optuna study; new: a generated one")
+    g.add_argument("--seeds", default="0", help="comma-separated seeds the winner is trained on (the sweep's; trials use 1000 and up)")
+    g.add_argument("--pruner", default="median", help="tpe/random: none, median (MedianPruner) or asha (SuccessiveHalvingPruner), on each epoch's val_acc")
+    g.add_argument("--tune-momentum", type=int, default=0, help="tpe/random: 1 searches momentum in [0.8, 0.99] too")
+    g.add_argument("--storage", default="auto", help="tpe/random: Optuna storage URL (sqlite:///FILE or an RDB URL); auto: optuna.db beside an sqlite MLflow store, else ./optuna.db")
+    g.add_argument("--search-seed", type=int, default=0, help="seed of the sampler (tpe, random) or of PBT's choices")
+    g.add_argument("--population", type=int, default=4, help="pbt: members trained at once")
+    g.add_argument("--perturb-every", type=int, default=2, help="pbt: epochs between exploit/explore steps")
+    g.add_argument("--ray-address", default="auto", help="pbt: auto (RAY_ADDRESS or the cluster `ray start` made here), HOST:PORT, or local (a private instance)")
+    g.add_argument("--gpus-per-run", default="auto", help="pbt: GPUs per member, fractions pack several on a GPU; auto: 1 if the cluster has GPUs, else 0")
+    g.add_argument("--cpus-per-run", type=float, default=1.0, help="pbt: CPUs per member")
+    add_training_args(x, search=True)
+    x.add_argument("--experiment", default="lradvisor", help="MLflow experiment (ignored inside `mlflow run`, which picks it)")
+
     r = sub.add_parser("prompts", help="the MLflow Prompt Registry: register the built-in templates",
                        description="Register the built-in prompt templates in the MLflow Prompt Registry of the current tracking server.")
     r.add_argument("action", choices=["register"], help="register: one prompt per published signal set, NAME-<arm>")
@@ -199,6 +242,9 @@ def parse(argv, bench=True):
         sweep.check_args(args)
         for arm in sweep.parse_arms(args.arms):
             check_training_args(argparse.Namespace(**vars(args), arm=arm, seed=0))
+    elif args.command == "search":
+        from lradvisor import search
+        search.check_args(args)
     return args
 
 
@@ -217,13 +263,13 @@ def refuse(command, message, argv):
 def main(argv=None):
     warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"  # one line, no source
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if a in ("train", "sweep", "compare", "prompts", "bench")), None)
+    command = next((a for a in argv if a in ("train", "sweep", "search", "compare", "prompts", "bench")), None)
     try:
         args = parse(argv, bench=command == "bench")
-        if args.command in ("train", "sweep", "compare", "prompts"):
+        if args.command in ("train", "sweep", "search", "compare", "prompts"):
             from lradvisor import tracking
             tracking.check_server()  # seconds, not minutes, to learn that the tracking server is not there
-        if args.command == "sweep":
+        if args.command in ("sweep", "search"):
             from lradvisor import sweep
             sweep.check_resources(args)  # the data set and device, and the Ray cluster: before any run exists
         if args.command == "train":
@@ -231,6 +277,9 @@ def main(argv=None):
             train.main(args)
         elif args.command == "sweep":
             return sweep.main(args)
+        elif args.command == "search":
+            from lradvisor import search
+            return search.main(args)
         elif args.command == "compare":
             from lradvisor import compare
             return compare.main(args)
@@ -249,11 +298,12 @@ def main(argv=None):
     except Exception as e:
         from lradvisor.advisor import AdvisorError
         from lradvisor.tracking import ServerLost
+        from lradvisor.search import SearchError
         from lradvisor.train import TrainingError
         if isinstance(e, ServerLost):
             print(f"lradvisor {command}: error: {e}", file=sys.stderr)
             return 1
-        if not isinstance(e, (TrainingError, AdvisorError)):
+        if not isinstance(e, (TrainingError, AdvisorError, SearchError)):
             raise  # a bug: the traceback helps more than one line (the run is already marked FAILED)
         print(f"lradvisor {command}: error: {e} (the run was ended FAILED)", file=sys.stderr)
         return 1

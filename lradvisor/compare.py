@@ -32,7 +32,7 @@ from lradvisor.tracking import CLASS_TABLE, TABLE
 # seeds of one configuration. (A replay's source run differs per seed by construction.)
 NOT_CONFIG = {"seed", "device_name", "torch_version", "replay_run_id"}
 BUDGET = ("llm_calls", "llm_failed_calls", "llm_tokens", "llm_seconds", "llm_retry_seconds", "train_seconds",
-          "credit_seconds", "advisor_changes")
+          "credit_seconds", "advisor_changes", "search_epochs")
 # The files a compare writes; an earlier compare's are removed from output_dir first, nothing else is touched.
 OURS = ("results.md", "results.csv", "overview.png", "class_heatmap.png", "forest.png", "credit.png", "overlay_*.png")
 
@@ -60,7 +60,9 @@ def find_runs(args):
         runs = client.search_runs([exp.experiment_id], finished, max_results=5000)
     else:
         raise UsageError("say what to compare: --sweep-id ID, --experiment NAME or --run-ids ID,ID,...")
-    return [r for r in runs if "arm" in r.data.tags]  # training runs only, not sweep or compare runs
+    # Training runs only: not sweep, search or compare runs, nor a search's trials and PBT members (they select the
+    # winner on a validation split; the winner's own runs, role arm, are the row).
+    return [r for r in runs if "arm" in r.data.tags and r.data.tags.get("role") not in ("trial", "member")]
 
 
 def config_of(run):
@@ -259,8 +261,8 @@ SAW_TEST = " †"  # marks a row whose decisions read test-set numbers
 
 
 HEADER = ["| arm | seeds | final test acc (%) | Δ vs baseline (points) | 95 % CI | p | verdict | "
-          "LLM calls | failed | accepted | changes | LLM tokens | LLM s | retry waits s | train s | lowest LR |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "LLM calls | failed | accepted | changes | LLM tokens | LLM s | retry waits s | train s | search epochs | lowest LR |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def _line(r):
@@ -271,7 +273,7 @@ def _line(r):
             f"{_f(r['p_value'], '.3g')} | {r['verdict'] or '—'} | {_f(r['llm_calls'], 'g')} | {_f(r['llm_failed_calls'], 'g')} | "
             f"{_f(r['accepted'], 'g')} | {_f(r['changes'], 'g')} | {_f(r['llm_tokens'], '.0f')} | "
             f"{_f(r['llm_seconds'], '.1f')} | {_f(r['llm_retry_seconds'], '.1f')} | {_f(r['train_seconds'], '.1f')} | "
-            f"{r['lowest_lr']:.3g} |")
+            f"{_f(r['search_epochs'], '.0f')} | {r['lowest_lr']:.3g} |")
 
 
 def markdown(rows, margin, credit_margin=0.1):
@@ -305,6 +307,9 @@ def markdown(rows, margin, credit_margin=0.1):
     notes = [f"Δ: mean over seeds of (arm − its baseline) in final test accuracy, paired by seed; CI: t "
              f"distribution, n−1 df; p: two-sided paired t-test; verdict: CI entirely above +{margin:g} / below "
              f"−{margin:g} points → better / worse, else inconclusive."]
+    if any(r.get("search_epochs") for r in rows):
+        notes.append("Search epochs: the epochs a search's trials (or PBT members) trained to find the row's schedule, "
+                     "selected on a validation split; the row's own runs, on the seeds the other rows use, are not in it.")
     if credited:
         notes.append(f"Credit: per decision that moved the LR, run − branch in accuracy (points) on the decision "
                      f"split, the branch trained from the same state and data order at the scheduler's LR; mean and "

@@ -7,6 +7,8 @@
     linear    LinearLR from lr to 0 over the run, every batch
     plateau   ReduceLROnPlateau on the training loss (factor gamma, patience 2 epochs), after each epoch
     constant  MultiplicativeLR with factor 1: the LR stays
+    file      the LR of each epoch read from --schedule-file (`{"lr": [epoch 1's, epoch 2's, ...]}`), stepped after
+              each epoch: how a Population Based Training winner's schedule is trained again (search.py)
 
 When an advisor sets the next epoch's LR to x where the schedule had s, the rest of the schedule is scaled
 by x / s: StepLR, plateau, cosine and linear are chainable (each step multiplies the LR the optimizer has),
@@ -16,7 +18,7 @@ so writing x into the optimizer is all it takes; OneCycleLR computes the LR from
 
 from torch.optim import lr_scheduler
 
-from lradvisor.arms import SCHEDULES
+from lradvisor.arms import SCHEDULES, read_schedule_file
 PER_STEP = ("cosine", "onecycle", "linear")  # stepped after every batch; the others after each epoch
 
 
@@ -34,6 +36,9 @@ def build(name, opt, args, steps_per_epoch):
         return lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=args.gamma, patience=2)
     if name == "constant":
         return lr_scheduler.MultiplicativeLR(opt, lambda _: 1.0)
+    if name == "file":  # LambdaLR multiplies the initial LR: divided out, epoch e trains at the file's e-th LR
+        lrs = read_schedule_file(args.schedule_file)
+        return lr_scheduler.LambdaLR(opt, lambda e: lrs[min(e, len(lrs) - 1)] / args.lr)
     raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
 
 
@@ -52,4 +57,5 @@ def override(sched, opt, new_lr):
             for key in ("initial_lr", "max_lr", "min_lr"):
                 group[key] *= scale
         group["lr"] = new_lr
+
 

@@ -103,10 +103,11 @@ def check_resources(args):
         for seed in parse_list(args.seeds, "seeds", int):  # a holdout too big for the data: said once, not per run
             holdout_split(labels, stratified_subset(labels, args.subset_ratio, seed), args.holdout, seed,
                           DATASETS[name]["classes"])
-    if args.launcher == "ray":
+    if getattr(args, "launcher", None) == "ray" or getattr(args, "method", None) == "pbt":  # a sweep's or a search's
         import importlib.util
+        what = "PBT needs Ray Tune" if getattr(args, "method", None) == "pbt" else "the ray launcher needs Ray"
         if importlib.util.find_spec("ray") is None:
-            raise UsageError('the ray launcher needs Ray: pip install "lradvisor[ray]"')
+            raise UsageError(f'{what}: pip install "lradvisor[ray]"')
         launch.ray_connect(args)
 
 

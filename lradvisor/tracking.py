@@ -17,9 +17,12 @@ TABLE = "advisor/calls.json"  # an advisor run's exchanges, one row each (adviso
 CLASS_TABLE, CLASS_METRICS = "class_acc.json", 20
 
 
-def open_run(experiment, run_name=None):
-    """Inside `mlflow run` or a sweep (MLFLOW_RUN_ID is set) attach to its run; otherwise start one in
-    `experiment`. The run is named `run_name` either way (`mlflow run` names its runs at random)."""
+def open_run(experiment, run_name=None, run_id=None):
+    """Inside `mlflow run` or a sweep (MLFLOW_RUN_ID is set) attach to its run, or to `run_id` (a search's trial,
+    made by the search); otherwise start one in `experiment`. The run is named `run_name` either way (`mlflow
+    run` names its runs at random)."""
+    if run_id:
+        return mlflow.start_run(run_id=run_id)
     if os.environ.get("MLFLOW_RUN_ID"):
         run = mlflow.start_run()  # set_experiment() here would raise: the run already has one
         if run_name:

@@ -183,9 +183,14 @@ def warn_about(args, spec, device):
                       f"than fp32 or worse; {arms.flag('precision', 'auto')} would pick fp32")
 
 
-def main(args):
-    """Validated args in, a finished MLflow run out. Raises UsageError/DataError before any run exists."""
+def main(args, run_id=None, on_epoch=None):
+    """Validated args in, a finished MLflow run out. Raises UsageError/DataError before any run exists.
+    A search (search.py) trains its trials here, in its own process: `run_id` is the run it made for the trial,
+    and `on_epoch(epoch, metrics)` is called after each epoch is logged; a reason returned stops the run there
+    (a pruned trial), and the run says so in its tag `stopped_early`."""
     spec = arms.resolve(args.arm, args.signals, args.every, args.advisor, args.schedule)
+    if args.schedule_file != "none":
+        spec["schedule"] = "file"
     device = pick_device(args.device)
     warn_about(args, spec, device)
     ask = advisor.make_asker(args, spec)  # checks credentials / the replay run before training starts
@@ -205,7 +210,8 @@ def main(args):
 
     # Ctrl-C or SIGTERM (a sweep stopping its children) ends the run KILLED, not RUNNING, and only once.
     with tracking.interrupts_end_runs():
-        run = tracking.open_run(args.experiment, run_name=arms.run_name(args.arm, args.dataset, args.seed))
+        run = tracking.open_run(args.experiment, run_name=None if run_id else arms.run_name(args.arm, args.dataset,
+                                args.seed), run_id=run_id)
         journal = []  # what the current epoch logs, kept until it is sent: the tracking server may go away
         try:
             tracking.log_params_once(params_of(args, spec, device, len(y_tr), len(held), len(y_te)))
@@ -218,8 +224,10 @@ def main(args):
                 tracking.declare_tables(([advisor.TABLE] if spec["every"] else [])
                                         + ([CLASS_TABLE] if len(classes) > CLASS_METRICS else []))
                 advisor.prepare_run(args, spec)
+                if spec["schedule"] == "file":  # what the run followed goes with it
+                    mlflow.log_artifact(args.schedule_file)
             test_acc = epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, val_loader,
-                              journal)
+                              journal, on_epoch)
             with tracking.writing():
                 mlflow.set_tag("weights_sha256", weights_digest(model))
         except BaseException as e:
@@ -242,7 +250,7 @@ def main(args):
     return run.info.run_id
 
 
-def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, val_loader, journal):
+def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, val_loader, journal, on_epoch=None):
     """The training loop of a run that is open in MLflow; returns the final test accuracy."""
     name = spec["schedule"]
     per_step = sched if name in schedules.PER_STEP else None
@@ -312,6 +320,11 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
         for decision, due, result in [p for p in pending if p[1] == epoch]:
             advisor.record_credit(spec, decision, epoch, decided[:2], result, split, journal)
             pending.remove((decision, due, result))
+        stop = on_epoch(epoch, metrics) if on_epoch else None
+        if stop:
+            with tracking.writing():
+                mlflow.set_tag("stopped_early", f"after epoch {epoch} of {args.epochs}: {stop}")
+            break
 
         schedules.after_epoch(name, sched, decided[0] if val_loader else train_loss)  # plateau's metric
         advised = None

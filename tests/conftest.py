@@ -6,6 +6,7 @@ Everything goes through the real entry points: `python scripts/make_fake_cifar.p
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -143,3 +144,34 @@ def mlflow_server(d):
             os.killpg(proc.pid, signal.SIGTERM)  # uvicorn's workers too, not only the main pid
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """A real local Ray head (`ray start --head`, 2 CPUs, no dashboard) in its own process group, for the Ray
+    launcher and PBT; yields its address."""
+    pytest.importorskip("ray")  # the optional extra; the README's test command installs it
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("ray") / "head.log"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["ray", "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=false",
+                                 f"--port={port}", "--disable-usage-stats"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for _ in range(120):
+            found = re.search(r"ray start --address='([^']+)'", log_path.read_text())
+            if found:
+                break
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("ray head did not come up: " + log_path.read_text()[-2000:])
+        yield found.group(1)  # Ray binds to this machine's own address; traffic stays on this machine
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # `ray start --block` can hang on SIGTERM
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)

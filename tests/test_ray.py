@@ -2,7 +2,6 @@
 group, a sweep through `--launcher ray`, its resume, and Ctrl-C ending everything KILLED."""
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,34 +12,6 @@ import pytest
 from conftest import free_port, runs_of
 
 ray = pytest.importorskip("ray")  # the optional extra; the README's test command installs it
-
-
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("ray") / "head.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(["ray", "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=false",
-                                 f"--port={port}", "--disable-usage-stats"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        for _ in range(120):
-            found = re.search(r"ray start --address='([^']+)'", log_path.read_text())
-            if found:
-                break
-            assert proc.poll() is None, log_path.read_text()[-2000:]
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("ray head did not come up: " + log_path.read_text()[-2000:])
-        yield found.group(1)  # Ray binds to this machine's own address; traffic stays on this machine
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # `ray start --block` can hang on SIGTERM
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
 
 
 def sweep(address, experiment, data, *flags, env_extra=None, **kw):

@@ -110,7 +110,8 @@ def test_interrupt_mid_epoch_ends_killed_and_keeps_what_was_logged(tiny_cifar, e
 
 
 @pytest.mark.parametrize("entry_point, command, cli_only", [
-    ("main", "train", {"experiment"}), ("sweep", "sweep", {"experiment"}), ("compare", "compare", set())])
+    ("main", "train", {"experiment"}), ("sweep", "sweep", {"experiment"}), ("search", "search", {"experiment"}),
+    ("compare", "compare", set())])
 def test_mlproject_matches_cli(entry_point, command, cli_only):
     """MLproject files rot silently: every parameter is a CLI flag with the same default, and is passed on."""
     with open(os.path.join(ROOT, "MLproject")) as f:
