@@ -18,6 +18,7 @@ from lradvisor.arms import ARMS, GROUPS, UsageError
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per download (with tqdm installed)
 # MLflow retries a dead server for ~4 minutes by default (16 when it hangs); these bound that to ~2 minutes
 # (4 retries 2-16 s apart, 20 s per request), enough to ride out a server restart.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")

@@ -202,7 +202,7 @@ class Search:
         earlier = [r for r in search_runs(self.client, self.exp_id, self.id, "search") if r.info.run_id != env]
         for r in earlier:
             differ = {k: (r.data.params[k], str(v)) for k, v in self.params.items()
-                      if k in r.data.params and r.data.params[k] != str(v)}
+                      if k in r.data.params and k != "search_id" and not same(r.data.params[k], v)}
             if differ:
                 k, (was, now) = next(iter(differ.items()))
                 raise UsageError(f"search {self.id!r} already ran with {k}={was} (now {now}); resume it with the same "
@@ -265,6 +265,14 @@ class Search:
         self.log({"budget_used": used, "best_val_acc": best_value}, step=step)
         for k, v in with_tags.items():
             self.client.set_tag(self.parent, k, str(v))
+
+
+def same(recorded, value):
+    """A recorded param (a string, as `mlflow run` or we wrote it) and a value: equal as numbers where both are."""
+    try:
+        return float(recorded) == float(value)
+    except (TypeError, ValueError):
+        return recorded == str(value)
 
 
 def param(k, v):
@@ -414,7 +422,9 @@ class Member:
         args = job["args"]
         device = pick_device(args.device)
         classes = DATASETS[args.dataset]["classes"]
-        x_all, y_all, x_te, y_te = load(args.data_dir, args.dataset)
+        if not hasattr(self, "data"):  # an actor reused for another member keeps the data it read
+            self.data = load(args.data_dir, args.dataset)
+        x_all, y_all, x_te, y_te = self.data
         seed = TRIAL_SEEDS + config["member"]  # the first start; an exploited member takes its donor's state
         keep, held = holdout_split(y_all, stratified_subset(y_all, args.subset_ratio, seed), args.holdout, seed,
                                    classes)
@@ -437,6 +447,12 @@ class Member:
             spec = {**arms.resolve("search_pbt", schedule="constant"), "model": "none"}
             p = train.params_of(args, spec, device, len(keep), len(held), len(y_te))
             self.client.log_batch(self.run_id, params=[param(k, v) for k, v in p.items()])
+
+    def reset_config(self, new_config):
+        """Ray Tune reuses this actor for another member (or this one, exploited): set up afresh, without the
+        process start-up; the checkpoint it is given next brings the state."""
+        Member.setup(self, new_config, self.job)  # ours: tune.with_parameters wraps setup to take the config alone
+        return True
 
     def step(self):
         from mlflow.entities import Metric
@@ -485,6 +501,7 @@ def quiet_ray():
     for name in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.INFO)
+    logging.getLogger("ray.tune.logger").setLevel(logging.ERROR)  # reused actors: "Remote file not found" per member
 
 
 def pbt_search(s):
@@ -519,9 +536,12 @@ def pbt_search(s):
     try:
         tuner = tune.Tuner(trainable, param_space={"member": tune.grid_search(list(range(n))),
                                                    "lr": tune.sample_from(lambda config: lrs[config["member"]])},
-                           tune_config=tune.TuneConfig(scheduler=pbt, metric="val_acc", mode="max", reuse_actors=False),
+                           tune_config=tune.TuneConfig(scheduler=pbt, metric="val_acc", mode="max", reuse_actors=True),
                            run_config=tune.RunConfig(name=f"pbt-{s.id}", storage_path=folder, verbose=0,
-                                                     stop={"training_iteration": args.epochs}))
+                                                     stop={"training_iteration": args.epochs},
+                                                     # a member that fails ends the search: synchronous PBT would
+                                                     # otherwise wait for it forever
+                                                     failure_config=tune.FailureConfig(fail_fast=True)))
         print(f"search {s.id}: PBT, {n} members from LR " + ", ".join(f"{x:.3g}" for x in lrs)
               + f", perturbing every {args.perturb_every} epochs")
         grid = tuner.fit()
@@ -530,7 +550,9 @@ def pbt_search(s):
             if r.info.status == "RUNNING" and steps and max(steps) == args.epochs:
                 s.client.set_terminated(r.info.run_id, "FINISHED")
         end_stray_runs(s.client, s.exp_id, s.id, "FAILED", "its Ray Tune trial ended before its last epoch")
-        errors = [str(e).splitlines()[0] for e in grid.errors]
+        if grid.errors:
+            last = [line for line in str(grid.errors[0]).splitlines() if line.strip()][-1]
+            raise SearchError(f"a PBT member failed ({last}); the population stopped; nothing was trained again")
         best = grid.get_best_result(metric="val_acc", mode="max", scope="last")
         policy = [os.path.join(grid.experiment_path, f) for f in os.listdir(grid.experiment_path)
                   if f.startswith("pbt_") and f.endswith(".txt")]
@@ -549,8 +571,6 @@ def pbt_search(s):
         for path in policy:
             s.client.log_artifact(s.parent, path, "pbt")
         s.client.log_artifact(s.parent, os.path.join(folder, "schedule.json"), "pbt")
-        if errors:
-            print(f"search {s.id}: {len(errors)} member(s) failed: {errors[0]}")
         used = budget_used(s.client, s.exp_id, s.id)
         print(f"search {s.id}: best member {best.metrics['trial_id']} (val_acc {best.metrics['val_acc']:.2f}%), "
               f"{used} of {s.allowed} epochs; its LR by epoch: " + ", ".join(f"{x:.3g}" for x in schedule))
@@ -580,6 +600,8 @@ def main(args):
                 end_stray_runs(s.client, s.exp_id, s.id, status, f"the search ended {status}")
                 s.client.set_tag(s.parent, "failure_reason", str(e) or "interrupted" if killed else f"{type(e).__name__}: {e}")
                 s.client.set_terminated(s.parent, status)
+                if killed and tracking.UNDER_MLFLOW_RUN and s.parent == os.environ.get("MLFLOW_RUN_ID"):
+                    tracking._outlast_launcher(status, s.parent)  # `mlflow run` would mark it FAILED after us
             raise
     s.client.set_terminated(s.parent, "FINISHED")
     print(f"search {s.id}: done; compare: lradvisor compare --experiment {args.experiment}\n"

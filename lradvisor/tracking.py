@@ -149,6 +149,8 @@ def watch_launcher(interval=1.0):
     """Watch the process that started us (through a shell in between); when it is gone, SIGTERM ourselves so
     that the run ends KILLED as on any SIGTERM, with the reason. Linux reads /proc; elsewhere a changed parent
     pid tells."""
+    if LAUNCHER["pid"] is not None:  # watched already (a search trains its trials in one process)
+        return
     pid = os.getppid()
     if _comm(pid) in SHELLS:
         pid = (_stat(pid) or (None, pid))[1]
@@ -212,13 +214,13 @@ def end_failed(status, reason, exc=None):
 UNDER_MLFLOW_RUN = bool(os.environ.get("MLFLOW_RUN_ID") and os.environ.get("MLFLOW_EXPERIMENT_ID"))
 
 
-def _outlast_launcher(status):
+def _outlast_launcher(status, run_id=None):
     """After a Ctrl-C, `mlflow run` (3.x) waits for us and then marks the run FAILED even when we ended it KILLED
     (its _maybe_set_run_terminated passes the status string to RunStatus.is_terminated, which expects an int).
     A detached helper waits for the launcher to exit and puts the status we recorded back."""
     import subprocess
     import sys
-    run_id = mlflow.last_active_run().info.run_id
+    run_id = run_id or mlflow.last_active_run().info.run_id
     code = (f"from lradvisor.tracking import restore_status; "
             f"restore_status({LAUNCHER['pid'] or os.getppid()}, {run_id!r}, {status!r})")
     subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdin=subprocess.DEVNULL,

@@ -68,7 +68,7 @@ def test_tpe_at_the_llm_budget_resumes_after_ctrl_c_and_is_compared(remote, tmp_
     with FakeGemini([reply("The learning rate should be 0.01.")]) as g, monkeypatch.context() as m:
         for k, v in g.env().items():
             m.setenv(k, v)
-        assert cli("sweep", "--arms", "baseline,losses", "--seeds", "0,1", "--sweep-id", "llm", "--holdout", "0.1",
+        assert cli("sweep", "--arms", "baseline,losses", "--seeds", "0,1", "--sweep-id", "llm", "--holdout", "0.1", "--parallel", 2,
                    *DIGITS, "--experiment", "search") == 0
     storage = f"sqlite:///{tmp_path}/optuna.db"
     flags = ["--method", "tpe", "--budget-from", "sweep_id=llm", "--search-id", "t1", "--seeds", "0,1",
