@@ -57,5 +57,3 @@ def override(sched, opt, new_lr):
             for key in ("initial_lr", "max_lr", "min_lr"):
                 group[key] *= scale
         group["lr"] = new_lr
-
-

@@ -129,8 +129,8 @@ def trial_args(args, arm, seed, **knobs):
 # the parent run and the budget
 
 def budget_from_sweep(client, sweep_id):
-    """(epochs, seconds) the LLM arms of a sweep trained: every epoch of every finished run whose advisor is an LLM
-    (gemini or openai, asking at all), and their training seconds."""
+    """(epochs, seconds, runs) of a sweep's LLM arms: every epoch of every finished run whose advisor is an LLM
+    (gemini or openai), their training seconds, and how many runs."""
     exp_ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(exp_ids, f"tags.sweep_id = '{sweep_id}' and attributes.status = 'FINISHED'",
                               max_results=5000)
@@ -577,7 +577,7 @@ def pbt_search(s):
         s.finish(used, best.metrics["val_acc"], {"member": best.metrics["trial_id"], "lr_schedule": schedule})
         keep = os.path.join(tempfile.gettempdir(), f"lradvisor-pbt-{s.id}-schedule.json")
         shutil.copy(os.path.join(folder, "schedule.json"), keep)
-        return {"schedule_file": keep, "schedule": "preset"}, used
+        return {"schedule_file": keep, "lr": schedule[0]}, used  # lr: the param says what epoch 1 trains at
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         ray.shutdown()
@@ -604,6 +604,7 @@ def main(args):
                     tracking._outlast_launcher(status, s.parent)  # `mlflow run` would mark it FAILED after us
             raise
     s.client.set_terminated(s.parent, "FINISHED")
-    print(f"search {s.id}: done; compare: lradvisor compare --experiment {args.experiment}\n"
+    name = s.client.get_experiment(s.exp_id).name
+    print(f"search {s.id}: done; compare: lradvisor compare --experiment {name}\n"
           f"  view: {tracking.ui_link(s.exp_id, s.parent)}")
     return 0

@@ -226,8 +226,8 @@ def main(args, run_id=None, on_epoch=None):
                 advisor.prepare_run(args, spec)
                 if spec["schedule"] == "file":  # what the run followed goes with it
                     mlflow.log_artifact(args.schedule_file)
-            test_acc = epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, val_loader,
-                              journal, on_epoch)
+            test_acc, done = epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader,
+                                    val_loader, journal, on_epoch)
             with tracking.writing():
                 mlflow.set_tag("weights_sha256", weights_digest(model))
         except BaseException as e:
@@ -244,14 +244,14 @@ def main(args, run_id=None, on_epoch=None):
         if ask:
             mlflow.flush_trace_async_logging()  # traces are exported in the background; finish before the run does
         tracking.end_finished()
-    print(f"run {run.info.run_id} finished: test_acc {test_acc:.2f}% after {args.epochs} epochs\n"
-          f"  view the run: {tracking.ui_link(run.info.experiment_id, run.info.run_id)}\n"
-          f"  view all runs: {tracking.ui_link(run.info.experiment_id)}", file=sys.stderr)
+    links = "" if run_id else (f"\n  view the run: {tracking.ui_link(run.info.experiment_id, run.info.run_id)}\n"
+                               f"  view all runs: {tracking.ui_link(run.info.experiment_id)}")  # a search links its own
+    print(f"run {run.info.run_id} finished: test_acc {test_acc:.2f}% after {done} epochs{links}", file=sys.stderr)
     return run.info.run_id
 
 
 def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_loader, val_loader, journal, on_epoch=None):
-    """The training loop of a run that is open in MLflow; returns the final test accuracy."""
+    """The training loop of a run that is open in MLflow; returns the final test accuracy and the epochs trained."""
     name = spec["schedule"]
     per_step = sched if name in schedules.PER_STEP else None
     split = advisor.split_of(args)
@@ -350,4 +350,4 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
     journal[:] = [{"budget": budget}]
     with tracking.writing():
         mlflow.log_metrics(budget)
-    return test_acc
+    return test_acc, epoch
