@@ -32,8 +32,9 @@ the working folder. Not MLflow's own file: both keep an `alembic_version` table)
 PBT: --population members start at LRs spread evenly in log scale over [lr/10, 10 lr] and train at a constant LR;
 every --perturb-every epochs, all together (synchronous PBT), the bottom quarter copies a top-quarter member's
 weights, optimizer and data order (train.snapshot) and perturbs its LR (x1.2 or x0.8, or resampled with
-probability 0.25). Ray Tune's PopulationBasedTrainingReplay reads the best member's policy file into the LR of every
-epoch, which the winners follow (--schedule-file).
+probability 0.25). The best member's lineage, read from the members' own records (whose state each took after
+which epoch), gives the LR of every epoch, which the winners follow (--schedule-file); Ray Tune's
+PopulationBasedTrainingReplay reads the same from its policy file as a cross-check (see pbt_search).
 """
 
 import argparse
@@ -478,7 +479,8 @@ class Member:
     def save_checkpoint(self, checkpoint_dir):
         import torch
         state = self.train.snapshot(self.model, self.opt, self.sched, self.train_loader)
-        torch.save({**state, "run_name": self.client.get_run(self.run_id).info.run_name, "trial": self.trial_id},
+        torch.save({**state, "run_name": self.client.get_run(self.run_id).info.run_name, "run_id": self.run_id,
+                    "trial": self.trial_id},
                    os.path.join(checkpoint_dir, "state.pt"))
 
     def load_checkpoint(self, checkpoint_dir):
@@ -488,10 +490,41 @@ class Member:
                            weights_only=False)
         state["rng"] = state["rng"].cpu()  # a generator's state is a CPU tensor, whatever the device
         self.train.restore(state, self.model, self.opt, self.sched, self.train_loader)
-        if state["trial"] != self.trial_id:
-            said = self.client.get_run(self.run_id).data.tags.get("pbt_exploits", "")
+        if state["trial"] != self.trial_id:  # said for people (pbt_exploits) and for lineage() (pbt_cloned)
+            tags = self.client.get_run(self.run_id).data.tags
             now = f"after epoch {self.iteration}: the weights, optimizer and data order of {state['run_name']}"
+            said = tags.get("pbt_exploits")
             self.client.set_tag(self.run_id, "pbt_exploits", f"{said}; {now}" if said else now)
+            cloned = json.loads(tags.get("pbt_cloned", "[]")) + [[self.iteration, state["run_id"]]]
+            self.client.set_tag(self.run_id, "pbt_cloned", json.dumps(cloned))
+
+
+def lineage(client, run, epochs):
+    """The LR of every epoch along the history of a member's weights, from the members' own records: its own LRs
+    after the last time it took another member's state (tag pbt_cloned: [[after epoch, donor run id], ...]), the
+    donor's lineage before."""
+    own = {m.step: m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.timestamp)}
+    earlier = [(k, donor) for k, donor in json.loads(run.data.tags.get("pbt_cloned", "[]")) if k < epochs]
+    if not earlier:
+        return [own[e] for e in range(1, epochs + 1)]
+    k, donor = max(earlier)
+    return lineage(client, client.get_run(donor), k) + [own[e] for e in range(k + 1, epochs + 1)]
+
+
+def replay_schedule(policy_file, lr, epochs):
+    """The LR of every epoch as Ray Tune's PopulationBasedTrainingReplay reads a member's policy file (the member's
+    own constant LR when it never took another's state)."""
+    from ray.tune.schedulers import PopulationBasedTrainingReplay
+    changes = []
+    if os.path.exists(policy_file):
+        replay = PopulationBasedTrainingReplay(policy_file)
+        lr, changes = replay.config["lr"], list(replay._policy)  # [(the step after which, the new config)]
+    schedule = []
+    for epoch in range(1, epochs + 1):
+        while changes and changes[0][0] < epoch:
+            lr = changes.pop(0)[1]["lr"]
+        schedule.append(lr)
+    return schedule
 
 
 def quiet_ray():
@@ -512,7 +545,7 @@ def pbt_search(s):
     if not ray.is_initialized():  # the CLI connected before any run existed (sweep.check_resources)
         launch.ray_connect(args)
     from ray import tune
-    from ray.tune.schedulers import PopulationBasedTraining, PopulationBasedTrainingReplay
+    from ray.tune.schedulers import PopulationBasedTraining
     random.seed(args.search_seed)  # PBT draws its exploits and perturbations from Python's random
     quiet_ray()
     n = args.population
@@ -556,16 +589,18 @@ def pbt_search(s):
         best = grid.get_best_result(metric="val_acc", mode="max", scope="last")
         policy = [os.path.join(grid.experiment_path, f) for f in os.listdir(grid.experiment_path)
                   if f.startswith("pbt_") and f.endswith(".txt")]
-        own = os.path.join(grid.experiment_path, f"pbt_policy_{best.metrics['trial_id']}.txt")
-        schedule = [best.config["lr"]] * args.epochs  # never exploited: its own constant LR
-        if os.path.exists(own):  # Ray Tune's replay: the LR of every epoch along the winner's lineage
-            replay = PopulationBasedTrainingReplay(own)
-            lr, changes = replay.config["lr"], list(replay._policy)
-            schedule = []
-            for epoch in range(1, args.epochs + 1):
-                while changes and changes[0][0] < epoch:
-                    lr = changes.pop(0)[1]["lr"]
-                schedule.append(lr)
+        runs = {r.data.tags["trial"]: r for r in search_runs(s.client, s.exp_id, s.id, "member")}
+        winner = runs[best.metrics["trial_id"]]
+        schedule = lineage(s.client, winner, args.epochs)
+        # Ray Tune's replay of the same member, as a cross-check: under synchronous PBT with paused members its
+        # policy log has recorded a clone's iteration one epoch short (seen here), and its replay then moves an
+        # LR change by an epoch. The members' own records decide; a disagreement is said and tagged.
+        ray_said = replay_schedule(os.path.join(grid.experiment_path, f"pbt_policy_{best.metrics['trial_id']}.txt"),
+                                   best.config["lr"], args.epochs)
+        if not all(math.isclose(a, b) for a, b in zip(schedule, ray_said)):
+            print(f"search {s.id}: Ray Tune's PopulationBasedTrainingReplay reads the winner's LRs as "
+                  + ", ".join(f"{x:.3g}" for x in ray_said) + "; its members' records say otherwise and are followed")
+            s.client.set_tag(s.parent, "pbt_replay_disagrees", json.dumps(ray_said))
         with open(os.path.join(folder, "schedule.json"), "w") as f:
             json.dump({"lr": schedule}, f)
         for path in policy:
