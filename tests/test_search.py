@@ -147,6 +147,8 @@ def test_pbt_on_a_ray_head_replays_its_winner(remote, ray_head, capsys):  # noqa
     path = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="pbt/schedule.json")
     schedule = json.load(open(path))["lr"]
     assert len(schedule) == 2 and any(schedule[0] == pytest.approx(x) for x in starts)
+    best = next(r for r in members if r.data.tags["trial"] == parent.data.tags["best.member"])
+    assert history(best.info.run_id, "lr")[-1][1] == pytest.approx(schedule[-1])  # its last epoch is its own
     assert [v for _, v in history(winner.info.run_id, "lr")] == pytest.approx(schedule)
     assert winner.data.tags["arm"] == "search_pbt" and winner.data.params["arm.schedule"] == "file"
     assert winner.data.params["seed"] == "0" and winner.data.metrics["search_epochs"] == 8
