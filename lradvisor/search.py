@@ -218,7 +218,8 @@ class Search:
         elif earlier:
             run_id = earlier[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
-            self.client.delete_tag(run_id, "failure_reason") if "failure_reason" in earlier[0].data.tags else None
+            if "failure_reason" in earlier[0].data.tags:  # it ended KILLED or FAILED; it is running again
+                self.client.delete_tag(run_id, "failure_reason")
             print(f"search {self.id}: resuming (run {run_id})")
         else:
             run_id = self.client.create_run(self.exp_id, run_name=f"search-{self.id}", tags=tags).info.run_id
@@ -243,20 +244,21 @@ class Search:
                 "seed": str(seed), **{k: str(v) for k, v in tags.items()}}
         return self.client.create_run(self.exp_id, run_name=name, tags=tags).info.run_id
 
-    def retrain(self, knobs, used):
-        """The winner on every final seed, as ordinary runs of arm search_<method>; seeds already trained by this
-        search are skipped (a resume)."""
+    def retrain(self, knobs, used, key):
+        """The winner on every final seed, as ordinary runs of arm search_<method>. A seed this search already
+        trained with the same winner (`key`, tag search_winner) is skipped: a resume; a resume that found another
+        winner trains every seed with it."""
         from lradvisor import train
-        done = {r.data.tags.get("seed") for r in search_runs(self.client, self.exp_id, self.id, "arm")
-                if r.info.status == "FINISHED"}
+        from lradvisor.arms import run_name
         from lradvisor.sweep import parse_list
+        done = {r.data.tags.get("seed") for r in search_runs(self.client, self.exp_id, self.id, "arm")
+                if r.info.status == "FINISHED" and r.data.tags.get("search_winner") == key}
         for seed in parse_list(self.args.seeds, "seeds", int):
             if str(seed) in done:
                 print(f"search {self.id}: seed {seed} already trained with the winner, not again")
                 continue
             ns = trial_args(self.args, self.arm, seed, **knobs)
-            from lradvisor.arms import run_name
-            run_id = self.new_run(run_name(self.arm, ns.dataset, seed), "arm", seed, arm=self.arm)
+            run_id = self.new_run(run_name(self.arm, ns.dataset, seed), "arm", seed, arm=self.arm, search_winner=key)
             self.log({"search_epochs": used}, run_id)  # compare's budget column: what finding this schedule cost
             print(f"search {self.id}: the winner on seed {seed}")
             train.main(ns, run_id=run_id)
@@ -374,7 +376,7 @@ def optuna_search(s):
           f"epochs): trial {best.number}, val_acc {best.value:.2f}%: {knobs}")
     optuna_artifacts(s, study)
     s.finish(used, best.value, {**knobs, "trial": best.number}, step=len(study.trials))
-    return knobs, used
+    return knobs, used, json.dumps(knobs, sort_keys=True)
 
 
 def optuna_artifacts(s, study):
@@ -612,7 +614,8 @@ def pbt_search(s):
         s.finish(used, best.metrics["val_acc"], {"member": best.metrics["trial_id"], "lr_schedule": schedule})
         keep = os.path.join(tempfile.gettempdir(), f"lradvisor-pbt-{s.id}-schedule.json")
         shutil.copy(os.path.join(folder, "schedule.json"), keep)
-        return {"schedule_file": keep, "lr": schedule[0]}, used  # lr: the param says what epoch 1 trains at
+        # lr: the param says what epoch 1 trains at
+        return {"schedule_file": keep, "lr": schedule[0]}, used, json.dumps(schedule)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         ray.shutdown()
@@ -626,8 +629,8 @@ def main(args):
           f"{args.seeds}; parent run {s.parent}")
     with tracking.interrupts_end_runs():
         try:
-            knobs, used = (pbt_search if args.method == "pbt" else optuna_search)(s)
-            s.retrain(knobs, used)
+            knobs, used, key = (pbt_search if args.method == "pbt" else optuna_search)(s)
+            s.retrain(knobs, used, key)
         except BaseException as e:
             killed = isinstance(e, (KeyboardInterrupt, SystemExit))
             with tracking.signals_held():
