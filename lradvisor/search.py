@@ -556,7 +556,8 @@ def pbt_search(s):
                                   hyperparam_mutations={"lr": tune.loguniform(args.lr / 10, args.lr * 10)},
                                   synch=True)  # synchronous: every member trains exactly --epochs epochs
     member = type("PBTMember", (Member, tune.Trainable), {})
-    env = {k: os.environ[k] for k in launch.FORWARD if k in os.environ}  # an argument: in no config Ray shows
+    # The tracking server's address and credentials (no LLM's: members ask none), as an argument: in no config Ray shows.
+    env = {k: os.environ[k] for k in launch.FORWARD if k in os.environ and k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = mlflow_uri()
     job = {"args": trial_args(args, s.arm, TRIAL_SEEDS, schedule="constant", data_dir=os.path.abspath(args.data_dir)),
            "env": env, "exp_id": s.exp_id, "search_id": s.id, "parent": s.parent}
