@@ -413,31 +413,21 @@ class Member:
 
     def setup(self, config, job):
         import mlflow
-        import torch
         from mlflow.tracking import MlflowClient
         from lradvisor import arms, train
-        from lradvisor.data import DATASETS, Loader, holdout_split, load, stratified_subset
+        from lradvisor.data import load
         from lradvisor.device import pick_device
         os.environ.update(job["env"])
         quiet_ray()
         mlflow.set_tracking_uri(job["env"]["MLFLOW_TRACKING_URI"])
         self.client, self.job, self.train = MlflowClient(), job, train
-        args = job["args"]
-        device = pick_device(args.device)
-        classes = DATASETS[args.dataset]["classes"]
+        device = pick_device(job["args"].device)
         if not hasattr(self, "data"):  # an actor reused for another member keeps the data it read
-            self.data = load(args.data_dir, args.dataset)
-        x_all, y_all, x_te, y_te = self.data
+            self.data = load(job["args"].data_dir, job["args"].dataset)
         seed = TRIAL_SEEDS + config["member"]  # the first start; an exploited member takes its donor's state
-        keep, held = holdout_split(y_all, stratified_subset(y_all, args.subset_ratio, seed), args.holdout, seed,
-                                   classes)
-        put = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-        args = argparse.Namespace(**{**vars(args), "seed": seed, "lr": config["lr"]})
-        self.args = args
-        (self.train_loader, self.test_loader, self.model, self.opt, self.sched,
-         self.autocast) = train.setup(args, put(x_all[keep]), put(y_all[keep]), put(x_te), put(y_te), "constant")
-        self.val_loader = Loader(put(x_all[held]), put(y_all[held]), 1000, train=False, seed=seed,
-                                 channels_last=self.test_loader.channels_last, dataset=args.dataset)
+        self.args = args = argparse.Namespace(**{**vars(job["args"]), "seed": seed, "lr": config["lr"]})
+        (self.train_loader, self.val_loader, self.test_loader, self.model, self.opt, self.sched,
+         self.autocast) = train.prepare(args, device, "constant", self.data)
         found = [r for r in search_runs(self.client, job["exp_id"], job["search_id"], "member")
                  if r.data.tags.get("trial") == self.trial_id]
         if found:  # a member paused or exploited and started again: the same run goes on
@@ -448,7 +438,7 @@ class Member:
             self.run_id = self.client.create_run(job["exp_id"], run_name=f"search_pbt-member{config['member']}",
                                                  tags=tags).info.run_id
             spec = {**arms.resolve("search_pbt", schedule="constant"), "model": "none"}
-            p = train.params_of(args, spec, device, len(keep), len(held), len(y_te))
+            p = train.params_of(args, spec, device, *train.sizes(self.train_loader, self.val_loader, self.test_loader))
             self.client.log_batch(self.run_id, params=[param(k, v) for k, v in p.items()])
 
     def reset_config(self, new_config):

@@ -128,6 +128,28 @@ def setup(args, x_tr, y_tr, x_te, y_te, schedule="step"):
     return train_loader, test_loader, step_model, opt, sched, autocast
 
 
+def prepare(args, device, schedule, data=None):
+    """A run's data on the device (the training split, the validation split with holdout > 0, the test set) and
+    what setup builds on it: (train, val or None, test) loaders, model, optimizer, schedule, autocast. `data`: the
+    data set as load() returns it, when the caller has it already (a PBT actor set up again)."""
+    x_all, y_all, x_te, y_te = data or load(args.data_dir, args.dataset)
+    keep, held = holdout_split(y_all, stratified_subset(y_all, args.subset_ratio, args.seed), args.holdout, args.seed,
+                               DATASETS[args.dataset]["classes"])
+    put = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+    train_loader, test_loader, model, opt, sched, autocast = setup(args, put(x_all[keep]), put(y_all[keep]),
+                                                                   put(x_te), put(y_te), schedule)
+    val_loader = None
+    if len(held):  # evaluated like the test set: no augmentation
+        val_loader = Loader(put(x_all[held]), put(y_all[held]), 1000, train=False, seed=args.seed,
+                            channels_last=test_loader.channels_last, dataset=args.dataset)
+    return train_loader, val_loader, test_loader, model, opt, sched, autocast
+
+
+def sizes(train_loader, val_loader, test_loader):
+    """(n_train, n_val, n_test) of a run's splits."""
+    return len(train_loader.y), len(val_loader.y) if val_loader else 0, len(test_loader.y)
+
+
 def snapshot(model, opt, sched, loader):
     """Everything an epoch changes, kept on the device, so that the epoch can be trained again (guard)."""
     return {"model": {k: v.clone() for k, v in model.state_dict().items()}, "opt": copy.deepcopy(opt.state_dict()),
@@ -197,16 +219,7 @@ def main(args, run_id=None, on_epoch=None):
 
     # ---- data: the whole set on the device, uint8
     classes = DATASETS[args.dataset]["classes"]
-    x_all, y_all, x_te, y_te = load(args.data_dir, args.dataset)
-    keep, held = holdout_split(y_all, stratified_subset(y_all, args.subset_ratio, args.seed), args.holdout, args.seed,
-                               classes)
-    x_tr, y_tr = torch.from_numpy(x_all[keep]).to(device), torch.from_numpy(y_all[keep]).to(device)
-    x_te, y_te = torch.from_numpy(x_te).to(device), torch.from_numpy(y_te).to(device)
-    train_loader, test_loader, model, opt, sched, autocast = setup(args, x_tr, y_tr, x_te, y_te, spec["schedule"])
-    val_loader = None
-    if len(held):  # evaluated like the test set: no augmentation
-        val_loader = Loader(torch.from_numpy(x_all[held]).to(device), torch.from_numpy(y_all[held]).to(device), 1000,
-                            train=False, seed=args.seed, channels_last=test_loader.channels_last, dataset=args.dataset)
+    train_loader, val_loader, test_loader, model, opt, sched, autocast = prepare(args, device, spec["schedule"])
 
     # Ctrl-C or SIGTERM (a sweep stopping its children) ends the run KILLED, not RUNNING, and only once.
     with tracking.interrupts_end_runs():
@@ -214,7 +227,7 @@ def main(args, run_id=None, on_epoch=None):
                                 args.seed), run_id=run_id)
         journal = []  # what the current epoch logs, kept until it is sent: the tracking server may go away
         try:
-            tracking.log_params_once(params_of(args, spec, device, len(y_tr), len(held), len(y_te)))
+            tracking.log_params_once(params_of(args, spec, device, *sizes(train_loader, val_loader, test_loader)))
             bad = checksums(args.data_dir, args.dataset)
             md5 = "differs: " + ",".join(bad) if bad else "official" if DATASETS[args.dataset]["files"] else "bundled"
             with tracking.writing():
