@@ -106,9 +106,16 @@ def check_id(value, name):
     return value
 
 
-def run_name(arm, dataset, seed):
-    """How a run is named, by train and by a sweep alike: `losses-s0`, and `losses-digits-s0` off CIFAR-10."""
-    return f"{arm}-s{seed}" if dataset == "cifar10" else f"{arm}-{dataset}-s{seed}"
+def run_name(arm, dataset, seed, tag=""):
+    """How a run is named, by train and by a sweep alike: `losses-s0`, `losses-digits-s0` off CIFAR-10, and
+    `losses-s0 [fake-a]` with the model (and temperature) an LLM arm asks, when one is named."""
+    name = f"{arm}-s{seed}" if dataset == "cifar10" else f"{arm}-{dataset}-s{seed}"
+    return f"{name} [{tag}]" if tag else name
+
+
+def llm_tag(llm_model, temperature):
+    """What names an LLM arm's run beyond arm and seed: the model when one is named, the temperature when not 1."""
+    return ", ".join(([llm_model] if llm_model != "auto" else []) + ([f"T={temperature:g}"] if temperature != 1 else []))
 
 
 def read_schedule_file(path):

@@ -27,7 +27,7 @@ def _answer(args, lr, why):
     return f"Suggested LR: {lr!r}\n\n{why}"
 
 
-def random_asker(args):
+def random_asker(args, llm=None):
     """Does the LLM beat *any* perturbation of the LR? s * 10^u, u uniform in [-1, 1], seeded by the run's seed."""
     rng = random.Random(args.seed)
 
@@ -40,7 +40,7 @@ def random_asker(args):
     return ask, {"model": "random", "records": {}}
 
 
-def textbook_asker(args):
+def textbook_asker(args, llm=None):
     """Does the LLM beat the rule its replies recite? Loss trend not "decreasing": LR / 10, else keep it."""
     def ask(epoch, text, state):
         trend = P.overall_trend(state["losses"])
@@ -56,7 +56,9 @@ def textbook_asker(args):
 # ----------------------------------------------------------------------------------------------------------
 # Replay: answer from a recorded run, no network
 
-def replay_asker(args):
+def replay_asker(args, llm=None):
+    """Each recorded exchange's reply at the epoch it was asked. Under advice async / async_step the record also says
+    where the reply was applied (applied_step; empty: never), so a replay applies it exactly there."""
     import mlflow
     from lradvisor.tracking import TABLE
     run_id = args.replay_run_id
@@ -64,10 +66,15 @@ def replay_asker(args):
         raise UsageError(f"{flag('advisor', 'replay')} needs {flag('replay_run_id', 'RUN_ID')} of a run that logged {TABLE}")
     try:
         client = mlflow.MlflowClient()
-        table = client.load_table(client.get_run(run_id).info.experiment_id, TABLE, run_ids=[run_id])
+        source = client.get_run(run_id)
+        table = client.load_table(source.info.experiment_id, TABLE, run_ids=[run_id])
     except Exception as e:
         raise UsageError(f"cannot read {TABLE} of run {run_id!r} for replay ({type(e).__name__}: {one_line(e)}); "
                          "give the id of a finished LLM-arm run on this tracking server") from None
+    advice = source.data.params.get("advice", "sync")  # runs from before the parameter asked in step
+    if advice != args.advice:
+        raise UsageError(f"run {run_id} was trained with advice {advice}: replay it with {flag('advice', advice)}, "
+                         "so that each reply is applied where it was")
     # The first row of each epoch is the exchange; a guard's rollback note comes later under the same epoch.
     recorded = {}
     for r in table.to_dict("records"):
@@ -86,6 +93,9 @@ def replay_asker(args):
         out = {"model": rec["model"], "model_version": rec.get("model_version"), "attempts": 0, "latency_s": 0.0,
                "retry_wait_s": 0.0, "finish_reason": rec.get("finish_reason") or "",
                "response_format": rec.get("response_format")}
+        if args.advice != "sync":  # where the live run applied it (None: it never was)
+            step = rec.get("applied_step")
+            out["arrives_step"] = int(step) if step is not None and step == step else None
         if not isinstance(rec.get("reply"), str):  # a recorded failure (no reply at all) replays as one
             out["error"] = "replay: " + str(rec.get("reason"))
         else:

@@ -30,7 +30,8 @@ DEVICES = "auto, cpu, cuda or cuda:N"
 # these defaults are words instead (and "" given by hand is read as the word).
 UNSET = {"signals": "preset", "every": "preset", "advisor": "preset", "schedule": "preset", "replay_run_id": "none", "sweep_id": "new",
          "experiment": "none", "run_ids": "none", "llm_model": "auto",
-         "schedule_file": "none", "budget_from": "none", "storage": "auto"}
+         "schedule_file": "none", "budget_from": "none", "storage": "auto", "models": "none"}
+ADVICE = ("sync", "async", "async_step")
 
 
 class Parser(argparse.ArgumentParser):
@@ -88,8 +89,14 @@ def add_training_args(p, sweep=False, search=False):
     g.add_argument("--max-factor", type=float, default=0.0, help="clamp an accepted LR to [s/f, s*f] around the scheduler's s; 0 = off")
     g.add_argument("--advisor", default="preset", help="preset (the arm's own: gemini, or random/textbook for the controls), gemini, openai (any OpenAI-compatible server: OPENAI_BASE_URL, OPENAI_API_KEY), random, textbook, or replay (answers from --replay-run-id, no network)")
     g.add_argument("--replay-run-id", default="none", help="run whose recorded replies --advisor replay uses")
-    g.add_argument("--llm-model", default="auto", help="model to ask; auto: gemini-3.5-flash for Gemini, the one model an OpenAI-compatible server lists")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    if sweep:  # crossed with the LLM arms x data sets x seeds; arms that ask no LLM run once
+        g.add_argument("--llm-models", default="auto", help="comma list of models each LLM arm asks: names from --models, provider:model (gemini:gemini-3.5-flash, openai:gpt-5-mini), or auto (as --llm-model auto)")
+        g.add_argument("--temperatures", default="1.0", help="comma list of sampling temperatures, crossed with --llm-models")
+    else:
+        g.add_argument("--llm-model", default="auto", help="model to ask: a name from --models, provider:model (gemini:gemini-3.5-flash, openai:gpt-5-mini), or a name the arm's advisor asks; auto: gemini-3.5-flash for Gemini, the one model an OpenAI-compatible server lists")
+        g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    g.add_argument("--models", default="none", help="YAML models file: per name its provider, base_url, model, key_env (the NAME of the variable holding its key) and prices in USD per million tokens (scripts/models.example.yaml); none: off")
+    g.add_argument("--advice", default="sync", help="sync (published: the next epoch waits for the reply), async (asked in the background, the reply applied from the first epoch after it arrives) or async_step (from the first batch after it arrives)")
     g.add_argument("--thinking-budget", type=int, default=-1, help="thinking tokens (0 = off); -1 = the model's default, not sent")
     g.add_argument("--llm-attempts", type=int, default=6, help="attempts per exchange (429/5xx/timeouts are retried)")
     g.add_argument("--llm-max-wait", type=float, default=60.0, help="cap of the exponential backoff in seconds; a server asking for a longer wait (Retry-After, retryDelay) ends the exchange as failed")
@@ -138,6 +145,14 @@ def check_training_args(a):
         (a.llm_timeout >= 1, f"llm_timeout must be >= 1 (seconds), got {a.llm_timeout}"),
         (a.llm_max_tokens >= 0, f"llm_max_tokens must be >= 0 (0 = none sent), got {a.llm_max_tokens}"),
         (a.on_advisor_error in ("continue", "fail"), f"unknown on_advisor_error {a.on_advisor_error!r}; valid: continue, fail"),
+        (a.temperature >= 0, f"temperature must be >= 0, got {a.temperature}"),
+        (a.advice in ADVICE, f"unknown advice {a.advice!r}; valid: {', '.join(ADVICE)}"),
+        # A rollback trains the advised epoch again and a credit branch starts where the reply is applied: both
+        # assume the reply is there at the epoch's start, which only sync guarantees.
+        (a.advice == "sync" or a.guard == "off", f"guard rollback needs advice sync (the epoch it retrains starts at the "
+                                                 f"reply); this run has advice {a.advice}"),
+        (a.advice == "sync" or not a.credit_epochs, f"credit_epochs needs advice sync (a branch starts where the reply "
+                                                    f"is applied); this run has advice {a.advice}"),
     ]
     for ok, message in rules:
         if not ok:
@@ -147,6 +162,10 @@ def check_training_args(a):
         raise UsageError(f"arm {a.arm!r} is trained by `lradvisor search --method {a.arm.removeprefix('search_')}` "
                          "(the schedule it found, on fresh seeds); pick another arm")
     spec = resolve(a.arm, a.signals, a.every, a.advisor, a.schedule)
+    from lradvisor import models
+    models.read(a.models)  # a bad models file is refused whatever the arm
+    if spec["every"] and spec["advisor"] in ("gemini", "openai"):
+        models.pick(a.llm_model, a.models, a.advisor, a.arm)
     if a.schedule_file != "none" and a.schedule not in ("preset", "file"):
         raise UsageError("schedule_file sets the schedule: leave schedule preset (or file)")
     if a.schedule == "file" and a.schedule_file == "none":
@@ -242,7 +261,9 @@ def parse(argv, bench=True):
         from lradvisor import sweep
         sweep.check_args(args)
         for arm in sweep.parse_arms(args.arms):
-            check_training_args(argparse.Namespace(**vars(args), arm=arm, seed=0))
+            for llm_model, temperature in sweep.llm_axis(args):
+                check_training_args(argparse.Namespace(**vars(args), arm=arm, seed=0, llm_model=llm_model,
+                                                       temperature=temperature))
     elif args.command == "search":
         from lradvisor import search
         search.check_args(args)

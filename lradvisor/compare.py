@@ -25,16 +25,20 @@ from mlflow.tracking import MlflowClient
 from lradvisor import stats, tracking
 from lradvisor.arms import ARMS, UsageError, check_id
 from lradvisor.datasets import DATASETS
-from lradvisor.figures import CURVES, credit, curves_figure, forest, heatmap, styles
+from lradvisor.figures import CURVES, credit, curves_figure, forest, heatmap, pareto, styles
 from lradvisor.tracking import CLASS_TABLE, TABLE
 
 # Params that say where or how a run was recorded, not what it trained: runs differing only in these are
-# seeds of one configuration. (A replay's source run differs per seed by construction.)
-NOT_CONFIG = {"seed", "device_name", "torch_version", "replay_run_id"}
-BUDGET = ("llm_calls", "llm_failed_calls", "llm_tokens", "llm_seconds", "llm_retry_seconds", "train_seconds",
-          "credit_seconds", "advisor_changes", "search_epochs")
+# seeds of one configuration. (A replay's source run differs per seed by construction; the models file is where an
+# entry was read, and the entry's model is in llm_model_used.)
+NOT_CONFIG = {"seed", "device_name", "torch_version", "replay_run_id", "models"}
+# What follows from llm_model (which provider serves it, the name sent on the wire): not repeated in row labels.
+FROM_LLM_MODEL = {"arm.advisor", "llm_model_used"}
+BUDGET = ("llm_calls", "llm_failed_calls", "llm_tokens", "llm_cost_usd", "llm_seconds", "llm_retry_seconds",
+          "train_seconds", "credit_seconds", "advisor_changes", "search_epochs")
 # The files a compare writes; an earlier compare's are removed from output_dir first, nothing else is touched.
-OURS = ("results.md", "results.csv", "overview.png", "class_heatmap.png", "forest.png", "credit.png", "overlay_*.png")
+OURS = ("results.md", "results.csv", "overview.png", "class_heatmap.png", "forest.png", "credit.png", "pareto.png",
+        "overlay_*.png")
 
 
 def find_runs(args):
@@ -68,6 +72,7 @@ def find_runs(args):
 def config_of(run):
     config = {k: v for k, v in run.data.params.items() if k not in NOT_CONFIG}
     config.setdefault("dataset", "cifar10")  # runs from before data sets were a parameter trained on CIFAR-10
+    config.setdefault("advice", "sync")  # ... and before advice was one, waited for every reply
     return tuple(sorted(config.items()))
 
 
@@ -97,9 +102,12 @@ def group(runs):
         configs = by_arm[arm]
         varying = sorted({k for c in configs for k, v in c
                           if k not in tied and any(dict(o).get(k) != v for o in configs)})
+        if "llm_model" in varying:  # `losses [fake-a]`: the model by its name, first
+            varying = ["llm_model"] + [k for k in varying if k not in FROM_LLM_MODEL | {"llm_model"}]
         for config, members in sorted(configs.items()):
             d = dict(config)
-            label = arm + (" [" + ", ".join(f"{k}={d.get(k, '')}" for k in varying) + "]" if varying else "")
+            shown = [d.get(k, "") if k == "llm_model" else f"{k}={d.get(k, '')}" for k in varying]
+            label = arm + (" [" + ", ".join(shown) + "]" if varying else "")
             groups[label] = {"arm": arm, "dataset": d["dataset"], "config": d, "runs": members,
                              # what the pooled row matches across data sets: all but the data set's own settings
                              "pool_key": (arm, tuple((k, v) for k, v in config if k not in tied | {"dataset"}))}
@@ -131,6 +139,7 @@ def collect(groups):
                 "seed": seed, "run_id": r.info.run_id, "curves": curves,
                 "class_acc": class_acc_of(r, g["dataset"]),
                 "budget": {k: r.data.metrics.get(k) for k in BUDGET},
+                "cost_partial": "llm_cost_unknown" in r.data.tags,
                 "saw_test": r.data.tags.get("decisions_saw_test", "?"),  # "?": recorded before the tag existed
                 "credits": credits_of(r)})
     return notes
@@ -213,6 +222,11 @@ def table(groups, pairs, margin, credit_margin):
         for key in BUDGET:
             got = [s["budget"][key] for s in g["seeds"] if s["budget"][key] is not None]
             row[key] = statistics.mean(got) if got else None
+        # A cost is only a cost when every run has one (a model with no price has none, never 0); partial: some
+        # exchange of a run said no token counts (in flight at the end, or no reply), and is not in its sum.
+        if any(s["budget"]["llm_cost_usd"] is None for s in g["seeds"]):
+            row["llm_cost_usd"] = None
+        row["llm_cost_partial"] = any(s["cost_partial"] for s in g["seeds"])
         row["accepted"] = statistics.mean(sum(s["curves"]["advisor_accepted"]) for s in g["seeds"])
         row["changes"] = row.pop("advisor_changes")  # next to accepted: how many accepted answers moved the LR
         row["lowest_lr"] = min(min(s["curves"]["lr"]) for s in g["seeds"])
@@ -261,8 +275,8 @@ SAW_TEST = " †"  # marks a row whose decisions read test-set numbers
 
 
 HEADER = ["| arm | seeds | final test acc (%) | Δ vs baseline (points) | 95 % CI | p | verdict | "
-          "LLM calls | failed | accepted | changes | LLM tokens | LLM s | retry waits s | train s | search epochs | lowest LR |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "LLM calls | failed | accepted | changes | LLM tokens | LLM cost $ | LLM s | retry waits s | train s | search epochs | lowest LR |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def _line(r):
@@ -272,6 +286,7 @@ def _line(r):
     return (f"| {arm} | {r['seeds']} | {acc} | {_f(r['delta_vs_baseline'], '+.2f')} | {ci} | "
             f"{_f(r['p_value'], '.3g')} | {r['verdict'] or '—'} | {_f(r['llm_calls'], 'g')} | {_f(r['llm_failed_calls'], 'g')} | "
             f"{_f(r['accepted'], 'g')} | {_f(r['changes'], 'g')} | {_f(r['llm_tokens'], '.0f')} | "
+            f"{'≥ ' if r['llm_cost_partial'] and r['llm_cost_usd'] is not None else ''}{_f(r['llm_cost_usd'], '.3g')} | "
             f"{_f(r['llm_seconds'], '.1f')} | {_f(r['llm_retry_seconds'], '.1f')} | {_f(r['train_seconds'], '.1f')} | "
             f"{_f(r['search_epochs'], '.0f')} | {r['lowest_lr']:.3g} |")
 
@@ -307,6 +322,11 @@ def markdown(rows, margin, credit_margin=0.1):
     notes = [f"Δ: mean over seeds of (arm − its baseline) in final test accuracy, paired by seed; CI: t "
              f"distribution, n−1 df; p: two-sided paired t-test; verdict: CI entirely above +{margin:g} / below "
              f"−{margin:g} points → better / worse, else inconclusive."]
+    if any(r.get("llm_calls") for r in rows):
+        notes.append("LLM cost $: mean per run, from each exchange's token counts and the prices in the models file "
+                     "(--models); empty where the model has no price; ≥: some exchange said no token counts (no reply, "
+                     "or still in flight when training ended) and is not in it. LLM s: seconds in requests, retry waits "
+                     "apart; under advice async training does not wait for them.")
     if any(r.get("search_epochs") for r in rows):
         notes.append("Search epochs: the epochs a search's trials (or PBT members) trained to find the row's schedule, "
                      "selected on a validation split; the row's own runs, on the seeds the other rows use, are not in it.")
@@ -360,6 +380,9 @@ def write_outputs(groups, rows, pairs, args):
     if any(r["delta_vs_baseline"] is not None for r in rows):
         written.append(out("forest.png"))
         forest(rows, written[-1], args.margin)
+    if any(r["delta_vs_baseline"] is not None and r["llm_calls"] for r in rows):
+        written.append(out("pareto.png"))
+        pareto(rows, written[-1])
     if any(r["n_decisions"] for r in rows):
         written.append(out("credit.png"))
         credit(groups, written[-1], style, args.credit_margin)

@@ -103,7 +103,7 @@ def _forest_label(r):
     if r.get("dataset") == "pooled":
         return f"{r['arm']} pooled over {r['seeds']} (τ²={r['tau2']:.2g})"
     # a baseline of the row's own data set: the data set is said once, in the row's label
-    return f"{r['arm']} vs {re.sub(r' [[]dataset=[^]]*[]]$', '', r['baseline'])}"
+    return r["arm"] + " vs " + re.sub(r" \[dataset=[^\]]*\]$", "", r["baseline"])
 
 
 def forest(rows, path, margin):
@@ -135,6 +135,50 @@ def forest(rows, path, margin):
            xlabel="Δ final test accuracy vs baseline (points), mean and 95 % CI over paired seeds")
     ax.invert_yaxis()
     ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return fig
+
+
+def front(points):
+    """The non-dominated points of [(cost, gain)]: none cheaper (or as cheap) gains more; sorted by cost."""
+    out, best = [], -math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            out.append((x, y))
+            best = y
+    return out
+
+
+def pareto(rows, path):
+    """Δ vs the baseline (mean and 95 % CI) against what a run spent: USD, and seconds in LLM requests. One point
+    per row that asks an advisor; the non-dominated front (cheapest for its gain) as a step line. Rows without a
+    cost (no price in the models file) are only in the seconds panel, and the cost panel says how many."""
+    plt = _plt()
+    rows = [r for r in rows if r["delta_vs_baseline"] is not None and r.get("llm_calls")]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), dpi=100)
+    for ax, key, xlabel in ((axes[0], "llm_cost_usd", "LLM cost per run (USD, from the models file's prices)"),
+                            (axes[1], "llm_seconds", "LLM seconds per run (in requests)")):
+        shown = [r for r in rows if r[key] is not None]
+        for r in shown:
+            color = VERDICT_COLORS.get(r["verdict"], "tab:gray")
+            low, high = r["delta_ci_low"], r["delta_ci_high"]
+            err = None if low is None else [[r["delta_vs_baseline"] - low], [high - r["delta_vs_baseline"]]]
+            ax.errorbar(r[key], r["delta_vs_baseline"], yerr=err, fmt="o", color=color, capsize=3, ms=6)
+            ax.annotate(("≥ " if key == "llm_cost_usd" and r.get("llm_cost_partial") else "") + r["arm"],
+                        (r[key], r["delta_vs_baseline"]), xytext=(5, 4), textcoords="offset points", fontsize=8)
+        best = front([(r[key], r["delta_vs_baseline"]) for r in shown])
+        if best:
+            xs, ys = zip(*best)
+            ax.step(xs, ys, where="post", color="black", lw=1, alpha=0.6, label="non-dominated front")
+            ax.legend(fontsize=8, loc="best")
+        ax.axhline(0, color="black", lw=1, ls=":")
+        missing = len(rows) - len(shown)
+        ax.set(xlabel=xlabel, ylabel="Δ final test accuracy vs baseline (points)",
+               title=f"{len(shown)} rows" + (f"; {missing} without a price not shown" if missing else ""))
+        ax.grid(alpha=0.3)
+    fig.suptitle("accuracy gained against what the advisor cost")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -35,10 +35,16 @@ class Job(NamedTuple):
     dataset: str
     seed: int
     key: str  # sweep_key: the same arm, data set, seed and parameters as a finished child -> skipped
+    llm_flags: tuple = ()  # an LLM arm's --llm-model and --temperature
+    tag: str = ""  # ... as its run name shows them
 
     @property
-    def name(self):  # the run's name, its log file's, and its console prefix
-        return run_name(self.arm, self.dataset, self.seed)
+    def name(self):  # the run's name and its console prefix
+        return run_name(self.arm, self.dataset, self.seed, self.tag)
+
+    @property
+    def file(self):  # its log file's name: a model may be named `openai:Qwen/Qwen2.5-7B-Instruct`
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.name).strip("_")
 
 
 @dataclass
@@ -59,7 +65,7 @@ class Sweep:
 
     def command(self, job, flags=None):
         return [sys.executable, "-m", "lradvisor", "train", "--arm", job.arm, "--dataset", job.dataset,
-                "--seed", str(job.seed), *(flags or self.flags)]
+                "--seed", str(job.seed), *(flags or self.flags), *job.llm_flags]
 
     def settle(self, run_id, code, status_if_running="FAILED", reason=None):
         """The child's result as the tracking server has it; a run its child could not end is ended here."""
@@ -132,7 +138,7 @@ def local(jobs, sw):
                 env.pop("MLFLOW_EXPERIMENT_ID", None)
                 if gpu is not None:
                     env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-                log = open(os.path.join(logdir, f"{job.name}.log"), "w")
+                log = open(os.path.join(logdir, f"{job.file}.log"), "w")
                 logs.append((run_id, log))
                 proc = subprocess.Popen(sw.command(job), env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
@@ -173,7 +179,7 @@ FORWARD = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USER
            "OPENAI_API_KEY", "OPENAI_BASE_URL")
 
 
-def _ray_child(command, env, prefix):
+def _ray_child(command, env, prefix, file):
     """Runs on a Ray worker: start the child, stream its console (Ray forwards it to the sweep's terminal), and
     stop it with SIGTERM if the task is cancelled, so that it ends its run KILLED. Returns (exit code, console)."""
     proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -189,7 +195,7 @@ def _ray_child(command, env, prefix):
         lines += proc.stdout.readlines()
         proc.wait()
         try:  # the console goes with the run from here: the sweep gets no return value from a cancelled task
-            MlflowClient(env["MLFLOW_TRACKING_URI"]).log_text(env["MLFLOW_RUN_ID"], "".join(lines), f"{prefix.replace(' ', '-')}.log")
+            MlflowClient(env["MLFLOW_TRACKING_URI"]).log_text(env["MLFLOW_RUN_ID"], "".join(lines), f"{file}.log")
         except Exception:
             pass
         raise
@@ -282,13 +288,17 @@ def ray(jobs, sw):
         # Other nodes do not share our working directory: the data folder goes as an absolute path.
         flags = list(sw.flags)
         flags[flags.index("--data-dir") + 1] = os.path.abspath(sw.args.data_dir)
-        forward = {k: os.environ[k] for k in FORWARD if k in os.environ}
+        if sw.args.models != "none":  # ... and the models file; with the variables its entries read their keys from
+            flags[flags.index("--models") + 1] = os.path.abspath(sw.args.models)
+        from lradvisor.models import read
+        keys = [e["key_env"] for e in read(sw.args.models).values() if e["key_env"]]
+        forward = {k: os.environ[k] for k in (*FORWARD, *keys) if k in os.environ}
         forward["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()  # the resolved one, not only what the env said
         pending, results = {}, {}
         for job in jobs:
             run_id = sw.create_child(job)
             env = {**forward, "MLFLOW_RUN_ID": run_id, "PYTHONUNBUFFERED": "1", QUIET_MD5: "1"}
-            pending[task.remote(sw.command(job, flags), env, job.name)] = (job, run_id)
+            pending[task.remote(sw.command(job, flags), env, job.name, job.file)] = (job, run_id)
         try:
             while pending:
                 (ref,), _ = ray_.wait(list(pending), num_returns=1)
@@ -298,7 +308,7 @@ def ray(jobs, sw):
                     reason = None
                 except ray_.exceptions.RayError as e:  # the worker or its node died: the child went with it
                     code, console, reason = -1, "", f"ray: {type(e).__name__}: {str(e).splitlines()[0]}"
-                sw.client.log_text(run_id, console, f"{job.name}.log")
+                sw.client.log_text(run_id, console, f"{job.file}.log")
                 results[job] = sw.settle(run_id, code, "FAILED", reason)
         except BaseException:
             with tracking.signals_held():
@@ -310,7 +320,7 @@ def ray(jobs, sw):
                     except Exception:  # cancelled (as it should be) or gone
                         code, console = -1, ""
                     if console:
-                        sw.client.log_text(run_id, console, f"{job.name}.log")
+                        sw.client.log_text(run_id, console, f"{job.file}.log")
                     sw.settle(run_id, code, "KILLED", "the sweep was interrupted")
             raise
         return results

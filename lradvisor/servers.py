@@ -3,6 +3,7 @@ retry layer; each is `make(args) -> (ask, info)` as askers.py describes. Keys ar
 environment and never pass through here (the OpenAI path's placeholder for key-less local servers aside).
 """
 
+import argparse
 import json
 import os
 import time
@@ -131,17 +132,26 @@ GEMINI_ERRORS = {"retryable": _gemini_retryable, "delay": _retry_delay, "describ
                  "body": _gemini_body, "timed_out": lambda e: _transport(e, "TimeoutException")}
 
 
-def gemini_asker(args):
+def gemini_asker(args, llm=None):
+    """`llm`: the models-file entry (models.py) naming the model, its base URL and its key's variable; None: the
+    SDK's own environment (GOOGLE_GEMINI_BASE_URL, GOOGLE_API_KEY / GEMINI_API_KEY, Vertex AI) and llm_model."""
     from google import genai
     from google.genai import types
     vertex = os.environ.get("GOOGLE_GENAI_USE_VERTEXAI", "").lower() in ("1", "true")
-    if not vertex and not (os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY")):
+    key_env = (llm or {}).get("key_env")
+    if key_env and not os.environ.get(key_env):
+        raise UsageError(f"model {llm['name']!r} reads its key from {key_env}, which is not set: export {key_env}, "
+                         f"or use {flag('advisor', 'replay')}")
+    if not key_env and not vertex and not (os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY")):
         raise UsageError(f"arm {args.arm!r} asks Gemini but no key is set: export GOOGLE_API_KEY or GEMINI_API_KEY "
                          f"(or GOOGLE_GENAI_USE_VERTEXAI=true for Vertex AI), or use {flag('advisor', 'replay')}")
-    try:  # base URL (GOOGLE_GEMINI_BASE_URL), key and Vertex settings all come from the SDK's environment
-        client = genai.Client(http_options=types.HttpOptions(timeout=int(args.llm_timeout * 1000)))
+    http = types.HttpOptions(timeout=int(args.llm_timeout * 1000), base_url=(llm or {}).get("base_url"))
+    try:  # what is not given here (base URL, key, Vertex settings) comes from the SDK's environment
+        client = genai.Client(http_options=http, **({"api_key": os.environ[key_env]} if key_env else {}))
     except Exception as e:
-        raise UsageError(f"cannot set up the Gemini client: {e}") from None
+        raise UsageError(f"cannot set up the Gemini client: {one_line(e)}") from None
+    if llm:
+        args = argparse.Namespace(**{**vars(args), "llm_model": llm["model"]})
     model = GEMINI_MODEL if args.llm_model == "auto" else args.llm_model
     config = types.GenerateContentConfig(temperature=args.temperature)
     if args.thinking_budget >= 0:
@@ -269,17 +279,22 @@ def _pick_model(args, models):
     return ids[0]
 
 
-def openai_asker(args):
+def openai_asker(args, llm=None):
+    """`llm`: the models-file entry (models.py); None: OPENAI_BASE_URL, OPENAI_API_KEY and llm_model."""
     import openai
-    base = os.environ.get("OPENAI_BASE_URL", "")
-    key = os.environ.get("OPENAI_API_KEY")
+    llm = llm or {}
+    base = llm.get("base_url") or os.environ.get("OPENAI_BASE_URL", "")
+    key_env = llm.get("key_env") or "OPENAI_API_KEY"
+    key = os.environ.get(key_env)
     if not key and not (base and _local(base)):
-        raise UsageError(f"arm {args.arm!r} asks an OpenAI-compatible server at {base or 'api.openai.com'}, which needs "
-                         "a key: export OPENAI_API_KEY (a local server at OPENAI_BASE_URL=http://127.0.0.1:PORT/v1 "
-                         f"needs none), or use {flag('advisor', 'replay')}")
+        raise UsageError(f"arm {args.arm!r} asks an OpenAI-compatible server at {_public(base) if base else 'api.openai.com'}, "
+                         f"which needs a key: export {key_env} (a local server at http://127.0.0.1:PORT/v1 needs none), "
+                         f"or use {flag('advisor', 'replay')}")
+    if llm:
+        args = argparse.Namespace(**{**vars(args), "llm_model": llm["model"]})
     # The client's own retries are off: tenacity is the one retry layer, as for Gemini. Local servers take any
     # key; the placeholder never leaves this process except in the Authorization header to that server.
-    client = openai.OpenAI(api_key=key or "not-needed", max_retries=0, timeout=args.llm_timeout)
+    client = openai.OpenAI(api_key=key or "not-needed", base_url=base or None, max_retries=0, timeout=args.llm_timeout)
     models = _server_models(client, _public(base or "https://api.openai.com/v1"))
     model = _pick_model(args, models)
     # Structured output in steps, as servers allow: OpenAI's json_schema; llama.cpp's and Ollama's json_object
@@ -319,11 +334,14 @@ def openai_asker(args):
         choice = resp.choices[0] if resp.choices else None
         usage = resp.usage
         details = getattr(usage, "completion_tokens_details", None)
+        thought = getattr(details, "reasoning_tokens", None) if details else None
+        # OpenAI's completion_tokens include the reasoning tokens; Gemini counts them apart. Recorded as Gemini
+        # does (output = the reply's own), so that tokens and cost never count reasoning twice.
         out.update(reply=(choice.message.content if choice and choice.message else None) or "",
                    model_version=resp.model, finish_reason=(choice.finish_reason if choice else "") or "",
                    prompt_tokens=usage.prompt_tokens if usage else None,
-                   output_tokens=usage.completion_tokens if usage else None,
-                   thought_tokens=getattr(details, "reasoning_tokens", None) if details else None)
+                   output_tokens=usage.completion_tokens - (thought or 0) if usage and usage.completion_tokens is not None else None,
+                   thought_tokens=thought)
         return out
 
     return ask, {"model": model, "records": {"advisor/server_models.json": models}}

@@ -12,11 +12,11 @@ import json
 import os
 import uuid
 
-from lradvisor.arms import ARMS, GROUPS, UsageError, check_id, resolve
+from lradvisor.arms import ARMS, GROUPS, UsageError, check_id, llm_tag, resolve
 
 LAUNCHERS = ("local", "ray")  # the functions of launch.py by these names
 SWEEP_ONLY = ("command", "arms", "dataset", "seeds", "sweep_id", "parallel", "experiment", "launcher", "ray_address",
-              "gpus_per_run", "cpus_per_run")
+              "gpus_per_run", "cpus_per_run", "llm_models", "temperatures")
 
 
 def parse_list(text, name, convert=str, valid=None):
@@ -24,7 +24,8 @@ def parse_list(text, name, convert=str, valid=None):
     try:
         items = [convert(s) for s in items]
     except ValueError:
-        raise UsageError(f"invalid {name} {text!r}; give a comma-separated list of integers") from None
+        kind = "numbers" if convert is float else "integers"
+        raise UsageError(f"invalid {name} {text!r}; give a comma-separated list of {kind}") from None
     bad = [s for s in items if valid is not None and s not in valid]
     if bad:
         raise UsageError(f"invalid {name}: {', '.join(map(str, bad))}; valid: {', '.join(valid)}")
@@ -58,6 +59,17 @@ def sweep_key(arm, dataset, seed, flags):
     return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
 
 
+def llm_axis(args):
+    """(llm_model, temperature) pairs every LLM arm is crossed with."""
+    return [(m, t) for m in parse_list(args.llm_models, "llm_models")
+            for t in parse_list(args.temperatures, "temperatures", float)]
+
+
+def asks_llm(arm, args):
+    spec = resolve(arm, args.signals, args.every, args.advisor, args.schedule)
+    return bool(spec["every"]) and spec["advisor"] in ("gemini", "openai")
+
+
 def parse_datasets(text):
     from lradvisor.datasets import DATASETS
     return parse_list(text, "dataset", valid=list(DATASETS))
@@ -76,6 +88,7 @@ def check_args(args):
     parse_arms(args.arms)
     parse_datasets(args.dataset)
     parse_list(args.seeds, "seeds", int)
+    llm_axis(args)
     if args.parallel != "auto" and not (args.parallel.isdigit() and int(args.parallel) >= 1):
         raise UsageError(f"parallel must be auto or an integer >= 1, got {args.parallel!r}")
     if args.launcher not in LAUNCHERS:
@@ -120,7 +133,9 @@ def main(args):
     seeds = parse_list(args.seeds, "seeds", int)
     sweep_id = uuid.uuid4().hex[:8] if args.sweep_id in ("", "new") else args.sweep_id
     flags = shared_flags(args)
-    print(f"sweep {sweep_id}: arms {','.join(arms)} x data sets {','.join(datasets)} x seeds {','.join(map(str, seeds))}")
+    print(f"sweep {sweep_id}: arms {','.join(arms)} x data sets {','.join(datasets)} x seeds {','.join(map(str, seeds))}"
+          + (f"; LLM arms x models {args.llm_models} x temperatures {args.temperatures}"
+             if any(asks_llm(a, args) for a in arms) else ""))
 
     client = MlflowClient()
     if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`, whose run is our parent
@@ -130,16 +145,24 @@ def main(args):
         exp_id = exp.experiment_id if exp else None
     done = finished_keys(exp_id, sweep_id) if exp_id else set()
     todo, skipped = [], []
+    axis = llm_axis(args)
     for arm in arms:
-        for dataset in datasets:
-            for seed in seeds:
-                key = sweep_key(arm, dataset, seed, flags)
-                (skipped if key in done else todo).append(launch.Job(arm, dataset, seed, key))
+        # An LLM arm runs once per model and temperature; the others (baselines, controls) once.
+        for llm_model, temperature in axis if asks_llm(arm, args) else [(None, None)]:
+            extra = ["--llm-model", llm_model, "--temperature", repr(temperature)] if llm_model else []
+            tag = llm_tag(llm_model, temperature) if llm_model else ""
+            for dataset in datasets:
+                for seed in seeds:
+                    key = sweep_key(arm, dataset, seed, flags + extra)
+                    (skipped if key in done else todo).append(launch.Job(arm, dataset, seed, key, tuple(extra), tag))
     if skipped:
         print(f"sweep {sweep_id}: {len(skipped)} already finished with these parameters, not run again: "
               + ", ".join(j.name for j in skipped))
-    for arm in dict.fromkeys(j.arm for j in todo):  # missing credentials fail here, not in every child
-        advisor.make_asker(argparse.Namespace(**vars(args), arm=arm, seed=0), resolve(arm, args.signals, args.every, args.advisor, args.schedule))
+    for arm, extra in dict.fromkeys((j.arm, tuple(j.llm_flags)) for j in todo):  # missing keys fail here, not in every child
+        llm = dict(zip(("llm_model", "temperature"), (extra[1], float(extra[3])))) if extra else \
+            {"llm_model": "auto", "temperature": 1.0}
+        advisor.make_asker(argparse.Namespace(**vars(args), arm=arm, seed=0, **llm),
+                           resolve(arm, args.signals, args.every, args.advisor, args.schedule))
 
     parallel, why = launch.parallel_auto(args.device) if args.parallel == "auto" else (int(args.parallel), "")
     print(f"sweep {sweep_id}: {len(todo)} runs with the {args.launcher} launcher"
@@ -152,7 +175,8 @@ def main(args):
         # mlflow.runName also under `mlflow run`, which names its run at random
         with tracking.writing():
             mlflow.set_tags({"sweep_id": sweep_id, "role": "sweep", "mlflow.runName": f"sweep-{sweep_id}"})
-        tracking.log_params_once({"arms": ",".join(arms), "datasets": ",".join(datasets),
+        tracking.log_params_once({"arms": ",".join(arms), "datasets": ",".join(datasets), "llm_models": args.llm_models,
+                                  "temperatures": args.temperatures,
                                   "seeds": ",".join(map(str, seeds)), "sweep_id": sweep_id,
                                   "parallel": args.parallel, "launcher": args.launcher})
         sw = launch.Sweep(args, sweep_id, parent.info.experiment_id, parent.info.run_id, flags, parallel)
@@ -167,7 +191,7 @@ def main(args):
         print(f"\nsweep {sweep_id}: {len(results) - len(failed)} finished, {len(failed)} failed, {len(skipped)} skipped")
         for job, (ok, run_id, acc, code) in results.items():
             state = f"test_acc {acc:.2f}%" if ok and acc is not None else f"FAILED (exit {code})"
-            print(f"  {job.arm:16s} " + (f"{job.dataset:9s}" if len(datasets) > 1 else "")
+            print(f"  {job.arm + (f' [{job.tag}]' if job.tag else ''):24s} " + (f"{job.dataset:9s}" if len(datasets) > 1 else "")
                   + f"seed {job.seed:<3d} {state:24s} run {run_id}")
         with tracking.writing():
             mlflow.set_tags({"finished": len(results) - len(failed), "failed": len(failed), "skipped": len(skipped)})

@@ -25,7 +25,7 @@ import mlflow
 import torch
 import torch.nn.functional as F
 
-from lradvisor import advisor, arms, schedules, tracking
+from lradvisor import advisor, arms, models, schedules, tracking
 from lradvisor.data import DATASETS, Loader, checksums, holdout_split, load, stratified_subset
 from lradvisor.device import native_bf16, pick_channels_last, pick_device, pick_precision
 from lradvisor.model import build_model
@@ -42,9 +42,10 @@ def total_grad_norm(params):
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-def train_epoch(model, opt, loader, autocast, sched=None, live=""):
+def train_epoch(model, opt, loader, autocast, sched=None, live="", before_step=None):
     """One epoch; `sched` is stepped after every batch (per-step schedules). Returns loss, accuracy, mean
-    gradient norm and the LR of every step. `live` (a prefix) shows a step counter on a terminal."""
+    gradient norm and the LR of every step. `live` (a prefix) shows a step counter on a terminal.
+    `before_step(i)` is called before batch i (from 0): where advice async_step lands a reply (host-side only)."""
     model.train()
     dev = loader.x.device
     loss_sum, correct, norm_sum = (torch.zeros((), device=dev) for _ in range(3))
@@ -52,6 +53,8 @@ def train_epoch(model, opt, loader, autocast, sched=None, live=""):
     n = steps = 0
     lrs = []
     for xb, yb in loader:
+        if before_step:
+            before_step(steps)
         lrs.append(opt.param_groups[0]["lr"])
         with autocast():
             out = model(xb)
@@ -95,7 +98,7 @@ def params_of(args, spec, device, n_train, n_val, n_test):
     p = {k: v for k, v in vars(args).items() if k not in ("command", "experiment")}
     p.update({"arm.signals": ",".join(spec["signals"]) or "none", "arm.every": spec["every"],
               "arm.advisor": spec["advisor"] if spec["every"] else "none", "arm.schedule": spec["schedule"],
-              "llm_model_used": spec["model"],
+              "llm_model_used": spec["llm"]["model"] if spec.get("llm") else spec["model"],
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "precision_used": pick_precision(args.precision, device),
               "channels_last_used": int(pick_channels_last(args.channels_last, device)),
@@ -196,6 +199,9 @@ def warn_about(args, spec, device):
     if spec["every"] and spec["every"] >= args.epochs:
         warnings.warn(f"arm {args.arm!r} asks every {spec['every']} epochs and never after the last one: in "
                       f"{args.epochs} epochs it will make no call")
+    elif spec["every"] and args.advice == "async" and spec["every"] > args.epochs - 2:
+        warnings.warn(f"arm {args.arm!r} asks every {spec['every']} epochs; under advice async a reply lands two "
+                      f"epochs after it is asked at the earliest: in {args.epochs} epochs it will make no call")
     tried = DATASETS[args.dataset]["tried"]
     if any(getattr(args, k) != v for k, v in tried.items()):
         warnings.warn(f"{args.dataset} is best tried with " + " ".join(arms.flag(k, v) for k, v in tried.items())
@@ -223,8 +229,9 @@ def main(args, run_id=None, on_epoch=None):
 
     # Ctrl-C or SIGTERM (a sweep stopping its children) ends the run KILLED, not RUNNING, and only once.
     with tracking.interrupts_end_runs():
+        tag = arms.llm_tag(args.llm_model, args.temperature) if spec["every"] and spec["advisor"] in advisor.LLMS else ""
         run = tracking.open_run(args.experiment, run_name=None if run_id else arms.run_name(args.arm, args.dataset,
-                                args.seed), run_id=run_id)
+                                args.seed, tag), run_id=run_id)
         journal = []  # what the current epoch logs, kept until it is sent: the tracking server may go away
         try:
             tracking.log_params_once(params_of(args, spec, device, *sizes(train_loader, val_loader, test_loader)))
@@ -271,21 +278,57 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
     decision_loader = val_loader or test_loader
     history = {"lr": [], "train_loss": [], "grad_norm": [], "class_acc": []}
     # What the run cost, for compare's budget columns: LLM calls (and how many failed), tokens (prompt + output +
-    # thinking), seconds in requests and seconds waited between attempts, seconds of training + evaluation,
-    # seconds of credit branches; and how often the advisor's answer changed the LR.
-    budget = {"llm_calls": 0, "llm_failed_calls": 0, "llm_tokens": 0, "llm_seconds": 0.0, "llm_retry_seconds": 0.0,
-              "train_seconds": 0.0, "credit_seconds": 0.0, "advisor_changes": 0}
+    # thinking), USD (from the models file's prices), seconds in requests and seconds waited between attempts,
+    # seconds of training + evaluation, seconds of credit branches; and how often the advisor's answer changed the LR.
+    budget = {"llm_calls": 0, "llm_failed_calls": 0, "llm_tokens": 0, "llm_cost_usd": 0.0, "llm_seconds": 0.0,
+              "llm_retry_seconds": 0.0, "train_seconds": 0.0, "credit_seconds": 0.0, "advisor_changes": 0}
+    unpriced = []  # exchanges whose cost is unknown (no token counts)
     advised = None  # (exchange epoch, the scheduler's LR) when the advisor set this epoch's LR
     pending = []  # credit branches waiting for the run to reach their epoch: (decision epoch, due epoch, result)
     class_rows = []  # per-class accuracy by epoch, for data sets with too many classes for a metric each
+    # advice async / async_step: the exchange in flight, and the replies applied but not yet recorded
+    flight = {"asked": None, "landed": []}
     step = 0
+
+    def count(row):
+        budget["llm_calls"] += 1
+        budget["llm_failed_calls"] += row["reply"] is None and row["latency_s"] is not None  # every attempt failed
+        budget["llm_retry_seconds"] += row["retry_wait_s"] or 0
+        budget["llm_seconds"] += (row["latency_s"] or 0) - (row["retry_wait_s"] or 0)
+        budget["llm_tokens"] += sum(row[k] or 0 for k in ("prompt_tokens", "output_tokens", "thought_tokens"))
+        budget["llm_cost_usd"] += row["cost_usd"] or 0
+        budget["advisor_changes"] += row["changed"]
+        if row["cost_usd"] is None:
+            unpriced.append(row["epoch"])
+
+    def land(at_epoch, at_step):
+        """Apply the reply in flight from batch `at_step` (in epoch `at_epoch`) on; it is recorded at the epoch's end."""
+        p = flight["asked"]
+        scheduler_lr = opt.param_groups[0]["lr"]
+        decision = advisor.decide(args, p.got, scheduler_lr)
+        if decision[2]:
+            schedules.override(sched, opt, decision[1])
+        flight["asked"] = None
+        flight["landed"].append((p, scheduler_lr, decision, (at_epoch, at_step)))
+
+    def record_landed():
+        for p, scheduler_lr, decision, at in flight["landed"]:
+            count(advisor.answer(args, spec, p.epoch, p.text, p.got, scheduler_lr, decision, history, journal, at,
+                                 p.times)[1])
+        flight["landed"].clear()
+
+    def before_step(i):  # advice async_step: a reply lands at the first batch after it arrives
+        if flight["asked"] and flight["asked"].ready(step + i + 1):
+            land(epoch, step + i + 1)
+
     for epoch in range(1, args.epochs + 1):
         journal.clear()
         t0 = time.perf_counter()
         saved = snapshot(model, opt, sched, train_loader) if advised and args.guard == "rollback" else None
         lr = opt.param_groups[0]["lr"]
         live = f"epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}" if sys.stdout.isatty() else ""
-        train_loss, train_acc, grad_norm, lrs = train_epoch(model, opt, train_loader, autocast, per_step, live)
+        hook = before_step if args.advice == "async_step" else None
+        train_loss, train_acc, grad_norm, lrs = train_epoch(model, opt, train_loader, autocast, per_step, live, hook)
         previous = history["train_loss"][-1] if history["train_loss"] else math.inf
         if saved and not train_loss <= args.guard_factor * previous:  # also catches nan
             # The advisor's LR blew the loss up: train this epoch again from its start at the scheduler's LR.
@@ -296,6 +339,7 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
             lr = advised[1]
             train_loss, train_acc, grad_norm, lrs = train_epoch(model, opt, train_loader, autocast, per_step, live)
         train_s = time.perf_counter() - t0
+        lr = lrs[0]  # the LR the epoch started at (under async_step a reply may land at its first batch)
         if not math.isfinite(train_loss):
             raise TrainingError(f"training loss became non-finite ({train_loss}) in epoch {epoch} at lr {lr:g}; "
                                 "lower --lr, or set --max-factor or --guard rollback")
@@ -322,7 +366,7 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
             mlflow.log_metrics(metrics, step=epoch)
             if not few:
                 tracking.write_table(class_rows, CLASS_TABLE)
-        if per_step:  # the LR of every batch, step = global batch number (host floats: no device sync)
+        if per_step or args.advice == "async_step":  # the LR of every batch, step = global batch number (host floats)
             tracking.log_series("lr_step", lrs, first_step=step + 1)
         step += len(lrs)
         print(f"{chr(13) if live else ''}epoch {epoch:3d}/{args.epochs}  lr {lr:.4g}  train_loss {train_loss:.4f}  "
@@ -330,6 +374,7 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
               f"  {seconds:6.1f}s", flush=True)
         for key, value in zip(history, (lr, train_loss, grad_norm, decided[2])):
             history[key].append(value)
+        record_landed()  # async_step: replies applied during this epoch
         for decision, due, result in [p for p in pending if p[1] == epoch]:
             advisor.record_credit(spec, decision, epoch, decided[:2], result, split, journal)
             pending.remove((decision, due, result))
@@ -341,16 +386,24 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
 
         schedules.after_epoch(name, sched, decided[0] if val_loader else train_loss)  # plateau's metric
         advised = None
+        asks = spec["every"] and epoch % spec["every"] == 0
+        if args.advice != "sync" and epoch < args.epochs:
+            # A reply that arrived during this epoch is applied from the next one; then, with none in flight, ask
+            # again, unless no reply could land in time: under async it lands after the next epoch at the earliest.
+            if flight["asked"] and flight["asked"].ready(step + 1):
+                land(epoch + 1, step + 1)
+                record_landed()
+            if asks and epoch <= args.epochs - (2 if args.advice == "async" else 1):
+                if flight["asked"]:  # one exchange at a time: the next prompt carries what its reply did
+                    print(f"  advisor: the reply to the prompt after epoch {flight['asked'].epoch} is still in flight; "
+                          f"not asking after epoch {epoch}", flush=True)
+                else:
+                    flight["asked"] = advisor.Pending(ask, args, spec, epoch, history, opt.param_groups[0]["lr"])
         # Asking after the final epoch could change nothing, so it is never done.
-        if spec["every"] and epoch % spec["every"] == 0 and epoch < args.epochs:
+        elif asks and epoch < args.epochs:
             scheduler_lr = opt.param_groups[0]["lr"]
-            new_lr, row = advisor.consult(ask, args, spec, epoch, history, scheduler_lr, journal)
-            budget["llm_calls"] += 1
-            budget["llm_failed_calls"] += row["reply"] is None  # no reply at all: every attempt failed
-            budget["llm_retry_seconds"] += row["retry_wait_s"] or 0
-            budget["llm_seconds"] += (row["latency_s"] or 0) - (row["retry_wait_s"] or 0)
-            budget["llm_tokens"] += sum(row[k] or 0 for k in ("prompt_tokens", "output_tokens", "thought_tokens"))
-            budget["advisor_changes"] += row["changed"]
+            new_lr, row = advisor.consult(ask, args, spec, epoch, history, scheduler_lr, journal, step)
+            count(row)
             if row.get("credit_epochs"):  # before the advisor's LR is applied: the branch keeps the scheduler's
                 t1 = time.perf_counter()
                 result = branch(args, name, model, opt, sched, autocast, train_loader, decision_loader, per_step,
@@ -360,6 +413,15 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
             if row["accepted"]:
                 schedules.override(sched, opt, new_lr)
                 advised = (epoch, scheduler_lr) if new_lr != scheduler_lr else None
+    if flight["asked"]:  # never waited for: recorded as not applied, with why
+        count(flight["asked"].unapplied(args, spec, history, epoch, journal))
+    if spec["every"] and spec["advisor"] in advisor.LLMS:
+        if not models.priced(spec["llm"]):  # no price known: the cost is left empty, never 0
+            del budget["llm_cost_usd"]
+        elif unpriced:  # priced, but some exchanges never said their tokens: the sum is of the others
+            with tracking.writing():
+                mlflow.set_tag("llm_cost_unknown", "llm_cost_usd leaves out the exchange(s) after epoch(s) "
+                               f"{', '.join(map(str, unpriced))}: no token counts (no reply, or none yet)")
     journal[:] = [{"budget": budget}]
     with tracking.writing():
         mlflow.log_metrics(budget)

@@ -20,10 +20,14 @@ PUBLISHED_REPLY = ("A recommended new learning rate would be **0.01**.\n\nReason
                    "one epoch; a smaller step should let the optimizer settle into a minimum.")
 
 
-def reply(text, finish="STOP", version="gemini-fake-001", delay=0.0):
+def reply(text, finish="STOP", version="gemini-fake-001", delay=0.0, tokens=(120, 30, None)):
+    """tokens: (prompt, reply, thinking) as usageMetadata counts them; thinking None: not reported."""
     parts = [{"text": text}] if text is not None else []
+    usage = {"promptTokenCount": tokens[0], "candidatesTokenCount": tokens[1], "totalTokenCount": sum(t or 0 for t in tokens)}
+    if tokens[2] is not None:
+        usage["thoughtsTokenCount"] = tokens[2]
     body = {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
-            "usageMetadata": {"promptTokenCount": 120, "candidatesTokenCount": 30, "totalTokenCount": 150},
+            "usageMetadata": usage,
             "modelVersion": version, "responseId": "fake"}
     return {"status": 200, "body": body, "delay": delay}
 

@@ -22,8 +22,9 @@ from fake_gemini import send_json
 KEY = "sk-test-DO-NOT-LOG-51e0b2"
 
 
-def chat(content, finish="stop", model="fake-model-7b-instruct", delay=0.0, reasoning_tokens=None):
-    usage = {"prompt_tokens": 110, "completion_tokens": 25, "total_tokens": 135}
+def chat(content, finish="stop", model="fake-model-7b-instruct", delay=0.0, reasoning_tokens=None, tokens=(110, 25)):
+    """tokens: (prompt, completion) as usage counts them; completion includes reasoning_tokens, as OpenAI's does."""
+    usage = {"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "total_tokens": sum(tokens)}
     if reasoning_tokens is not None:
         usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
     body = {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,

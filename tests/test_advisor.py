@@ -82,7 +82,10 @@ def test_losses_arm_published_exchange_via_mlflow_run(tiny_cifar, experiment, tm
     rows = calls(run)
     assert [r["epoch"] for r in rows] == [1, 2]
     # The decision first, so the UI's table shows it without scrolling; the long texts last.
-    assert list(rows[0])[:7] == ["epoch", "parsed_lr", "scheduler_lr", "applied_lr", "accepted", "changed", "reason"]
+    assert list(rows[0])[:9] == ["epoch", "applied_epoch", "applied_step", "parsed_lr", "scheduler_lr", "applied_lr",
+                                 "accepted", "changed", "reason"]
+    # advice sync: each decision applies from the next epoch's first batch (one batch an epoch here)
+    assert [(r["applied_epoch"], r["applied_step"]) for r in rows] == [(2, 2), (3, 3)]
     assert list(rows[0])[-2:] == ["prompt", "reply"]
     assert rows[0]["parsed_lr"] == 0.01 and rows[0]["scheduler_lr"] == 0.2 and rows[0]["applied_lr"] == 0.01
     assert rows[0]["accepted"] and rows[0]["model_version"] == "gemini-3.5-flash-001"
