@@ -7,8 +7,9 @@
                                     instead of the README's count and `mlflow run -P epochs=N` trains 1 epoch
                                     (the two changes: the suite's time), `mlflow ui` is not started (a server)
     <!-- test: check -->            each lradvisor / mlflow run command is parsed and validated by the CLI's own
-                                    checks, not run; a block's compare names a sweep id its sweep gave, and its
-                                    --data-dir is what its make_fake_cifar.py wrote
+                                    checks from the checkout (files they name are read there), not run; a block's
+                                    compare names a sweep id its sweep gave, and its --data-dir is what its
+                                    make_fake_cifar.py wrote
     <!-- test: skip (why) -->       not runnable here (a download, a server, a cluster); says why
 
 A block without a marker fails the test, so none is added untested by accident.
@@ -68,8 +69,9 @@ def _argv(cmd):
 
 
 @pytest.mark.parametrize("index", [i for i, (mode, _, _) in enumerate(blocks()) if mode == "check"])
-def test_check_blocks_parse_and_agree(index):
+def test_check_blocks_parse_and_agree(index, monkeypatch):
     from lradvisor.cli import parse
+    monkeypatch.chdir(ROOT)  # files the commands name (scripts/models.example.yaml) are read, nothing is written
     text = blocks()[index][2]
     ids, written = {}, set()
     for cmd in commands(text):
