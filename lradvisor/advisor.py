@@ -236,8 +236,8 @@ def _record(spec, epoch, applied_at, text, got, proposed, scheduler_lr, applied,
            "model_version": got.get("model_version"), "response_format": got.get("response_format"),
            "attempts": got.get("attempts"), "latency_s": got.get("latency_s"), "retry_wait_s": got.get("retry_wait_s"),
            "prompt_tokens": got.get("prompt_tokens"), "output_tokens": got.get("output_tokens"),
-           "thought_tokens": got.get("thought_tokens"), "cost_usd": got.get("cost_usd"), "finish_reason": got.get("finish_reason"), "prompt": text,
-           "reply": got.get("reply")}
+           "thought_tokens": got.get("thought_tokens"), "cost_usd": got.get("cost_usd"),
+           "finish_reason": got.get("finish_reason"), "prompt": text, "reply": got.get("reply")}
     if journal is not None:
         journal.append({"epoch": epoch, "advisor": row})
     folder = f"advisor/epoch_{epoch:02d}"
@@ -249,7 +249,8 @@ def _record(spec, epoch, applied_at, text, got, proposed, scheduler_lr, applied,
         tracking.write_table(spec["calls"], TABLE)
         mlflow.log_text(text, f"{folder}/prompt.txt")  # the exact bytes sent and received
         mlflow.log_text(got.get("reply") or "", f"{folder}/reply.txt")
-        mlflow.log_text(exchange_page(row, spec.get("advice", "sync") == "sync"), f"{folder}/exchange.html")  # the same, readable in the UI's preview
+        # the same, readable in the UI's preview
+        mlflow.log_text(exchange_page(row, spec.get("advice", "sync") == "sync"), f"{folder}/exchange.html")
         if got.get("error_body"):  # the server's whole answer; the table and the console keep one line of it
             mlflow.log_text(got["error_body"], f"{folder}/error.txt")
         mlflow.log_metrics(metrics, step=epoch)

@@ -171,7 +171,7 @@ def pareto(rows, path):
         best = front([(r[key], r["delta_vs_baseline"]) for r in shown])
         if best:
             xs, ys = zip(*best)
-            ax.step(xs, ys, where="post", color="black", lw=1, alpha=0.6, label="non-dominated front")
+            ax.step(xs, ys, where="post", color="tab:blue", lw=1.5, alpha=0.8, label="non-dominated front")
             ax.legend(fontsize=8, loc="best")
         ax.axhline(0, color="black", lw=1, ls=":")
         missing = len(rows) - len(shown)
