@@ -95,6 +95,8 @@ def test_sweep_then_compare_through_mlflow_run(tiny_cifar, remote, tmp_path, cap
     assert rows["losses"]["pairs"] == "2" and rows["losses"]["unpaired_seeds"] == ""
     # Budget: LLM calls and tokens from the stand-in's usage (120 + 30), seconds from the runs' own clocks.
     assert float(rows["losses"]["llm_tokens"]) == 150 and float(rows["baseline"]["llm_calls"]) == 0
+    # No models file, so no price: the LLM arm's cost is empty, never 0; an arm that asks no LLM costs 0.
+    assert rows["losses"]["llm_cost_usd"] == "" and float(rows["baseline"]["llm_cost_usd"]) == 0
     train_s = [sum(m.value for m in remote.get_metric_history(r.info.run_id, "epoch_seconds"))
                for r in children if r.data.tags["arm"] == "baseline"]
     assert float(rows["baseline"]["train_seconds"]) == pytest.approx(statistics.mean(train_s))
@@ -105,7 +107,7 @@ def test_sweep_then_compare_through_mlflow_run(tiny_cifar, remote, tmp_path, cap
     assert cmp_run.data.tags["mlflow.runName"] == "compare-s1"
     logged = {a.path for a in remote.list_artifacts(cmp_run.info.run_id)}
     assert {"results.md", "results.csv", "overlay_losses.png", "overview.png", "class_heatmap.png", "forest.png",
-            "compared_runs.json"} == logged
+            "pareto.png", "compared_runs.json"} == logged
 
     # The same sweep again: everything is already FINISHED with these parameters, nothing new runs.
     capfd.readouterr()
