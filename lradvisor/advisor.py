@@ -207,10 +207,11 @@ def answer(args, spec, epoch, text, got, scheduler_lr, decision, history, journa
                       **{k: v for k, v in got.items() if k not in ("model", "error_body")}}, end_time_ns=times[1])
     credit = {}
     if args.credit_epochs:  # which decisions get a counterfactual branch (train.py trains it), and why not
-        k = min(args.credit_epochs, args.epochs - epoch) if accepted and changed else 0
+        # It starts where the decision is applied: after `epoch` under sync, where the reply landed under async.
+        k = min(args.credit_epochs, args.epochs - applied_at[0] + 1) if applied_at and accepted and changed else 0
         credit = {"credit_acc": None, "credit_loss": None, "credit_epochs": k,
                   "credit_note": f"pending: against {k} epoch(s) at the scheduler's lr {scheduler_lr:g}" if k else
-                  "no branch: the scheduler's LR was applied"}
+                  "no branch: the scheduler's LR was applied" if applied_at else "no branch: never applied"}
     row = _record(spec, epoch, applied_at, text, got, proposed, scheduler_lr, applied, accepted, changed, reason,
                   credit, journal)
     history.setdefault("proposals", []).append((epoch, proposed, accepted))  # what the feedback signal shows

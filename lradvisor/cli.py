@@ -148,11 +148,11 @@ def check_training_args(a):
         (a.temperature >= 0, f"temperature must be >= 0, got {a.temperature}"),
         (a.advice in ADVICE, f"unknown advice {a.advice!r}; valid: {', '.join(ADVICE)}"),
         # A rollback trains the advised epoch again and a credit branch starts where the reply is applied: both
-        # assume the reply is there at the epoch's start, which only sync guarantees.
-        (a.advice == "sync" or a.guard == "off", f"guard rollback needs advice sync (the epoch it retrains starts at the "
-                                                 f"reply); this run has advice {a.advice}"),
-        (a.advice == "sync" or not a.credit_epochs, f"credit_epochs needs advice sync (a branch starts where the reply "
-                                                    f"is applied); this run has advice {a.advice}"),
+        # need the reply to apply from an epoch's start, which async_step does not keep to.
+        (a.advice != "async_step" or a.guard == "off", "guard rollback retrains an epoch from its start: it needs "
+                                                       "advice sync or async, not async_step (a reply lands mid-epoch)"),
+        (a.advice != "async_step" or not a.credit_epochs, "credit_epochs branches from an epoch's start: it needs "
+                                                          "advice sync or async, not async_step (a reply lands mid-epoch)"),
     ]
     for ok, message in rules:
         if not ok:

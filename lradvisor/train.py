@@ -301,8 +301,22 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
         if row["cost_usd"] is None:
             unpriced.append(row["epoch"])
 
+    def apply_decision(ask_epoch, row, new_lr, scheduler_lr):
+        """A decision that applies from the next epoch on: its credit branch (from the state before it), then its LR."""
+        nonlocal advised
+        if row.get("credit_epochs"):  # before the advisor's LR is applied: the branch keeps the scheduler's
+            t1 = time.perf_counter()
+            result = branch(args, name, model, opt, sched, autocast, train_loader, decision_loader, per_step,
+                            row["credit_epochs"])
+            pending.append((ask_epoch, epoch + row["credit_epochs"], result))
+            budget["credit_seconds"] += time.perf_counter() - t1
+        if row["accepted"]:
+            schedules.override(sched, opt, new_lr)
+            advised = (ask_epoch, scheduler_lr) if new_lr != scheduler_lr else None
+
     def land(at_epoch, at_step):
-        """Apply the reply in flight from batch `at_step` (in epoch `at_epoch`) on; it is recorded at the epoch's end."""
+        """async_step: apply the reply in flight from batch `at_step` (in epoch `at_epoch`) on; recorded at the epoch's
+        end (guard and credit, which start from an epoch's beginning, are refused with async_step)."""
         p = flight["asked"]
         scheduler_lr = opt.param_groups[0]["lr"]
         decision = advisor.decide(args, p.got, scheduler_lr)
@@ -388,11 +402,17 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
         advised = None
         asks = spec["every"] and epoch % spec["every"] == 0
         if args.advice != "sync" and epoch < args.epochs:
-            # A reply that arrived during this epoch is applied from the next one; then, with none in flight, ask
-            # again, unless no reply could land in time: under async it lands after the next epoch at the earliest.
+            # A reply that arrived during this epoch is applied from the next one, as a sync reply would be; then,
+            # with none in flight, ask again, unless no reply could land in time: under async it lands after the
+            # next epoch at the earliest.
             if flight["asked"] and flight["asked"].ready(step + 1):
-                land(epoch + 1, step + 1)
-                record_landed()
+                p, flight["asked"] = flight["asked"], None
+                scheduler_lr = opt.param_groups[0]["lr"]
+                new_lr, row = advisor.answer(args, spec, p.epoch, p.text, p.got, scheduler_lr,
+                                             advisor.decide(args, p.got, scheduler_lr), history, journal,
+                                             (epoch + 1, step + 1), p.times)
+                count(row)
+                apply_decision(p.epoch, row, new_lr, scheduler_lr)
             if asks and epoch <= args.epochs - (2 if args.advice == "async" else 1):
                 if flight["asked"]:  # one exchange at a time: the next prompt carries what its reply did
                     print(f"  advisor: the reply to the prompt after epoch {flight['asked'].epoch} is still in flight; "
@@ -404,15 +424,7 @@ def epochs(args, spec, ask, model, opt, sched, autocast, train_loader, test_load
             scheduler_lr = opt.param_groups[0]["lr"]
             new_lr, row = advisor.consult(ask, args, spec, epoch, history, scheduler_lr, journal, step)
             count(row)
-            if row.get("credit_epochs"):  # before the advisor's LR is applied: the branch keeps the scheduler's
-                t1 = time.perf_counter()
-                result = branch(args, name, model, opt, sched, autocast, train_loader, decision_loader, per_step,
-                                row["credit_epochs"])
-                pending.append((epoch, epoch + row["credit_epochs"], result))
-                budget["credit_seconds"] += time.perf_counter() - t1
-            if row["accepted"]:
-                schedules.override(sched, opt, new_lr)
-                advised = (epoch, scheduler_lr) if new_lr != scheduler_lr else None
+            apply_decision(epoch, row, new_lr, scheduler_lr)
     if flight["asked"]:  # never waited for: recorded as not applied, with why
         count(flight["asked"].unapplied(args, spec, history, epoch, journal))
     if spec["every"] and spec["advisor"] in advisor.LLMS:

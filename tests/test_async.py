@@ -104,11 +104,45 @@ def test_ctrl_c_with_a_request_in_flight_ends_the_run_killed_at_once(tiny_cifar,
 
 @pytest.mark.parametrize("flags, says", [
     (["--advice", "later"], "unknown advice 'later'; valid: sync, async, async_step"),
-    (["--advice", "async", "--guard", "rollback"], "guard rollback needs advice sync"),
-    (["--advice", "async_step", "--credit-epochs", "1"], "credit_epochs needs advice sync"),
+    (["--advice", "async_step", "--guard", "rollback"], "guard rollback retrains an epoch from its start: it needs "
+                                                        "advice sync or async, not async_step"),
+    (["--advice", "async_step", "--credit-epochs", "1"], "credit_epochs branches from an epoch's start"),
 ])
-def test_what_async_advice_cannot_do_is_refused_before_any_run(flags, says, tiny_cifar, experiment, capsys):
+def test_what_async_step_cannot_do_is_refused_before_any_run(flags, says, tiny_cifar, experiment, capsys):
     assert cli("train", "--arm", "losses", *flags, "--data-dir", tiny_cifar, *TINY, "--experiment", experiment) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
     assert runs_of(experiment) == []
+
+
+def test_async_decisions_get_credit_and_credit_changes_nothing(tiny_cifar, experiment):
+    """Under async a decision's branch starts where its reply landed; the run trains bit for bit as with credit
+    off (the random control answers at once, without a network: it lands deterministically)."""
+    for credit in (1, 0):
+        assert cli("train", "--arm", "random_control", "--advice", "async", "--credit-epochs", credit,
+                   "--data-dir", tiny_cifar, *TINY, "--experiment", experiment) == 0
+    on, off = sorted(runs_of(experiment), key=lambda r: r.info.start_time)
+    assert on.data.tags["weights_sha256"] == off.data.tags["weights_sha256"]
+    rows = calls(on)
+    assert [(r["epoch"], r["applied_epoch"]) for r in rows] == [(1, 3), (2, 4), (3, 5)]
+    assert all(r["credit_epochs"] == 1 and r["credit_acc"] == r["credit_acc"] for r in rows if r["changed"])
+    assert sorted(s for s, _ in history(on.info.run_id, "credit_acc")) == [r["epoch"] for r in rows if r["changed"]]
+
+
+def test_async_guard_rolls_back_the_epoch_a_reply_blew_up(tiny_cifar, experiment, monkeypatch):
+    with FakeOpenAI([chat("The learning rate should be 0.9.")]) as s:
+        for k, v in s.env().items():
+            monkeypatch.setenv(k, v)
+        assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--advice", "async",
+                   "--guard", "rollback", "--guard-factor", 1.01, "--lr", 0.01, "--momentum", 0.99,
+                   "--data-dir", tiny_cifar, *TINY, "--experiment", experiment) == 0
+    (run,) = runs_of(experiment)
+    rollbacks = [s for s, _ in history(run.info.run_id, "advisor_rollback")]
+    assert rollbacks, "the 0.9 reply should have blown the loss past 1.01 x the previous epoch"
+    rows = calls(run)
+    applied = {r["applied_epoch"]: r["epoch"] for r in rows if r["model"] != "guard"}
+    notes = [r for r in rows if r["model"] == "guard"]
+    # each note sits under the exchange whose reply set the rolled-back epoch, and that epoch kept the schedule's LR
+    assert [n["epoch"] for n in notes] == [applied[e] for e in rollbacks]
+    lrs = dict(history(run.info.run_id, "lr"))
+    assert all(lrs[e] == pytest.approx(0.01) for e in rollbacks)
