@@ -90,7 +90,7 @@ def test_temperatures_cross_a_provider_model_that_has_no_price(tiny_cifar, exper
             for k, v in env.items():
                 mp.setenv(k, v)
             assert cli("sweep", "--arms", "losses", "--llm-models", "openai:fake-model-7b-instruct", "--temperatures",
-                       "0.2,0.9", "--sweep-id", "temps1", "--data-dir", tiny_cifar, *TINY,
+                       "0.2,0.9", "--sweep-id", "temps1", "--parallel", 2, "--data-dir", tiny_cifar, *TINY,
                        "--experiment", experiment) == 0
     assert sorted(r["body"]["temperature"] for r in s.requests if r["body"]) == [0.2, 0.9]
     runs = sorted(runs_of(experiment, filter_string="tags.role = 'arm'"), key=lambda r: r.data.params["temperature"])
