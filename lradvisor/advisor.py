@@ -181,7 +181,7 @@ class Pending:
         """Record the exchange as never applied: training ended (after `epoch`) with it in flight, or it arrived
         during the last epoch it could have changed."""
         arrived = self.ready(float("inf"))
-        got = {k: v for k, v in self.got.items() if k != "arrives_step"} if arrived else {"model": self.model}
+        got = self.got if arrived else {"model": self.model}  # answer() drops a replay's arrives_step
         proposed = decide(args, got, self.scheduler_lr)[0] if arrived else None
         reason = (f"not applied: arrived after the last epoch boundary it could change (training ended after epoch "
                   f"{epoch})" if arrived else f"not applied: still in flight when training ended after epoch {epoch}; "

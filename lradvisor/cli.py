@@ -163,9 +163,10 @@ def check_training_args(a):
                          "(the schedule it found, on fresh seeds); pick another arm")
     spec = resolve(a.arm, a.signals, a.every, a.advisor, a.schedule)
     from lradvisor import models
-    models.read(a.models)  # a bad models file is refused whatever the arm
     if spec["every"] and spec["advisor"] in ("gemini", "openai"):
-        models.pick(a.llm_model, a.models, a.advisor, a.arm)
+        models.pick(a.llm_model, a.models, a.advisor, a.arm)  # reads and checks the models file
+    else:
+        models.read(a.models)  # a bad models file is refused whatever the arm
     if a.schedule_file != "none" and a.schedule not in ("preset", "file"):
         raise UsageError("schedule_file sets the schedule: leave schedule preset (or file)")
     if a.schedule == "file" and a.schedule_file == "none":
