@@ -13,6 +13,9 @@ The published study's arms each add one signal to the recent losses; parameters 
 import json
 import os
 import re
+from dataclasses import dataclass
+
+from lradvisor.errors import UsageError
 
 ARMS = {
     # the published study
@@ -41,10 +44,11 @@ ARMS = {
 }
 SEARCH_ARMS = ("search_tpe", "search_random", "search_pbt")
 SIGNALS = ("losses", "lr_history", "grad_norms", "per_class", "feedback")
-ADVISORS = ("gemini", "openai", "random", "textbook", "replay")
+LLMS = ("gemini", "openai")  # the advisors that are LLMs (llm/servers.py); the others answer without one
+ADVISORS = (*LLMS, "random", "textbook", "replay")
 # built in schedules.py; `file` follows --schedule-file (a PBT winner's LR per epoch)
 SCHEDULES = ("step", "cosine", "onecycle", "linear", "plateau", "constant", "file")
-MODELS = ("resnet18", "resnet18_imagenet_stem")  # built in model.py
+MODELS = ("resnet18", "resnet18_imagenet_stem")  # built in engine/network.py
 # Names a sweep's `arms` accepts for several arms at once.
 GROUPS = {
     "published": ["baseline", "cadence3", "cadence5", "losses", "lr_history", "grad_norms", "per_class"],
@@ -53,8 +57,17 @@ GROUPS = {
 }
 
 
-class UsageError(Exception):
-    """A parameter is invalid; the message names the valid values."""
+@dataclass(frozen=True)
+class Arm:
+    """An arm as a run trains it: its preset with the run's overrides applied (resolve)."""
+    signals: tuple
+    every: int
+    advisor: str = "gemini"
+    schedule: str = "step"
+
+    @property
+    def asks_llm(self):
+        return bool(self.every) and self.advisor in LLMS
 
 
 def flag(name, value):
@@ -69,7 +82,7 @@ def resolve(arm, signals="preset", every="preset", advisor="preset", schedule="p
     preset's value)."""
     if arm not in ARMS:
         raise UsageError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
-    spec = {"advisor": "gemini", "schedule": "step", **ARMS[arm]}
+    spec = {"advisor": "gemini", "schedule": "step", **ARMS[arm]}  # filled in below, then frozen
     if signals not in ("", "preset"):
         names = tuple(s.strip() for s in signals.split(",") if s.strip())
         bad = [s for s in names if s not in SIGNALS]
@@ -93,7 +106,7 @@ def resolve(arm, signals="preset", every="preset", advisor="preset", schedule="p
         spec["schedule"] = schedule
     if spec["every"] > 0 and not spec["signals"]:
         raise UsageError(f"arm {arm!r} asks the LLM but shows it no signals; set --signals to some of {', '.join(SIGNALS)}")
-    return spec
+    return Arm(**spec)
 
 
 ID = re.compile(r"^[A-Za-z0-9_.-]+$")

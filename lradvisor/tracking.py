@@ -11,7 +11,7 @@ import traceback
 import mlflow
 from mlflow.tracking import MlflowClient
 
-TABLE = "advisor/calls.json"  # an advisor run's exchanges, one row each (advisor.py writes it, replay reads it)
+TABLE = "advisor/calls.json"  # an advisor run's exchanges, one row each (llm/records.py writes it, replay reads it)
 # Per-class accuracy of a data set with more than CLASS_METRICS classes: one row per epoch and class, instead
 # of a metric per class (100 metrics would bury the run page's charts).
 CLASS_TABLE, CLASS_METRICS = "class_acc.json", 20
@@ -271,10 +271,6 @@ def write_table(rows, artifact_file):
 # ----------------------------------------------------------------------------------------------------------
 # A tracking server that is not there, or goes away
 
-class ServerLost(Exception):
-    """The tracking server stopped answering mid-run; the message says where the unsent records are."""
-
-
 def _server_url():
     uri = mlflow.get_tracking_uri()
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
@@ -296,7 +292,7 @@ def server_down(timeout=5.0):
 def check_server():
     why = server_down()
     if why:
-        from lradvisor.arms import UsageError
+        from lradvisor.errors import UsageError
         raise UsageError(f"cannot reach the tracking server {_server_url()} ({why}); start it, or point "
                          "MLFLOW_TRACKING_URI at a running one (unset it for the local ./mlflow.db)")
 

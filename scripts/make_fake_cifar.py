@@ -78,7 +78,7 @@ def main(argv=None):
 
 
 def cifar100(args, rng):
-    from lradvisor.datasets import CIFAR100_CLASSES
+    from lradvisor.data.registry import CIFAR100_CLASSES
     folder = os.path.join(args.out, "cifar-100-python")
     os.makedirs(folder, exist_ok=True)
     for part, n in (("train", args.train_per_class), ("test", args.test_per_class)):

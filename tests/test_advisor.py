@@ -11,7 +11,7 @@ import pytest
 
 from conftest import cli, history, mlflow_run, runs_of, store_holds
 from fake_gemini import KEY, PUBLISHED_REPLY, FakeGemini, error, reply
-from lradvisor import prompt
+from lradvisor.llm import prompt
 
 TINY = ["--batch-size", 20, "--subset-ratio", 0.5]  # 10 of tiny_cifar's training images, one step an epoch
 

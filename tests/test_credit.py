@@ -2,7 +2,6 @@
 prompt's per-class numbers, the counterfactual branch, bit-for-bit runs with credit on and off, and compare's
 credit statistics recomputed from the calls tables."""
 
-import argparse
 import csv
 import math
 import re
@@ -16,8 +15,15 @@ from scipy import stats
 from conftest import cli, history, runs_of
 from fake_gemini import FakeGemini, reply
 from fake_openai import FakeOpenAI, chat
-from lradvisor import schedules, train
-from lradvisor.data import CLASSES, DataError, holdout_split, stratified_subset
+from lradvisor.arms import resolve
+from lradvisor.config import TrainConfig
+from lradvisor.data.files import holdout_split, stratified_subset
+from lradvisor.data.registry import CLASSES
+from lradvisor.engine import schedules
+from lradvisor.engine.credit import branch
+from lradvisor.engine.loop import evaluate, train_epoch
+from lradvisor.engine.setup import prepare, snapshot
+from lradvisor.errors import DataError
 
 
 def calls(run):
@@ -88,27 +94,25 @@ def test_published_default_reads_test_and_is_tagged_so(cifar_dir, experiment, mo
 def test_a_branch_at_the_runs_own_lr_reproduces_the_run_exactly(tiny_cifar):
     """Credit 0.0: k epochs of the branch equal k epochs of the run, bit for bit, and the run's state comes back
     exactly as it was (weights, momentum, schedule, data order)."""
-    from lradvisor.data import load
-    args = argparse.Namespace(dataset="cifar10", batch_size=8, seed=0, model="resnet18", lr=0.05, momentum=0.9, weight_decay=1e-3,
-                              precision="fp32", channels_last="0", compile=0, epochs=4, step_size=1, gamma=0.5,
-                              holdout=0.0)
-    x, y, xt, yt = (torch.from_numpy(a) for a in load(tiny_cifar))
-    loader, test_loader, model, opt, sched, autocast = train.setup(args, x, y, xt, yt, "step")
-    train.train_epoch(model, opt, loader, autocast)
+    cfg = TrainConfig(data_dir=tiny_cifar, batch_size=8, lr=0.05, precision="fp32", channels_last="0", epochs=4,
+                      step_size=1, gamma=0.5)
+    s = prepare(cfg, resolve("baseline"), torch.device("cpu"))
+    model, opt, sched, autocast, loader, test_loader = s.model, s.opt, s.sched, s.autocast, s.train_loader, s.test_loader
+    train_epoch(model, opt, loader, autocast)
     schedules.after_epoch("step", sched, None)
-    before = train.snapshot(model, opt, sched, loader)
-    branch_loss, branch_acc = train.branch(args, "step", model, opt, sched, autocast, loader, test_loader, None, 2)
-    now = train.snapshot(model, opt, sched, loader)
+    before = snapshot(model, opt, sched, loader)
+    branch_loss, branch_acc, _ = branch(s, 2)
+    now = snapshot(model, opt, sched, loader)
     assert all(torch.equal(before["model"][k], now["model"][k]) for k in before["model"])
     assert all(torch.equal(a["momentum_buffer"], b["momentum_buffer"])
                for a, b in zip(before["opt"]["state"].values(), now["opt"]["state"].values()))
     assert before["sched"] == now["sched"] and torch.equal(before["rng"], now["rng"])
     assert opt.param_groups[0]["lr"] == 0.025
     for i in range(2):  # the run itself, from the same state
-        train.train_epoch(model, opt, loader, autocast)
+        train_epoch(model, opt, loader, autocast)
         if i == 0:
             schedules.after_epoch("step", sched, None)
-    loss, acc, _ = train.evaluate(model, test_loader, autocast)
+    loss, acc, _ = evaluate(model, test_loader, autocast)
     assert (loss - branch_loss, acc - branch_acc) == (0.0, 0.0)
 
 

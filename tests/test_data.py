@@ -16,13 +16,15 @@ import torch
 import torchvision.transforms.v2 as T
 from torchvision.datasets import CIFAR10
 
-from lradvisor import data
-from lradvisor.datasets import FOLDER, MD5
+from lradvisor.data import files, registry
+from lradvisor.data import loader as batches
+from lradvisor.errors import DataError
+from lradvisor.data.registry import FOLDER, MD5
 from conftest import ROOT, cli, runs_of
 
 
 def test_reads_real_format(cifar_dir):
-    x_tr, y_tr, x_te, y_te = data.load(cifar_dir)
+    x_tr, y_tr, x_te, y_te = files.load(cifar_dir)
     assert x_tr.shape == (80, 3, 32, 32) and x_tr.dtype == np.uint8
     assert x_te.shape == (40, 3, 32, 32) and sorted(set(y_tr.tolist())) == list(range(10))
     # Same bytes as a plain pickle.load of the file (the reader only restricts what may be loaded).
@@ -33,7 +35,7 @@ def test_reads_real_format(cifar_dir):
 
 def test_checksum_mismatch_is_a_warning_naming_the_file(cifar_dir):
     with pytest.warns(UserWarning, match="data_batch_1"):
-        data.ensure(cifar_dir)
+        files.ensure(cifar_dir)
 
 
 def test_crafted_pickle_cannot_run_code(cifar_dir, tmp_path):
@@ -46,8 +48,8 @@ def test_crafted_pickle_cannot_run_code(cifar_dir, tmp_path):
 
     with open(tmp_path / FOLDER / "data_batch_3", "wb") as f:
         pickle.dump({"data": Evil(), "labels": [0]}, f, protocol=2)
-    with pytest.raises(data.DataError, match="refusing to load.*system"):
-        data.load(str(tmp_path))
+    with pytest.raises(DataError, match="refusing to load.*system"):
+        files.load(str(tmp_path))
     assert not marker.exists()
 
 
@@ -71,8 +73,8 @@ def _serve(folder):
 def test_downloads_and_verifies_archive_on_first_use(name, tmp_path, monkeypatch):
     """The real torchvision download path, from a local HTTP server holding an archive in the real layout."""
     import torchvision.datasets
-    tv = getattr(torchvision.datasets, data.DATASETS[name]["files"]["torchvision"])
-    folder = data.DATASETS[name]["files"]["folder"]
+    tv = getattr(torchvision.datasets, registry.DATASETS[name]["files"]["torchvision"])
+    folder = registry.DATASETS[name]["files"]["folder"]
     made = tmp_path / "made"
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--dataset", name,
                     "--out", str(made), "--train-per-class", "2", "--test-per-class", "1"], check=True, capture_output=True)
@@ -85,12 +87,12 @@ def test_downloads_and_verifies_archive_on_first_use(name, tmp_path, monkeypatch
     try:
         monkeypatch.setattr(tv, "url", f"http://127.0.0.1:{server.server_port}/{tv.filename}")
         monkeypatch.setattr(tv, "tgz_md5", "0" * 32)  # a corrupt download is refused ...
-        with pytest.raises(data.DataError, match="download failed"):
-            data.ensure(str(tmp_path / "bad"), name)
+        with pytest.raises(DataError, match="download failed"):
+            files.ensure(str(tmp_path / "bad"), name)
         monkeypatch.setattr(tv, "tgz_md5", md5)  # ... a good one is extracted and read
-        n = len(data.DATASETS[name]["classes"])
+        n = len(registry.DATASETS[name]["classes"])
         with pytest.warns(UserWarning, match=f"{name} files in .* do not match the official md5"):
-            x_tr, y_tr, x_te, y_te = data.load(str(tmp_path / "good"), name)
+            x_tr, y_tr, x_te, y_te = files.load(str(tmp_path / "good"), name)
         assert x_tr.shape == (2 * n, 3, 32, 32) and sorted(set(y_tr.tolist())) == list(range(n)) and len(y_te) == n
     finally:
         server.shutdown()
@@ -98,11 +100,11 @@ def test_downloads_and_verifies_archive_on_first_use(name, tmp_path, monkeypatch
 
 def test_stratified_subset():
     labels = np.repeat(np.arange(10), 50)
-    a = data.stratified_subset(labels, 0.2, seed=3)
+    a = files.stratified_subset(labels, 0.2, seed=3)
     assert np.bincount(labels[a]).tolist() == [10] * 10
-    assert np.array_equal(a, data.stratified_subset(labels, 0.2, seed=3))
-    assert not np.array_equal(a, data.stratified_subset(labels, 0.2, seed=4))
-    assert len(data.stratified_subset(labels, 1.0, seed=0)) == 500
+    assert np.array_equal(a, files.stratified_subset(labels, 0.2, seed=3))
+    assert not np.array_equal(a, files.stratified_subset(labels, 0.2, seed=4))
+    assert len(files.stratified_subset(labels, 1.0, seed=0)) == 500
 
 
 def test_batch_augmentation_matches_torchvision_reference():
@@ -111,7 +113,7 @@ def test_batch_augmentation_matches_torchvision_reference():
     torch.manual_seed(0)
     x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     g = torch.Generator().manual_seed(0)
-    out = data.augment(torch.nn.functional.pad(x, (4, 4, 4, 4)), g)
+    out = batches.augment(torch.nn.functional.pad(x, (4, 4, 4, 4)), g)
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = T.Pad(4)(x)
     found = []
@@ -125,17 +127,17 @@ def test_batch_augmentation_matches_torchvision_reference():
     assert 16 < flips < 48  # Binomial(64, 0.5)
     assert 2.5 < np.mean([dy for dy, _, _ in found]) < 5.5  # uniform on 0..8 has mean 4
     # Normalisation equals torchvision's ToDtype + Normalize.
-    ref = T.Normalize(data.MEAN, data.STD)(T.ToDtype(torch.float32, scale=True)(x))
-    assert torch.allclose(data.normalize(x), ref, atol=1e-5)
+    ref = T.Normalize(registry.MEAN, registry.STD)(T.ToDtype(torch.float32, scale=True)(x))
+    assert torch.allclose(batches.normalize(x), ref, atol=1e-5)
 
 
 def test_loader_covers_each_image_once_per_epoch():
     x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 32, 32).contiguous()
     y = torch.arange(10)
-    loader = data.Loader(x, y, batch_size=4, train=True, seed=0)
+    loader = batches.Loader(x, y, batch_size=4, train=True, seed=0)
     seen = torch.cat([yb for _, yb in loader])
     assert sorted(seen.tolist()) == list(range(10)) and len(loader) == 3
-    again = torch.cat([yb for _, yb in data.Loader(x, y, batch_size=4, train=True, seed=0)])
+    again = torch.cat([yb for _, yb in batches.Loader(x, y, batch_size=4, train=True, seed=0)])
     assert torch.equal(seen, again)
 
 
@@ -143,7 +145,7 @@ def test_md5_list_and_model_equal_torchvision():
     """Our copies of what we no longer import from torchvision on every run: its CIFAR-10 checksums, and its
     resnet18 (same seed, same weights bit for bit, same outputs), with the CIFAR stem swapped in as before."""
     import torchvision
-    from lradvisor.model import build_model
+    from lradvisor.engine.network import build_model
     assert MD5 == dict(CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])])
     for name in ("resnet18", "resnet18_imagenet_stem"):
         torch.manual_seed(3)

@@ -13,21 +13,24 @@ import numpy as np
 import pytest
 import torch
 
-from lradvisor import data, prompt, stats
-from lradvisor.datasets import CIFAR100_CLASSES, DATASETS
+from lradvisor.data import files
+from lradvisor.data import loader as batches
+from lradvisor.llm import prompt
+from lradvisor.study import stats
+from lradvisor.data.registry import CIFAR100_CLASSES, DATASETS
 from conftest import ROOT, cli, history, runs_of
 
 
 def test_digits_are_a_fixed_stratified_split_of_the_bundled_images():
     from sklearn.datasets import load_digits
-    x, y, xt, yt = data.load("no-such-folder", "digits")  # nothing is read from data_dir, nothing downloaded
+    x, y, xt, yt = files.load("no-such-folder", "digits")  # nothing is read from data_dir, nothing downloaded
     assert x.shape == (1438, 3, 32, 32) and xt.shape == (359, 3, 32, 32) and x.dtype == np.uint8
     share = np.bincount(yt) / (np.bincount(y) + np.bincount(yt))
     assert np.all(np.abs(share - 0.2) < 0.02), share  # every class 20 % in the test set
-    again = data.load("elsewhere", "digits")
+    again = files.load("elsewhere", "digits")
     assert np.array_equal(again[3], yt) and np.array_equal(again[2], xt)  # one test set for every run and seed
     d = load_digits()
-    train, test = data.digits_split(d.target)
+    train, test = files.digits_split(d.target)
     assert not set(train) & set(test) and len(train) + len(test) == 1797
     # Each 8x8 image scaled to 0..255, every pixel a 4x4 block, the same in the three channels.
     assert np.array_equal(xt[5, 1, ::4, ::4], np.round(d.images[test[5]] * 255 / 16).astype(np.uint8))
@@ -43,7 +46,7 @@ def test_digits_are_never_flipped_cifar_is():
     y = torch.zeros(64, dtype=torch.long)
 
     def reversed_rows(dataset):
-        xb, _ = next(iter(data.Loader(x, y, 64, train=True, seed=0, dataset=dataset)))
+        xb, _ = next(iter(batches.Loader(x, y, 64, train=True, seed=0, dataset=dataset)))
         row = xb[:, 0, 16]  # normalised: still increasing where the pixels were, a constant where padding was
         pad = (0 - DATASETS[dataset]["mean"][0]) / DATASETS[dataset]["std"][0]
         return sum(bool((r[(r - pad).abs() > 1e-4].diff() < 0).all()) for r in row)

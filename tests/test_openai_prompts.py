@@ -13,8 +13,8 @@ import pytest
 
 from conftest import cli, history, runs_of, store_holds
 from fake_openai import KEY, FakeOpenAI, chat, status
-from lradvisor import prompt
-from lradvisor.data import CLASSES
+from lradvisor.llm import prompt
+from lradvisor.data.registry import CLASSES
 
 TINY = ["--batch-size", 20, "--subset-ratio", 0.25]
 

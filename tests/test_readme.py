@@ -82,11 +82,12 @@ def test_check_blocks_parse_and_agree(index, monkeypatch):
         argv = _argv(cmd)
         if argv is None:
             continue
-        args = parse(argv)  # the CLI's own parsing and checks, short of the server and the data
-        if args.command in ("train", "sweep") and written:
-            assert args.data_dir in written, f"{cmd}: --data-dir {args.data_dir} is not what the block wrote: {written}"
-        if args.command in ("sweep", "compare") and args.sweep_id != "none":
-            ids.setdefault(args.command, set()).add(args.sweep_id)
+        command, cfg = parse(argv)  # the CLI's own parsing and checks, short of the server and the data
+        data_dir = {"train": lambda: cfg.data_dir, "sweep": lambda: cfg.train.data_dir}.get(command)
+        if data_dir and written:
+            assert data_dir() in written, f"{cmd}: --data-dir {data_dir()} is not what the block wrote: {written}"
+        if command in ("sweep", "compare") and cfg.sweep_id != "none":
+            ids.setdefault(command, set()).add(cfg.sweep_id)
     if "sweep" in ids:  # a compare after a sweep in one block reads what that sweep made
         assert ids.get("compare", set()) <= ids["sweep"], \
             f"compare reads sweep ids {ids.get('compare')}, the block's sweep makes {ids['sweep']}"
@@ -108,3 +109,22 @@ def test_run_blocks_run_as_written(index, tmp_path):
         script = re.sub(r"-P epochs=\d+", "-P epochs=1", script)
         p = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, f"{script}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+
+
+def test_the_parameter_table_is_the_configs():
+    """The README's table of parameters names every setting of a run (config.TrainConfig) with its default."""
+    from lradvisor.config import TrainConfig, settings
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    table = text[text.index("| parameter | default | meaning |"):].split("\n\n")[0].splitlines()[2:]
+    shown = {}
+    for row in table:
+        cells = row.split("|")
+        names, defaults = re.findall(r"`(\w+)`", cells[1]), [d.strip(" `") for d in cells[2].split(",")]
+        for i, name in enumerate(names):
+            shown[name] = defaults[i] if len(defaults) == len(names) else defaults[0]
+    defaults = {f.name: f.default for f in settings(TrainConfig) if f.name != "experiment"}  # experiment: in the prose
+    assert set(shown) == set(defaults)
+    for name, default in defaults.items():
+        same = float(shown[name]) == default if isinstance(default, (int, float)) else shown[name] == default
+        assert same, f"{name}: the README says {shown[name]}, the default is {default!r}"

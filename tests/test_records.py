@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import ROOT, cli, free_port, history, mlflow_run, mlflow_server, runs_of
-from lradvisor.datasets import FOLDER
+from lradvisor.data.registry import FOLDER
 
 TINY = ["--batch-size", 20, "--subset-ratio", 0.25]
 
@@ -346,7 +346,7 @@ def test_explicit_bf16_on_a_cpu_that_emulates_it_says_so(tmp_path):
     err = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120).stderr.strip().splitlines()
     assert err[0].startswith("warning: this CPU has no native bf16") and "--precision auto would pick fp32" in err[0]
     assert "lacks data_batch_1" in err[1]
-    from lradvisor.device import native_bf16
+    from lradvisor.engine.device import native_bf16
     if native_bf16(torch.device("cpu")):  # and where it is native, no such word
         err = subprocess.run(argv, capture_output=True, text=True, timeout=120).stderr
         assert "no native bf16" not in err and "lacks data_batch_1" in err

@@ -129,7 +129,7 @@ def test_overlay_lr_panel_is_geometric_and_marks_rejected_proposals():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from lradvisor import figures
+    from lradvisor.study import figures
     seeds = [{"curves": {"lr": [0.1, 0.1], "advisor_proposed_lr": [5.0], "advisor_proposed_lr_steps": [1],
                          "advisor_accepted": [0.0], "advisor_accepted_steps": [1]}},
              {"curves": {"lr": [0.1, 0.001], "advisor_proposed_lr": [0.001], "advisor_proposed_lr_steps": [1],
@@ -144,7 +144,7 @@ def test_overlay_lr_panel_is_geometric_and_marks_rejected_proposals():
 
 
 def test_forest_draws_the_margin_and_colours_verdicts_and_many_rows_stay_apart(tmp_path):
-    from lradvisor import figures
+    from lradvisor.study import figures
     rows = [{"arm": a, "baseline": "baseline", "delta_vs_baseline": d, "delta_ci_low": d - 1, "delta_ci_high": d + 1,
              "p_value": 0.01, "pairs": 3, "verdict": v}
             for a, d, v in (("cosine", 3.0, "better"), ("linear", -3.0, "worse"), ("plateau", 0.2, "inconclusive"))]

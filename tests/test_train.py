@@ -13,8 +13,8 @@ import yaml
 
 from conftest import ROOT, cli, history, mlflow_run, runs_of
 from lradvisor.cli import build_parser
-from lradvisor.data import CLASSES
-from lradvisor.device import native_bf16
+from lradvisor.data.registry import CLASSES
+from lradvisor.engine.device import native_bf16
 
 TINY = ["--batch-size", 16, "--subset-ratio", 0.5]  # 40 training images, 3 steps an epoch
 METRICS = ["lr", "train_loss", "train_acc", "test_loss", "test_acc", "grad_norm", "epoch_seconds",
@@ -148,7 +148,7 @@ def test_benchmark_script_prints_both_loops(tmp_path):
 
 
 def test_precision_auto_is_recorded_and_is_bf16_where_the_cpu_has_it(cifar_dir, experiment):
-    from lradvisor.device import native_bf16
+    from lradvisor.engine.device import native_bf16
     assert cli("train", "--data-dir", cifar_dir, "--epochs", 1, *TINY, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     native = native_bf16(torch.device("cpu"))

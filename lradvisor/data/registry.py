@@ -1,7 +1,7 @@
 """The data sets, as data (like ARMS): adding one is one entry of DATASETS. Imports nothing heavy, so that
-the CLI can check a `dataset` parameter in a fraction of a second; data.py reads and serves them."""
+the CLI can check a `dataset` parameter in a fraction of a second; files.py reads them, loader.py serves them."""
 
-from lradvisor.arms import UsageError
+from lradvisor.errors import UsageError
 
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FOLDER = "cifar-10-batches-py"

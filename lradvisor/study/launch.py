@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -26,7 +27,9 @@ from mlflow.tracking import MlflowClient
 
 from lradvisor import tracking
 from lradvisor.arms import run_name
-from lradvisor.data import QUIET_MD5  # the sweep said it once; its children only record it
+from lradvisor.config import SweepConfig, to_flags
+from lradvisor.data.files import QUIET_MD5  # the sweep said it once; its children only record it
+from lradvisor.errors import UsageError
 
 
 class Job(NamedTuple):
@@ -49,7 +52,7 @@ class Job(NamedTuple):
 
 @dataclass
 class Sweep:
-    args: object       # the sweep's parsed arguments
+    cfg: object        # the sweep's SweepConfig
     sweep_id: str
     experiment_id: str
     parent_id: str
@@ -204,14 +207,11 @@ def _ray_child(command, env, prefix, file):
 RAY_TIMEOUT = "LRADVISOR_RAY_TIMEOUT"  # seconds to wait for Ray to start or answer (default 30)
 
 
-def ray_connect(args):
+def ray_connect(address, cpus_per_run, gpus_per_run):
     """Connect to (or, for `local`, start) Ray within a bounded time, and check that some node can hold one run:
     before any run exists, in one line. Ray itself waits forever for a GCS that is not there, and binds a local
     instance to this machine's own address whatever it is asked (traffic stays on this machine). Sets
-    args.gpus_per_run when it was auto."""
-    import threading
-    from lradvisor.arms import UsageError
-    address = args.ray_address
+    Returns the GPUs per run (auto: 1 where the cluster has GPUs, else 0)."""
     limit = float(os.environ.get(RAY_TIMEOUT, 30))
     if address not in ("auto", "local") and "RAY_AUTH_MODE" not in os.environ and (
             os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
@@ -265,33 +265,32 @@ def ray_connect(args):
         raise UsageError(f"{what} ({why}); start one (`ray start --head`), give --ray-address HOST:PORT, "
                          "or use --ray-address local")
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    gpus = args.gpus_per_run
-    if gpus in ("", "auto"):  # one GPU per run where the cluster has GPUs
-        gpus = 1.0 if any(n.get("GPU", 0) > 0 for n in nodes) else 0.0
-    args.gpus_per_run = float(gpus)
-    if args.gpus_per_run > 1 and args.gpus_per_run != int(args.gpus_per_run):
-        raise UsageError(f"gpus_per_run above 1 must be a whole number (Ray's rule), got {args.gpus_per_run:g}")
-    fits = [n for n in nodes if n.get("CPU", 0) >= args.cpus_per_run and n.get("GPU", 0) >= args.gpus_per_run]
+    if gpus_per_run in ("", "auto"):  # one GPU per run where the cluster has GPUs
+        gpus_per_run = 1.0 if any(n.get("GPU", 0) > 0 for n in nodes) else 0.0
+    gpus = float(gpus_per_run)
+    if gpus > 1 and gpus != int(gpus):
+        raise UsageError(f"gpus_per_run above 1 must be a whole number (Ray's rule), got {gpus:g}")
+    fits = [n for n in nodes if n.get("CPU", 0) >= cpus_per_run and n.get("GPU", 0) >= gpus]
     if not fits:
         have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes) or "no live node"
-        raise UsageError(f"no node of the Ray cluster can hold a run of {args.cpus_per_run:g} CPUs and "
-                         f"{args.gpus_per_run:g} GPUs (nodes: {have}); lower --cpus-per-run / --gpus-per-run")
+        raise UsageError(f"no node of the Ray cluster can hold a run of {cpus_per_run:g} CPUs and "
+                         f"{gpus:g} GPUs (nodes: {have}); lower --cpus-per-run / --gpus-per-run")
+    return gpus
 
 
 def ray(jobs, sw):
     import ray as ray_
     if not ray_.is_initialized():  # the sweep connected before making any run (ray_connect)
-        ray_connect(sw.args)
+        ray_connect(sw.cfg.ray_address, sw.cfg.cpus_per_run, sw.cfg.gpus_per_run)
     try:
-        task = ray_.remote(_ray_child).options(num_cpus=sw.args.cpus_per_run, num_gpus=float(sw.args.gpus_per_run),
+        task = ray_.remote(_ray_child).options(num_cpus=sw.cfg.cpus_per_run, num_gpus=float(sw.cfg.gpus_per_run),
                                                max_retries=0)
         # Other nodes do not share our working directory: the data folder goes as an absolute path.
-        flags = list(sw.flags)
-        flags[flags.index("--data-dir") + 1] = os.path.abspath(sw.args.data_dir)
-        if sw.args.models != "none":  # ... and the models file; with the variables its entries read their keys from
-            flags[flags.index("--models") + 1] = os.path.abspath(sw.args.models)
-        from lradvisor.models import read
-        keys = [e["key_env"] for e in read(sw.args.models).values() if e["key_env"]]
+        t = sw.cfg.train  # ... and the models file; with the variables its entries read their keys from
+        flags = to_flags(dataclasses.replace(t, data_dir=os.path.abspath(t.data_dir), models=os.path.abspath(t.models)
+                                             if t.models != "none" else "none"), skip=SweepConfig.PER_CHILD)
+        from lradvisor.llm.zoo import read
+        keys = [e["key_env"] for e in read(t.models).values() if e["key_env"]]
         forward = {k: os.environ[k] for k in (*FORWARD, *keys) if k in os.environ}
         forward["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()  # the resolved one, not only what the env said
         pending, results = {}, {}

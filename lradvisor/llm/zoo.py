@@ -19,9 +19,10 @@ arm's advisor asks it with the provider's environment.
 import math
 import re
 
-from lradvisor.arms import UsageError, check_id, flag
+from lradvisor.arms import LLMS, check_id, flag
+from lradvisor.errors import UsageError
 
-PROVIDERS = ("gemini", "openai")
+PROVIDERS = LLMS  # who serves a model
 FIELDS = ("provider", "base_url", "model", "key_env", "price_input", "price_output", "price_thinking")
 PRICES = ("price_input", "price_output", "price_thinking")
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")  # a key pasted by mistake (mixed case, dashes) does not pass
@@ -118,7 +119,7 @@ def cost_usd(entry, got):
 def public(entry):
     """What a run records of its model entry (the artifact advisor/model.json): every field (key_env is a name), the
     base URL without user:password@ or a query string."""
-    from lradvisor.servers import _public
+    from lradvisor.llm.servers import _public
     out = {k: entry[k] for k in ("name", *FIELDS)}
     if out["base_url"]:
         out["base_url"] = _public(out["base_url"])

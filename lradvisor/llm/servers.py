@@ -1,9 +1,9 @@
 """LLM servers: Gemini through google-genai and any OpenAI-compatible server through the openai client, behind one
-retry layer; each is `make(args) -> (ask, info)` as askers.py describes. Keys are read by the SDKs from the
+retry layer; each is `make(cfg) -> (ask, info)` as askers.py describes. Keys are read by the SDKs from the
 environment and never pass through here (the OpenAI path's placeholder for key-less local servers aside).
 """
 
-import argparse
+import dataclasses
 import json
 import os
 import time
@@ -11,8 +11,9 @@ import warnings
 
 import tenacity
 
-from lradvisor import prompt as P
-from lradvisor.arms import UsageError, flag
+from lradvisor.arms import flag
+from lradvisor.errors import UsageError
+from lradvisor.llm import prompt as P
 
 GEMINI_MODEL = "gemini-3.5-flash"  # what llm_model=auto asks Gemini (the published gemini-2.5-flash is shut down)
 # Gemini counts thinking tokens against maxOutputTokens, so a cap meant for the reply would starve the thinking:
@@ -31,7 +32,7 @@ def one_line(text, limit=200):
 # ----------------------------------------------------------------------------------------------------------
 # The one retry layer of every LLM provider
 
-def _call_with_retries(args, name, errors, call, model):
+def _call_with_retries(cfg, name, errors, call, model):
     """call() under tenacity: retry what errors["retryable"] says, with exponential backoff and jitter capped at
     llm_max_wait, never sooner than the server asked, and after a timeout no sooner than llm_timeout (a
     single-slot server goes on generating for a client that gave up; the next request would queue behind it).
@@ -43,19 +44,19 @@ def _call_with_retries(args, name, errors, call, model):
         if not errors["retryable"](exc):
             return False
         asked["delay"] = errors["delay"](exc)
-        return asked["delay"] <= args.llm_max_wait
+        return asked["delay"] <= cfg.llm_max_wait
 
     def wait(state):
         exc = state.outcome.exception()
-        backoff = tenacity.wait_exponential_jitter(initial=1, max=args.llm_max_wait)(state)
-        return max(backoff, errors["delay"](exc), args.llm_timeout if errors["timed_out"](exc) else 0.0)
+        backoff = tenacity.wait_exponential_jitter(initial=1, max=cfg.llm_max_wait)(state)
+        return max(backoff, errors["delay"](exc), cfg.llm_timeout if errors["timed_out"](exc) else 0.0)
 
     def log_retry(state):
         waits.append(state.next_action.sleep)
         print(f"  {name}: {errors['describe'](state.outcome.exception())}; retry {state.attempt_number}/"
-              f"{args.llm_attempts - 1} in {state.next_action.sleep:.1f}s", flush=True)
+              f"{cfg.llm_attempts - 1} in {state.next_action.sleep:.1f}s", flush=True)
 
-    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(args.llm_attempts), wait=wait,
+    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(cfg.llm_attempts), wait=wait,
                                  retry=tenacity.retry_if_exception(retry), before_sleep=log_retry, reraise=True)
     t0 = time.perf_counter()
     out, resp = {"model": model, "attempts": 0}, None
@@ -66,8 +67,8 @@ def _call_with_retries(args, name, errors, call, model):
                 resp = call()
     except Exception as e:
         out["error"] = errors["describe"](e)
-        if asked.get("delay", 0) > args.llm_max_wait:
-            out["error"] += f"; server asked to wait {asked['delay']:g} s > llm_max_wait {args.llm_max_wait:g} s"
+        if asked.get("delay", 0) > cfg.llm_max_wait:
+            out["error"] += f"; server asked to wait {asked['delay']:g} s > llm_max_wait {cfg.llm_max_wait:g} s"
         out["error_body"] = errors["body"](e)
     out["latency_s"] = time.perf_counter() - t0
     out["retry_wait_s"] = sum(waits)
@@ -132,7 +133,7 @@ GEMINI_ERRORS = {"retryable": _gemini_retryable, "delay": _retry_delay, "describ
                  "body": _gemini_body, "timed_out": lambda e: _transport(e, "TimeoutException")}
 
 
-def gemini_asker(args, llm=None):
+def gemini_asker(cfg, llm=None):
     """`llm`: the models-file entry (models.py) naming the model, its base URL and its key's variable; None: the
     SDK's own environment (GOOGLE_GEMINI_BASE_URL, GOOGLE_API_KEY / GEMINI_API_KEY, Vertex AI) and llm_model."""
     from google import genai
@@ -143,31 +144,31 @@ def gemini_asker(args, llm=None):
         raise UsageError(f"model {llm['name']!r} reads its key from {key_env}, which is not set: export {key_env}, "
                          f"or use {flag('advisor', 'replay')}")
     if not key_env and not vertex and not (os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY")):
-        raise UsageError(f"arm {args.arm!r} asks Gemini but no key is set: export GOOGLE_API_KEY or GEMINI_API_KEY "
+        raise UsageError(f"arm {cfg.arm!r} asks Gemini but no key is set: export GOOGLE_API_KEY or GEMINI_API_KEY "
                          f"(or GOOGLE_GENAI_USE_VERTEXAI=true for Vertex AI), or use {flag('advisor', 'replay')}")
-    http = types.HttpOptions(timeout=int(args.llm_timeout * 1000), base_url=(llm or {}).get("base_url"))
+    http = types.HttpOptions(timeout=int(cfg.llm_timeout * 1000), base_url=(llm or {}).get("base_url"))
     try:  # what is not given here (base URL, key, Vertex settings) comes from the SDK's environment
         client = genai.Client(http_options=http, **({"api_key": os.environ[key_env]} if key_env else {}))
     except Exception as e:
         raise UsageError(f"cannot set up the Gemini client: {one_line(e)}") from None
     if llm:
-        args = argparse.Namespace(**{**vars(args), "llm_model": llm["model"]})
-    model = GEMINI_MODEL if args.llm_model == "auto" else args.llm_model
-    config = types.GenerateContentConfig(temperature=args.temperature)
-    if args.thinking_budget >= 0:
-        config.thinking_config = types.ThinkingConfig(thinking_budget=args.thinking_budget)
-    if args.llm_max_tokens:
-        thinking = args.thinking_budget if args.thinking_budget >= 0 else GEMINI_MAX_THINKING
-        config.max_output_tokens = args.llm_max_tokens + thinking
-    if args.parser == "json":
+        cfg = dataclasses.replace(cfg, llm_model=llm["model"])
+    model = GEMINI_MODEL if cfg.llm_model == "auto" else cfg.llm_model
+    config = types.GenerateContentConfig(temperature=cfg.temperature)
+    if cfg.thinking_budget >= 0:
+        config.thinking_config = types.ThinkingConfig(thinking_budget=cfg.thinking_budget)
+    if cfg.llm_max_tokens:
+        thinking = cfg.thinking_budget if cfg.thinking_budget >= 0 else GEMINI_MAX_THINKING
+        config.max_output_tokens = cfg.llm_max_tokens + thinking
+    if cfg.parser == "json":
         config.response_mime_type = "application/json"
         config.response_json_schema = P.JSON_SCHEMA
 
     def ask(epoch, text, state=None):
-        resp, out = _call_with_retries(args, "gemini", GEMINI_ERRORS,
+        resp, out = _call_with_retries(cfg, "gemini", GEMINI_ERRORS,
                                        lambda: client.models.generate_content(model=model, contents=text, config=config),
                                        model)
-        out["response_format"] = "json_schema" if args.parser == "json" else "text"
+        out["response_format"] = "json_schema" if cfg.parser == "json" else "text"
         if "error" in out:
             return out
         cand = resp.candidates[0] if resp.candidates else None
@@ -256,16 +257,16 @@ def _server_models(client, where):
         return {"base_url": where, "ids": None, "error": _openai_describe(e)}
 
 
-def _pick_model(args, models):
+def _pick_model(cfg, models):
     """llm_model as given (with a warning when the server does not list it: permissive servers answer under
     any name), or for auto the one model the server serves."""
     ids, where = models["ids"], models["base_url"]
     shown = lambda: ", ".join(ids[:20]) + (f", ... ({len(ids) - 20} more)" if len(ids) > 20 else "")  # noqa: E731
-    if args.llm_model != "auto":
-        if ids and args.llm_model not in ids:
-            warnings.warn(f"the server at {where} does not list model {args.llm_model!r} (it lists: {shown()}); "
+    if cfg.llm_model != "auto":
+        if ids and cfg.llm_model not in ids:
+            warnings.warn(f"the server at {where} does not list model {cfg.llm_model!r} (it lists: {shown()}); "
                           "it may answer under another model")
-        return args.llm_model
+        return cfg.llm_model
     give = flag("llm_model", "NAME")
     if ids is None:
         raise UsageError(f"llm_model auto: cannot list the models of {where} ({models['error']}); start the server, "
@@ -279,7 +280,7 @@ def _pick_model(args, models):
     return ids[0]
 
 
-def openai_asker(args, llm=None):
+def openai_asker(cfg, llm=None):
     """`llm`: the models-file entry (models.py); None: OPENAI_BASE_URL, OPENAI_API_KEY and llm_model."""
     import openai
     llm = llm or {}
@@ -287,26 +288,26 @@ def openai_asker(args, llm=None):
     key_env = llm.get("key_env") or "OPENAI_API_KEY"
     key = os.environ.get(key_env)
     if not key and not (base and _local(base)):
-        raise UsageError(f"arm {args.arm!r} asks an OpenAI-compatible server at {_public(base) if base else 'api.openai.com'}, "
+        raise UsageError(f"arm {cfg.arm!r} asks an OpenAI-compatible server at {_public(base) if base else 'api.openai.com'}, "
                          f"which needs a key: export {key_env} (a local server at http://127.0.0.1:PORT/v1 needs none), "
                          f"or use {flag('advisor', 'replay')}")
     if llm:
-        args = argparse.Namespace(**{**vars(args), "llm_model": llm["model"]})
+        cfg = dataclasses.replace(cfg, llm_model=llm["model"])
     # The client's own retries are off: tenacity is the one retry layer, as for Gemini. Local servers take any
     # key; the placeholder never leaves this process except in the Authorization header to that server.
-    client = openai.OpenAI(api_key=key or "not-needed", base_url=base or None, max_retries=0, timeout=args.llm_timeout)
+    client = openai.OpenAI(api_key=key or "not-needed", base_url=base or None, max_retries=0, timeout=cfg.llm_timeout)
     models = _server_models(client, _public(base or "https://api.openai.com/v1"))
-    model = _pick_model(args, models)
+    model = _pick_model(cfg, models)
     # Structured output in steps, as servers allow: OpenAI's json_schema; llama.cpp's and Ollama's json_object
     # with the schema beside it; plain text (the prompt still asks for JSON). What worked is kept for the run.
-    forms = ["json_schema", "json_object", "text"] if args.parser == "json" else ["text"]
+    forms = ["json_schema", "json_object", "text"] if cfg.parser == "json" else ["text"]
     now = {"form": 0, "cap": "max_tokens"}
 
     def create(text):
         form = forms[now["form"]]
-        extra = {"temperature": args.temperature}
-        if args.llm_max_tokens:
-            extra[now["cap"]] = args.llm_max_tokens
+        extra = {"temperature": cfg.temperature}
+        if cfg.llm_max_tokens:
+            extra[now["cap"]] = cfg.llm_max_tokens
         if form == "json_schema":
             extra["response_format"] = {"type": "json_schema",
                                         "json_schema": {"name": "learning_rate", "strict": True, "schema": P.JSON_SCHEMA}}
@@ -327,7 +328,7 @@ def openai_asker(args, llm=None):
             raise
 
     def ask(epoch, text, state=None):
-        resp, out = _call_with_retries(args, "openai", OPENAI_ERRORS, lambda: create(text), model)
+        resp, out = _call_with_retries(cfg, "openai", OPENAI_ERRORS, lambda: create(text), model)
         out["response_format"] = forms[now["form"]]
         if "error" in out:
             return out

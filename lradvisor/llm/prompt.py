@@ -14,6 +14,8 @@ import json
 import re
 import statistics
 
+from lradvisor.errors import UsageError
+
 HEAD = "Based on the following training loss trajectory, what would be a recommended new learning rate?"
 TAIL = ('Consider if the learning rate should be increased, decreased, or kept the same, and suggest\n'
         'a specific value or a strategy (e.g., "reduce by factor of 10"). Also, explain your reasoning\n'
@@ -71,7 +73,6 @@ def check_template(text, where):
     """Refuse placeholders we cannot fill, before any training."""
     unknown = sorted(set(PLACEHOLDER.findall(text)) - set(VARIABLES))
     if unknown:
-        from lradvisor.arms import UsageError
         raise UsageError(f"{where}: unknown placeholder {', '.join('{{' + u + '}}' for u in unknown)}; "
                          f"valid: {', '.join(VARIABLES)}")
     return text

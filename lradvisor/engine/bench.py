@@ -1,6 +1,6 @@
 """Benchmark: our training loop against the way typical CIFAR code trains, in one process, on the same data.
 
-1. ours: exactly what an arm runs (train.setup + train_epoch + evaluate): uint8 data on the device, batch
+1. ours: exactly what an arm runs (engine/setup.py + train_epoch + evaluate): uint8 data on the device, batch
    augmentation with tensor ops, no host sync per step, bf16 autocast + channels_last + fused SGD on CUDA.
 2. reference: a torchvision-style Dataset + DataLoader with PIL transforms (crop, flip, ToTensor,
    Normalize), fp32, `loss.item()` every step, evaluation every epoch.
@@ -10,7 +10,7 @@ ResNet-18 count: ~0.56 GMAC forward per image, so ~3.3 GFLOP per trained image (
 ~1.1 GFLOP per evaluated image.
 """
 
-import argparse
+import dataclasses
 import json
 import os
 import time
@@ -46,48 +46,49 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def get_data(args):
+def get_data(cfg):
     """Real CIFAR-10 when data_dir holds it, else random CIFAR-shaped data (speed does not depend on it)."""
-    from lradvisor.data import load
-    from lradvisor.datasets import FOLDER
-    if os.path.isdir(os.path.join(args.data_dir, FOLDER)):
-        x_tr, y_tr, x_te, y_te = load(args.data_dir)
+    from lradvisor.data.files import load
+    from lradvisor.data.registry import FOLDER
+    if os.path.isdir(os.path.join(cfg.data_dir, FOLDER)):
+        x_tr, y_tr, x_te, y_te = load(cfg.data_dir)
         source = "cifar10"
     else:
         rng = np.random.default_rng(0)
-        x_tr = rng.integers(0, 256, (args.train_size, 3, 32, 32), dtype=np.uint8)
-        x_te = rng.integers(0, 256, (args.test_size, 3, 32, 32), dtype=np.uint8)
-        y_tr, y_te = rng.integers(0, 10, args.train_size), rng.integers(0, 10, args.test_size)
+        x_tr = rng.integers(0, 256, (cfg.train_size, 3, 32, 32), dtype=np.uint8)
+        x_te = rng.integers(0, 256, (cfg.test_size, 3, 32, 32), dtype=np.uint8)
+        y_tr, y_te = rng.integers(0, 10, cfg.train_size), rng.integers(0, 10, cfg.test_size)
         source = "synthetic"
-    return x_tr[:args.train_size], y_tr[:args.train_size], x_te[:args.test_size], y_te[:args.test_size], source
+    return x_tr[:cfg.train_size], y_tr[:cfg.train_size], x_te[:cfg.test_size], y_te[:cfg.test_size], source
 
 
-def time_ours(args, device, x_tr, y_tr, x_te, y_te):
-    from lradvisor import train
-    cfg = argparse.Namespace(dataset="cifar10", epochs=args.epochs, batch_size=args.batch_size, seed=0, model="resnet18", lr=0.1, momentum=0.9,
-                             weight_decay=1e-3, step_size=5, gamma=0.1, compile=args.compile,
-                             precision=args.precision, channels_last=args.channels_last)
+def time_ours(cfg, device, x_tr, y_tr, x_te, y_te):
+    from lradvisor.config import TrainConfig
+    from lradvisor.engine.loop import evaluate, train_epoch
+    from lradvisor.engine.setup import setup
+    run = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, compile=cfg.compile, precision=cfg.precision,
+                      channels_last=cfg.channels_last)  # the published setup otherwise
     x_tr, y_tr = torch.from_numpy(x_tr).to(device), torch.from_numpy(y_tr).to(device)
     x_te, y_te = torch.from_numpy(x_te).to(device), torch.from_numpy(y_te).to(device)
-    train_loader, test_loader, model, opt, sched, autocast = train.setup(cfg, x_tr, y_tr, x_te, y_te)
+    train_loader, test_loader, model, opt, sched, autocast = setup(run, x_tr, y_tr, x_te, y_te)
     epochs = []
-    for _ in range(args.epochs):
+    for _ in range(cfg.epochs):
         sync(device)
         t0 = time.perf_counter()
-        loss, _, _, _ = train.train_epoch(model, opt, train_loader, autocast)  # ends in its one sync
+        train_epoch(model, opt, train_loader, autocast)  # ends in its one sync
         t1 = time.perf_counter()
-        _, acc, _ = train.evaluate(model, test_loader, autocast)
+        acc = evaluate(model, test_loader, autocast).acc
         epochs.append((t1 - t0, time.perf_counter() - t1, acc))
         sched.step()
     return epochs
 
 
-def time_reference(args, device, x_tr, y_tr, x_te, y_te):
+def time_reference(cfg, device, x_tr, y_tr, x_te, y_te):
     """How most CIFAR code trains: PIL transforms in DataLoader workers, fp32, .item() every step."""
     import torchvision.transforms as T
     from PIL import Image
-    from lradvisor.data import MEAN, STD
-    from lradvisor.model import build_model
+    from lradvisor.data.registry import MEAN, STD
+    from lradvisor.engine.network import build_model
 
     class Cifar(torch.utils.data.Dataset):
         def __init__(self, x, y, transform):
@@ -103,14 +104,14 @@ def time_reference(args, device, x_tr, y_tr, x_te, y_te):
     train_set = Cifar(x_tr, y_tr, T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *norm]))
     test_set = Cifar(x_te, y_te, T.Compose(norm))
     pin = device.type == "cuda"
-    train_loader = torch.utils.data.DataLoader(train_set, args.batch_size, shuffle=True, num_workers=args.workers,
-                                               pin_memory=pin, persistent_workers=args.workers > 0)
-    test_loader = torch.utils.data.DataLoader(test_set, 1000, num_workers=args.workers, pin_memory=pin)
+    train_loader = torch.utils.data.DataLoader(train_set, cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+                                               pin_memory=pin, persistent_workers=cfg.workers > 0)
+    test_loader = torch.utils.data.DataLoader(test_set, 1000, num_workers=cfg.workers, pin_memory=pin)
     torch.manual_seed(0)
     model = build_model("resnet18").to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     epochs = []
-    for _ in range(args.epochs):
+    for _ in range(cfg.epochs):
         sync(device)
         t0 = time.perf_counter()
         model.train()
@@ -134,7 +135,7 @@ def time_reference(args, device, x_tr, y_tr, x_te, y_te):
     return epochs
 
 
-def summarize(loop, epochs, args, device, n_train, n_test, source):
+def summarize(loop, epochs, cfg, device, n_train, n_test, source):
     # The first epoch carries warm-up (cuDNN autotuning, torch.compile): report it apart from the steady state.
     steady = epochs[1:] or epochs
     train_s = float(np.mean([e[0] for e in steady]))
@@ -142,14 +143,14 @@ def summarize(loop, epochs, args, device, n_train, n_test, source):
     ips = n_train / train_s
     tflops = ips * TRAIN_FLOP / 1e12
     peak = peak_tflops(device)
-    from lradvisor.device import pick_channels_last, pick_precision
+    from lradvisor.engine.device import pick_channels_last, pick_precision
     ours = loop == "ours"
     return {"loop": loop, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "cpu": cpu_model(), "threads": torch.get_num_threads(),
-            "precision": pick_precision(args.precision, device) if ours else "fp32",
-            "channels_last": pick_channels_last(args.channels_last, device) if ours else False,
+            "precision": pick_precision(cfg.precision, device) if ours else "fp32",
+            "channels_last": pick_channels_last(cfg.channels_last, device) if ours else False,
             "torch": torch.__version__, "data": source, "n_train": n_train, "n_test": n_test,
-            "batch_size": args.batch_size, "epochs": len(epochs), "compile": bool(args.compile) and loop == "ours",
+            "batch_size": cfg.batch_size, "epochs": len(epochs), "compile": bool(cfg.compile) and loop == "ours",
             "train_images_per_s": round(ips, 1), "seconds_per_epoch": round(train_s + eval_s, 3),
             "train_seconds_per_epoch": round(train_s, 3), "eval_seconds": round(eval_s, 3),
             "first_epoch_extra_s": round(epochs[0][0] + epochs[0][1] - train_s - eval_s, 3),
@@ -158,58 +159,38 @@ def summarize(loop, epochs, args, device, n_train, n_test, source):
             "final_test_acc": round(epochs[-1][2], 2)}
 
 
-def build_parser(p=None):
-    p = p or argparse.ArgumentParser(description="Time our training loop against a typical DataLoader loop.")
-    p.add_argument("--loops", default="ours,reference", help="which loops to time: ours, reference or both")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per loop (the first is reported apart as warm-up)")
-    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
-    p.add_argument("--train-size", type=int, default=50000, help="training images (CIFAR-10 has 50000)")
-    p.add_argument("--test-size", type=int, default=10000, help="test images (CIFAR-10 has 10000)")
-    p.add_argument("--data-dir", default="data", help="real CIFAR-10 is used when this holds it")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--compile", type=int, default=0, help="1: torch.compile our model")
-    p.add_argument("--precision", default="auto", help="our loop: auto (bf16 where native), fp32 or bf16")
-    p.add_argument("--channels-last", default="auto", help="our loop: auto, 0 or 1")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the reference loop")
-    p.add_argument("--processes", type=int, default=1,
-                   help="N > 1: run N copies of our loop at once (as a sweep with parallel=N does) and report their sum")
-    return p
-
-
-def concurrent(args):
+def concurrent(cfg):
     """Sweep throughput: N processes of our loop at once on the same device, against one alone."""
     import subprocess
     import sys
-    cmd = [sys.executable, "-m", "lradvisor", "bench", "--loops", "ours", "--processes", "1"]
-    for key in ("epochs", "batch_size", "train_size", "test_size", "data_dir", "device", "compile", "precision",
-                "channels_last"):
-        cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(args.processes)]
+    from lradvisor.config import to_flags
+    cmd = [sys.executable, "-m", "lradvisor", "bench", *to_flags(dataclasses.replace(cfg, loops="ours", processes=1))]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(cfg.processes)]
     lines = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     if any(p.returncode for p in procs):
         raise SystemExit("benchmark: a concurrent process failed")
     total = sum(r["train_images_per_s"] for r in lines)
-    print(json.dumps({"loop": f"ours x{args.processes} concurrent", "device": lines[0]["device"],
-                      "torch": lines[0]["torch"], "processes": args.processes,
+    print(json.dumps({"loop": f"ours x{cfg.processes} concurrent", "device": lines[0]["device"],
+                      "torch": lines[0]["torch"], "processes": cfg.processes,
                       "total_train_images_per_s": round(total, 1),
                       "per_process_train_images_per_s": [r["train_images_per_s"] for r in lines],
                       "achieved_tflops": round(total * TRAIN_FLOP / 1e12, 3)}), flush=True)
     return 0
 
 
-def main(args):
-    if args.processes > 1:
-        return concurrent(args)
-    from lradvisor.device import pick_device
-    device = pick_device(args.device)
-    loops = [s.strip() for s in args.loops.split(",") if s.strip()]
-    if not loops or any(s not in ("ours", "reference") for s in loops) or args.epochs < 1:
+def main(cfg):
+    if cfg.processes > 1:
+        return concurrent(cfg)
+    from lradvisor.engine.device import pick_device
+    device = pick_device(cfg.device)
+    loops = [s.strip() for s in cfg.loops.split(",") if s.strip()]
+    if not loops or any(s not in ("ours", "reference") for s in loops) or cfg.epochs < 1:
         raise SystemExit("benchmark: --loops takes ours and/or reference, --epochs must be >= 1")
-    x_tr, y_tr, x_te, y_te, source = get_data(args)
+    x_tr, y_tr, x_te, y_te, source = get_data(cfg)
     results = {}
     for loop in loops:
         timer = time_ours if loop == "ours" else time_reference
-        results[loop] = summarize(loop, timer(args, device, x_tr, y_tr, x_te, y_te), args, device,
+        results[loop] = summarize(loop, timer(cfg, device, x_tr, y_tr, x_te, y_te), cfg, device,
                                   len(y_tr), len(y_te), source)
     if len(results) == 2:
         results["ours"]["speedup_vs_reference"] = round(

@@ -9,9 +9,8 @@ import platform
 
 import torch
 
-from lradvisor.arms import UsageError
-
-DEVICES = "auto, cpu, cuda or cuda:N"
+from lradvisor.config import DEVICES
+from lradvisor.errors import UsageError
 
 
 def pick_device(name):

@@ -6,7 +6,7 @@ import math
 import re
 import statistics
 
-from lradvisor.datasets import DATASETS
+from lradvisor.data.registry import DATASETS
 
 CURVES = [("lr", "learning rate", True), ("train_loss", "training loss", False),
           ("test_acc", "test accuracy (%)", False), ("grad_norm", "gradient norm", False)]

@@ -1,4 +1,4 @@
-"""Who answers the advisor's question: one function per provider, each `make(args) -> (ask, info)`, side by side.
+"""Who answers the advisor's question: one function per provider, each `make(cfg) -> (ask, info)`, side by side.
 
 An asker is `ask(epoch, prompt, state) -> dict`: the reply text and what is known about the call (model,
 model_version, response_format, attempts, latency_s, retry_wait_s, token counts, finish_reason), or `error`
@@ -13,34 +13,35 @@ import json
 import random
 import warnings
 
-from lradvisor import prompt as P
-from lradvisor.arms import UsageError, flag
-from lradvisor.servers import gemini_asker, one_line, openai_asker
+from lradvisor.arms import flag
+from lradvisor.errors import UsageError
+from lradvisor.llm import prompt as P
+from lradvisor.llm.servers import gemini_asker, one_line, openai_asker
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Null controls: answers without an LLM, in the words an LLM would use, through the same parser and records
 
-def _answer(args, lr, why):
-    if args.parser == "json":
+def _answer(cfg, lr, why):
+    if cfg.parser == "json":
         return json.dumps({"learning_rate": lr, "reasoning": why})
     return f"Suggested LR: {lr!r}\n\n{why}"
 
 
-def random_asker(args, llm=None):
+def random_asker(cfg, llm=None):
     """Does the LLM beat *any* perturbation of the LR? s * 10^u, u uniform in [-1, 1], seeded by the run's seed."""
-    rng = random.Random(args.seed)
+    rng = random.Random(cfg.seed)
 
     def ask(epoch, text, state):
         u = rng.uniform(-1, 1)
         lr = state["scheduler_lr"] * 10 ** u
         return {"model": "random", "attempts": 1, "latency_s": 0.0, "retry_wait_s": 0.0, "finish_reason": "STOP",
-                "reply": _answer(args, lr, f"random control: the scheduler's LR times 10^{u:.3f}")}
+                "reply": _answer(cfg, lr, f"random control: the scheduler's LR times 10^{u:.3f}")}
 
     return ask, {"model": "random", "records": {}}
 
 
-def textbook_asker(args, llm=None):
+def textbook_asker(cfg, llm=None):
     """Does the LLM beat the rule its replies recite? Loss trend not "decreasing": LR / 10, else keep it."""
     def ask(epoch, text, state):
         trend = P.overall_trend(state["losses"])
@@ -48,7 +49,7 @@ def textbook_asker(args, llm=None):
         lr, why = (s, "the loss is decreasing: keep the learning rate") if trend == "decreasing" else \
             (s / 10, f"the loss is {trend}: reduce the learning rate by a factor of 10")
         return {"model": "textbook", "attempts": 1, "latency_s": 0.0, "retry_wait_s": 0.0, "finish_reason": "STOP",
-                "reply": _answer(args, lr, why)}
+                "reply": _answer(cfg, lr, why)}
 
     return ask, {"model": "textbook", "records": {}}
 
@@ -56,12 +57,12 @@ def textbook_asker(args, llm=None):
 # ----------------------------------------------------------------------------------------------------------
 # Replay: answer from a recorded run, no network
 
-def replay_asker(args, llm=None):
+def replay_asker(cfg, llm=None):
     """Each recorded exchange's reply at the epoch it was asked. Under advice async / async_step the record also says
     where the reply was applied (applied_step; empty: never), so a replay applies it exactly there."""
     import mlflow
     from lradvisor.tracking import TABLE
-    run_id = args.replay_run_id
+    run_id = cfg.replay_run_id
     if run_id in ("", "none"):
         raise UsageError(f"{flag('advisor', 'replay')} needs {flag('replay_run_id', 'RUN_ID')} of a run that logged {TABLE}")
     try:
@@ -72,7 +73,7 @@ def replay_asker(args, llm=None):
         raise UsageError(f"cannot read {TABLE} of run {run_id!r} for replay ({type(e).__name__}: {one_line(e)}); "
                          "give the id of a finished LLM-arm run on this tracking server") from None
     advice = source.data.params.get("advice", "sync")  # runs from before the parameter asked in step
-    if advice != args.advice:
+    if advice != cfg.advice:
         raise UsageError(f"run {run_id} was trained with advice {advice}: replay it with {flag('advice', advice)}, "
                          "so that each reply is applied where it was")
     # The first row of each epoch is the exchange; a guard's rollback note comes later under the same epoch.
@@ -93,7 +94,7 @@ def replay_asker(args, llm=None):
         out = {"model": rec["model"], "model_version": rec.get("model_version"), "attempts": 0, "latency_s": 0.0,
                "retry_wait_s": 0.0, "finish_reason": rec.get("finish_reason") or "",
                "response_format": rec.get("response_format")}
-        if args.advice != "sync":  # where the live run applied it (None: it never was)
+        if cfg.advice != "sync":  # where the live run applied it (None: it never was)
             step = rec.get("applied_step")
             out["arrives_step"] = int(step) if step is not None and step == step else None
         if not isinstance(rec.get("reply"), str):  # a recorded failure (no reply at all) replays as one
@@ -106,7 +107,6 @@ def replay_asker(args, llm=None):
     return ask, {"model": first, "records": {}}
 
 
-# Who answers, by the `advisor` parameter: a new provider is one function of args returning (ask, info).
-LLMS = ("gemini", "openai")
+# Who answers, by the `advisor` parameter: a new provider is one function of cfg returning (ask, info).
 ASKERS = {"gemini": gemini_asker, "openai": openai_asker, "random": random_asker, "textbook": textbook_asker,
           "replay": replay_asker}
