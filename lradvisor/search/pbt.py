@@ -199,34 +199,40 @@ def pbt_search(s):
         if grid.errors:
             last = [line for line in str(grid.errors[0]).splitlines() if line.strip()][-1]
             raise SearchError(f"a PBT member failed ({last}); the population stopped; nothing was trained again")
-        best = grid.get_best_result(metric="val_acc", mode="max", scope="last")
-        policy = [os.path.join(grid.experiment_path, f) for f in os.listdir(grid.experiment_path)
-                  if f.startswith("pbt_") and f.endswith(".txt")]
-        runs = {r.data.tags["trial"]: r for r in search_runs(s.client, s.exp_id, s.id, "member")}
-        winner = runs[best.metrics["trial_id"]]
-        schedule = lineage(s.client, winner, cfg.train.epochs)
-        # Ray Tune's replay of the same member, as a cross-check: under synchronous PBT with paused members its
-        # policy log has recorded a clone's iteration one epoch short (seen here), and its replay then moves an
-        # LR change by an epoch. The members' own records decide; a disagreement is said and tagged.
-        ray_said = replay_schedule(os.path.join(grid.experiment_path, f"pbt_policy_{best.metrics['trial_id']}.txt"),
-                                   best.config["lr"], cfg.train.epochs)
-        if not all(math.isclose(a, b) for a, b in zip(schedule, ray_said)):
-            print(f"search {s.id}: Ray Tune's PopulationBasedTrainingReplay reads the winner's LRs as "
-                  + ", ".join(f"{x:.3g}" for x in ray_said) + "; its members' records say otherwise and are followed")
-            s.client.set_tag(s.parent, "pbt_replay_disagrees", json.dumps(ray_said))
-        with open(os.path.join(folder, "schedule.json"), "w") as f:
-            json.dump({"lr": schedule}, f)
-        for path in policy:
-            s.client.log_artifact(s.parent, path, "pbt")
-        s.client.log_artifact(s.parent, os.path.join(folder, "schedule.json"), "pbt")
-        used = budget_used(s.client, s.exp_id, s.id)
-        print(f"search {s.id}: best member {best.metrics['trial_id']} (val_acc {best.metrics['val_acc']:.2f}%), "
-              f"{used} of {s.allowed} epochs; its LR by epoch: " + ", ".join(f"{x:.3g}" for x in schedule))
-        s.finish(used, best.metrics["val_acc"], {"member": best.metrics["trial_id"], "lr_schedule": schedule})
-        keep = os.path.join(tempfile.gettempdir(), f"lradvisor-pbt-{s.id}-schedule.json")
-        shutil.copy(os.path.join(folder, "schedule.json"), keep)
-        # lr: the param says what epoch 1 trains at
-        return {"schedule_file": keep, "lr": schedule[0]}, used, json.dumps(schedule)
+        return winner(s, grid, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         ray.shutdown()
+
+
+def winner(s, grid, folder):
+    """The best member's schedule (its lineage), the parent's records of it and of PBT's policy files, and the knobs
+    the winner is trained again with: (knobs, epochs used, the winner's key)."""
+    cfg = s.cfg
+    best = grid.get_best_result(metric="val_acc", mode="max", scope="last")
+    policy = [os.path.join(grid.experiment_path, f) for f in os.listdir(grid.experiment_path)
+              if f.startswith("pbt_") and f.endswith(".txt")]
+    runs = {r.data.tags["trial"]: r for r in search_runs(s.client, s.exp_id, s.id, "member")}
+    schedule = lineage(s.client, runs[best.metrics["trial_id"]], cfg.train.epochs)
+    # Ray Tune's replay of the same member, as a cross-check: under synchronous PBT with paused members its
+    # policy log has recorded a clone's iteration one epoch short (seen here), and its replay then moves an
+    # LR change by an epoch. The members' own records decide; a disagreement is said and tagged.
+    ray_said = replay_schedule(os.path.join(grid.experiment_path, f"pbt_policy_{best.metrics['trial_id']}.txt"),
+                               best.config["lr"], cfg.train.epochs)
+    if not all(math.isclose(a, b) for a, b in zip(schedule, ray_said)):
+        print(f"search {s.id}: Ray Tune's PopulationBasedTrainingReplay reads the winner's LRs as "
+              + ", ".join(f"{x:.3g}" for x in ray_said) + "; its members' records say otherwise and are followed")
+        s.client.set_tag(s.parent, "pbt_replay_disagrees", json.dumps(ray_said))
+    with open(os.path.join(folder, "schedule.json"), "w") as f:
+        json.dump({"lr": schedule}, f)
+    for path in policy:
+        s.client.log_artifact(s.parent, path, "pbt")
+    s.client.log_artifact(s.parent, os.path.join(folder, "schedule.json"), "pbt")
+    used = budget_used(s.client, s.exp_id, s.id)
+    print(f"search {s.id}: best member {best.metrics['trial_id']} (val_acc {best.metrics['val_acc']:.2f}%), "
+          f"{used} of {s.allowed} epochs; its LR by epoch: " + ", ".join(f"{x:.3g}" for x in schedule))
+    s.finish(used, best.metrics["val_acc"], {"member": best.metrics["trial_id"], "lr_schedule": schedule})
+    keep = os.path.join(tempfile.gettempdir(), f"lradvisor-pbt-{s.id}-schedule.json")
+    shutil.copy(os.path.join(folder, "schedule.json"), keep)
+    # lr: the param says what epoch 1 trains at
+    return {"schedule_file": keep, "lr": schedule[0]}, used, json.dumps(schedule)
