@@ -1,11 +1,12 @@
 """The arms of the experiment: each one is a few fields of data, and every arm trains through the same loop.
 
-signals:  what the prompt shows the advisor besides the current LR (see prompt.py for the exact lines).
-every:    ask the advisor after every `every`-th epoch; 0 means never (the schedule alone).
-advisor:  who answers (advisor.py): gemini (the published LLM; `openai` for any OpenAI-compatible server), or a
-          null control with no LLM: random
-          (the scheduler's LR times 10^u, u uniform in [-1, 1]) or textbook (loss not decreasing: LR / 10).
-schedule: the LR schedule under the advisor (schedules.py): step is the published StepLR.
+signals:   what the prompt shows the advisor besides the current LR (llm/prompt.py has the exact lines).
+every:     ask the advisor after every `every`-th epoch; 0 means never (the schedule alone).
+advisor:   who answers (llm/askers.py): gemini (the published LLM; `openai` for any OpenAI-compatible server), or a
+           null control with no LLM: random (the scheduler's LR times 10^u, u uniform in [-1, 1]) or textbook (loss
+           not decreasing: LR / 10).
+schedule:  the LR schedule under the advisor (engine/schedules.py): step is the published StepLR.
+optimizer: sgd (published), or one that sets its own step size (engine/optimizers.py).
 The published study's arms each add one signal to the recent losses; parameters can combine them freely
 (`--signals losses,grad_norms,per_class --every 2 --schedule cosine`).
 """
@@ -41,6 +42,14 @@ ARMS = {
     "search_tpe":    dict(signals=(), every=0),
     "search_random": dict(signals=(), every=0),
     "search_pbt":    dict(signals=(), every=0),
+    # what a user would pick instead of tuning a schedule: optimizers that set their own step size (engine/optimizers.py,
+    # with their libraries' recommended settings and schedules); nothing can steer them
+    "schedulefree":  dict(signals=(), every=0, optimizer="schedulefree", schedule="constant"),
+    "prodigy":       dict(signals=(), every=0, optimizer="prodigy", schedule="cosine"),
+    "dadapt_sgd":    dict(signals=(), every=0, optimizer="dadapt_sgd", schedule="step"),
+    # the headroom on whole runs: after every epoch, each action of a grid of LRs tried on the validation split
+    # (engine/branches.Oracle) and the best applied; greedy, an upper reference for a per-epoch controller
+    "oracle":        dict(signals=(), every=0, oracle=True),
 }
 SEARCH_ARMS = ("search_tpe", "search_random", "search_pbt")
 SIGNALS = ("losses", "lr_history", "grad_norms", "per_class", "feedback")
@@ -54,6 +63,7 @@ GROUPS = {
     "published": ["baseline", "cadence3", "cadence5", "losses", "lr_history", "grad_norms", "per_class"],
     "ladder": ["baseline", "cosine", "onecycle", "linear", "plateau"],
     "controls": ["random_control", "textbook_control"],
+    "lrfree": ["schedulefree", "prodigy", "dadapt_sgd"],
 }
 
 
@@ -64,6 +74,8 @@ class Arm:
     every: int
     advisor: str = "gemini"
     schedule: str = "step"
+    optimizer: str = "sgd"  # engine/optimizers.py
+    oracle: bool = False  # decides by branching every action (engine/branches.Oracle), asks nobody
 
     @property
     def asks_llm(self):

@@ -15,6 +15,7 @@ import warnings
 from lradvisor import __version__
 from lradvisor.config import (TRAINING, BenchConfig, CompareConfig, PromptsConfig, SearchConfig, SweepConfig,
                               TrainConfig, settings)
+from lradvisor.config.decisions import DecisionsConfig, ScoreConfig
 from lradvisor.errors import LradvisorError, UsageError
 
 # Quiet MLflow's console chatter; users can still override these.
@@ -28,7 +29,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
-COMMANDS = ("train", "sweep", "search", "compare", "prompts", "bench")
+COMMANDS = ("train", "sweep", "search", "decisions", "compare", "prompts", "bench")
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,6 +60,9 @@ def add(parser, fields, defaults=None, prefix=None):
         help = (prefix or {}).get(f.name, "") + meta["help"]
         if meta.get("positional"):
             where.add_argument(f.name, choices=meta["choices"], help=help)
+        elif "const" in meta:  # `--until-decided` alone means 1; `--until-decided 0` (mlflow run's form) works too
+            where.add_argument("--" + f.name.replace("_", "-"), nargs="?", const=meta["const"], type=f.type,
+                               default=getattr(defaults, f.name, f.default), help=help)
         else:
             where.add_argument("--" + f.name.replace("_", "-"), default=getattr(defaults, f.name, f.default), help=help,
                                **({"type": f.type} if f.type in (int, float) else {}))
@@ -88,6 +92,22 @@ def build_parser():
     add(x, [f for name, f in own.items() if name != "experiment"])
     add(x, [f for f in settings(TrainConfig) if f.metadata["group"] == TRAINING and f.name not in
             SearchConfig.NOT_SEARCHED] + [own["experiment"]], SearchConfig().train, SearchConfig.TRAIN_HELP)
+
+    d = sub.add_parser("decisions", help="the decision benchmark: every candidate LR measured from the same states "
+                       "(build); any advisor scored by regret (score)", description="The decision benchmark "
+                       "(lradvisor/decisions/__init__.py): build measures every action of a grid of LRs from the decision "
+                       "points of some trajectories; score asks an arm at every state and looks up what it chose.")
+    actions = d.add_subparsers(dest="action", required=True, parser_class=Parser)
+    b = actions.add_parser("build", help="measure a benchmark (the same command again resumes it)",
+                           description="Measure every grid action from every decision point of the trajectories.")
+    own = {f.name: f for f in settings(DecisionsConfig)}
+    add(b, [f for name, f in own.items() if name != "experiment"])
+    add(b, [f for f in settings(TrainConfig) if f.name not in DecisionsConfig.NOT_MEASURED] + [own["experiment"]],
+        DecisionsConfig().train)
+    sc = actions.add_parser("score", help="score an arm against a benchmark, in minutes",
+                            description="Ask the arm at every state of a benchmark; score the LR it chose by regret.")
+    add(sc, settings(ScoreConfig))
+    add(sc, [f for f in settings(TrainConfig) if f.name in ScoreConfig.ADVISOR_SETTINGS])
 
     add(sub.add_parser("compare", help="tables and overlay plots of finished runs, from the tracking server",
                        description="Compare the finished runs of a sweep (or an experiment, or given runs) from the "
@@ -124,6 +144,11 @@ def parse(argv):
     if ns.command == "search":
         return "search", config_of(SearchConfig, ns,
                                    train=config_of(TrainConfig, ns, skip=SearchConfig.NOT_SEARCHED)).check()
+    if ns.command == "decisions" and ns.action == "build":
+        return "decisions", config_of(DecisionsConfig, ns,
+                                      train=config_of(TrainConfig, ns, skip=DecisionsConfig.NOT_MEASURED)).check()
+    if ns.command == "decisions":
+        return "decisions", config_of(ScoreConfig, ns, train=config_of(TrainConfig, ns)).check()
     return ns.command, config_of({"compare": CompareConfig, "prompts": PromptsConfig, "bench": BenchConfig}[ns.command],
                                  ns)
 
@@ -138,14 +163,17 @@ def check_resources(cfg):
     t = cfg.train
     pick_device(t.device)
     sweep = isinstance(cfg, SweepConfig)
+    if isinstance(cfg, DecisionsConfig) and cfg.part != "all":  # a launched child: its parent checked all this
+        return cfg
     for name in cfg.dataset_list() if sweep else [t.dataset]:
         labels = load(t.data_dir, name)[1]
         for seed in cfg.seed_list():  # a holdout too big for the data: said once, not per run
             holdout_split(labels, stratified_subset(labels, t.subset_ratio, seed), t.holdout, seed,
                           DATASETS[name]["classes"])
-    needs_ray = cfg.launcher == "ray" if sweep else cfg.method == "pbt"
+    needs_ray = cfg.method == "pbt" if isinstance(cfg, SearchConfig) else cfg.launcher == "ray"
     if needs_ray:
         import importlib.util
+
         from lradvisor.study import launch
         if importlib.util.find_spec("ray") is None:
             what = "the ray launcher needs Ray" if sweep else "PBT needs Ray Tune"
@@ -176,7 +204,7 @@ def main(argv=None):
         if command != "bench":
             from lradvisor import tracking
             tracking.check_server()  # seconds, not minutes, to learn that the tracking server is not there
-        if command in ("sweep", "search"):
+        if command in ("sweep", "search") or isinstance(cfg, DecisionsConfig):
             cfg = check_resources(cfg)
         return run(command, cfg) or 0
     except UsageError as e:  # and DataError: refused before any run exists (or the one `mlflow run` made)
@@ -199,6 +227,9 @@ def run(command, cfg):
     elif command == "search":
         from lradvisor import search
         return search.main(cfg)
+    elif command == "decisions":
+        from lradvisor import decisions
+        return decisions.main(cfg)
     elif command == "compare":
         from lradvisor.study import compare
         return compare.main(cfg)

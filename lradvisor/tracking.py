@@ -261,6 +261,7 @@ def declare_tables(paths):
 def write_table(rows, artifact_file):
     """rows (dicts) as a table artifact in log_table's format, replacing the file: log_table would append."""
     import tempfile
+
     import pandas as pd
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, os.path.basename(artifact_file))

@@ -165,9 +165,11 @@ def record(out, only=None):
     for k in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "OPENAI_BASE_URL", "OPENAI_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
         os.environ.pop(k, None)
     import mlflow
+
+    from lradvisor.cli import main
+
     from fake_gemini import FakeGemini
     from fake_openai import FakeOpenAI
-    from lradvisor.cli import main
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     client = mlflow.MlflowClient()
     all_cases = cases("data", tmp)
@@ -207,6 +209,7 @@ def record(out, only=None):
 def machine():
     """What the numbers depend on besides the code: where it differs from a recording's, so may the digests."""
     import platform
+
     import torch
     return {"torch": torch.__version__, "arch": platform.machine(), "kernels": torch.backends.cpu.get_cpu_capability(),
             "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "threads": torch.get_num_threads()}

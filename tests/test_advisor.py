@@ -9,9 +9,10 @@ import re
 import mlflow
 import pytest
 
+from lradvisor.llm import prompt
+
 from conftest import cli, history, mlflow_run, runs_of, store_holds
 from fake_gemini import KEY, PUBLISHED_REPLY, FakeGemini, error, reply
-from lradvisor.llm import prompt
 
 TINY = ["--batch-size", 20, "--subset-ratio", 0.5]  # 10 of tiny_cifar's training images, one step an epoch
 

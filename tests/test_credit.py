@@ -12,18 +12,19 @@ import pytest
 import torch
 from scipy import stats
 
-from conftest import cli, history, runs_of
-from fake_gemini import FakeGemini, reply
-from fake_openai import FakeOpenAI, chat
 from lradvisor.arms import resolve
 from lradvisor.config import TrainConfig
 from lradvisor.data.files import holdout_split, stratified_subset
 from lradvisor.data.registry import CLASSES
 from lradvisor.engine import schedules
-from lradvisor.engine.credit import branch
+from lradvisor.engine.branches import branch
 from lradvisor.engine.loop import evaluate, train_epoch
 from lradvisor.engine.setup import prepare, snapshot
 from lradvisor.errors import DataError
+
+from conftest import cli, history, runs_of
+from fake_gemini import FakeGemini, reply
+from fake_openai import FakeOpenAI, chat
 
 
 def calls(run):
@@ -101,7 +102,7 @@ def test_a_branch_at_the_runs_own_lr_reproduces_the_run_exactly(tiny_cifar):
     train_epoch(model, opt, loader, autocast)
     schedules.after_epoch("step", sched, None)
     before = snapshot(model, opt, sched, loader)
-    branch_loss, branch_acc, _ = branch(s, 2)
+    branch_loss, branch_acc, _ = branch(s, 2)[0]
     now = snapshot(model, opt, sched, loader)
     assert all(torch.equal(before["model"][k], now["model"][k]) for k in before["model"])
     assert all(torch.equal(a["momentum_buffer"], b["momentum_buffer"])

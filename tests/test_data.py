@@ -18,8 +18,9 @@ from torchvision.datasets import CIFAR10
 
 from lradvisor.data import files, registry
 from lradvisor.data import loader as batches
-from lradvisor.errors import DataError
 from lradvisor.data.registry import FOLDER, MD5
+from lradvisor.errors import DataError
+
 from conftest import ROOT, cli, runs_of
 
 
@@ -145,6 +146,7 @@ def test_md5_list_and_model_equal_torchvision():
     """Our copies of what we no longer import from torchvision on every run: its CIFAR-10 checksums, and its
     resnet18 (same seed, same weights bit for bit, same outputs), with the CIFAR stem swapped in as before."""
     import torchvision
+
     from lradvisor.engine.network import build_model
     assert MD5 == dict(CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])])
     for name in ("resnet18", "resnet18_imagenet_stem"):

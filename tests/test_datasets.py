@@ -15,9 +15,10 @@ import torch
 
 from lradvisor.data import files
 from lradvisor.data import loader as batches
+from lradvisor.data.registry import CIFAR100_CLASSES, DATASETS
 from lradvisor.llm import prompt
 from lradvisor.study import stats
-from lradvisor.data.registry import CIFAR100_CLASSES, DATASETS
+
 from conftest import ROOT, cli, history, runs_of
 
 

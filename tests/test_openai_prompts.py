@@ -11,10 +11,11 @@ import time
 import mlflow
 import pytest
 
+from lradvisor.data.registry import CLASSES
+from lradvisor.llm import prompt
+
 from conftest import cli, history, runs_of, store_holds
 from fake_openai import KEY, FakeOpenAI, chat, status
-from lradvisor.llm import prompt
-from lradvisor.data.registry import CLASSES
 
 TINY = ["--batch-size", 20, "--subset-ratio", 0.25]
 
@@ -277,6 +278,7 @@ def test_registered_prompts_render_exactly_the_built_in_ones(tracking_uri, capsy
     """`lradvisor prompts register` stores templates that, filled in by MLflow's own format() or ours, are byte for
     byte the built-in prompt of every LLM arm, at every epoch, for short and long windows."""
     import mlflow.genai
+
     from lradvisor.arms import ARMS
     assert cli("prompts", "register", "--name", "same") == 0
     assert "registered prompts:/same-losses/" in capsys.readouterr().out

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, cli, free_port, history, mlflow_run, mlflow_server, runs_of
 from lradvisor.data.registry import FOLDER
+
+from conftest import ROOT, cli, free_port, history, mlflow_run, mlflow_server, runs_of
 
 TINY = ["--batch-size", 20, "--subset-ratio", 0.25]
 

@@ -129,6 +129,7 @@ def test_overlay_lr_panel_is_geometric_and_marks_rejected_proposals():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from lradvisor.study import figures
     seeds = [{"curves": {"lr": [0.1, 0.1], "advisor_proposed_lr": [5.0], "advisor_proposed_lr_steps": [1],
                          "advisor_accepted": [0.0], "advisor_accepted_steps": [1]}},

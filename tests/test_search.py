@@ -11,10 +11,10 @@ import sys
 
 import mlflow
 import pytest
+from test_sweep import remote, server  # noqa: F401  (fixtures: a real MLflow server for this module)
 
 from conftest import cli, history
 from fake_gemini import FakeGemini, reply
-from test_sweep import remote, server  # noqa: F401  (fixtures: a real MLflow server for this module)
 
 # Digits, 10 % of it (143 images: 130 train, 13 validation): a trial's epoch takes ~1.5 s here.
 DIGITS = ["--dataset", "digits", "--lr", "0.02", "--batch-size", "16", "--subset-ratio", "0.1", "--epochs", "2"]

@@ -11,10 +11,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, cli, history, mlflow_run, runs_of
 from lradvisor.cli import build_parser
 from lradvisor.data.registry import CLASSES
 from lradvisor.engine.device import native_bf16
+
+from conftest import ROOT, cli, history, mlflow_run, runs_of
 
 TINY = ["--batch-size", 16, "--subset-ratio", 0.5]  # 40 training images, 3 steps an epoch
 METRICS = ["lr", "train_loss", "train_acc", "test_loss", "test_acc", "grad_norm", "epoch_seconds",
@@ -111,13 +112,15 @@ def test_interrupt_mid_epoch_ends_killed_and_keeps_what_was_logged(tiny_cifar, e
 
 @pytest.mark.parametrize("entry_point, command, cli_only", [
     ("main", "train", {"experiment"}), ("sweep", "sweep", {"experiment"}), ("search", "search", {"experiment"}),
-    ("compare", "compare", set())])
+    ("decisions", "decisions build", set()), ("score", "decisions score", set()), ("compare", "compare", set())])
 def test_mlproject_matches_cli(entry_point, command, cli_only):
     """MLproject files rot silently: every parameter is a CLI flag with the same default, and is passed on."""
     with open(os.path.join(ROOT, "MLproject")) as f:
         spec = yaml.safe_load(f)
     ep = spec["entry_points"][entry_point]
-    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    sub = build_parser()
+    for word in command.split():  # `decisions build`: a subcommand's subcommand
+        sub = sub._subparsers._group_actions[0].choices[word]
     flags = {a.dest: a for a in sub._actions if a.option_strings and a.dest != "help" and a.dest not in cli_only}
     assert set(ep["parameters"]) == set(flags)
     for name, p in ep["parameters"].items():

@@ -11,6 +11,7 @@ from lradvisor.config.fields import (ADVISOR, LAUNCHERS, METHODS, PRUNERS, TRIAL
 from lradvisor.config.train import TrainConfig
 from lradvisor.errors import UsageError
 
+
 @dataclass(frozen=True)
 class SweepConfig:
     """Arms x data sets x seeds (x LLM models x temperatures for the LLM arms), each child run a TrainConfig."""
@@ -36,6 +37,17 @@ class SweepConfig:
                               unset="auto", replaces="llm_model")
     temperatures: str = setting("1.0", "comma list of sampling temperatures, crossed with --llm-models", ADVISOR,
                                 replaces="temperature")
+    until_decided: int = setting(0, "1: rounds of seeds (0, 1, 2, ...) until every arm's anytime-valid confidence "
+                                 "sequence against the baseline is decided, instead of --seeds", "sequential verdicts",
+                                 const=1)
+    min_seeds: int = setting(3, "until_decided: the first round's seeds; no verdict before them",
+                             "sequential verdicts")
+    max_seeds: int = setting(10, "until_decided: an arm still undecided at this many seeds is inconclusive",
+                             "sequential verdicts")
+    alpha: float = setting(0.05, "until_decided: the error rate of all the arms' verdicts together (each arm's "
+                           "sequence at alpha / arms)", "sequential verdicts")
+    margin: float = setting(0.0, "until_decided: points; an arm whose whole sequence lies within ±margin is "
+                            "equivalent (0: never)", "sequential verdicts")
     experiment: str = setting("lradvisor", "MLflow experiment (ignored inside `mlflow run`, which picks it)", None)
     train: TrainConfig = TrainConfig()  # what every child shares: all but PER_CHILD
 
@@ -81,6 +93,16 @@ class SweepConfig:
                (gpus_ok, f"gpus_per_run must be auto or a number >= 0, got {self.gpus_per_run!r}")])
         if self.sweep_id != "new":
             check_id(self.sweep_id, "sweep_id")
+        rules([(self.until_decided in (0, 1), f"until_decided must be 0 or 1, got {self.until_decided}"),
+               (not self.until_decided or self.seeds == "0", "until_decided draws seeds 0, 1, 2, ... itself: leave "
+                "seeds out (set min_seeds and max_seeds instead)"),
+               (not self.until_decided or "baseline" in arms, "until_decided measures every arm against the "
+                "baseline: add baseline to arms"),
+               (not self.until_decided or len(arms) > 1, "until_decided needs an arm besides the baseline"),
+               (self.min_seeds >= 2, f"min_seeds must be >= 2 (pairs needed for a sequence), got {self.min_seeds}"),
+               (self.max_seeds >= self.min_seeds, f"max_seeds must be >= min_seeds, got {self.max_seeds}"),
+               (0 < self.alpha < 1, f"alpha must be in (0, 1), got {self.alpha}"),
+               (self.margin >= 0, f"margin must be >= 0 (points), got {self.margin}")])
         for arm in arms:  # every child as train would check it
             for llm_model, temperature in axis:
                 self.child(arm, datasets[0], 0, llm_model, temperature).check()

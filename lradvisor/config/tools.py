@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from lradvisor.config.fields import DEVICES, setting
 
+
 @dataclass(frozen=True)
 class CompareConfig:
     """What to compare, against which baseline, and where the tables and figures go."""
@@ -15,6 +16,8 @@ class CompareConfig:
                               "there are replaced)", None)
     margin: float = setting(0.0, "points: verdict better/worse only when the whole 95%% CI of Δ lies beyond ±margin",
                             None)
+    alpha: float = setting(0.05, "error rate of each row's anytime-valid confidence sequence (cs_low, cs_high; "
+                           "not corrected for the number of rows)", None)
     credit_margin: float = setting(0.1, "points: a decision helped / hurt when its credit_acc lies above +this / below "
                                    "-this, else neutral", None)
 

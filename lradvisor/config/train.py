@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from lradvisor.arms import ARMS, MODELS, SEARCH_ARMS, SIGNALS
 from lradvisor.config.fields import ADVICE, ADVISOR, DEVICES, finite, rules, setting, settings
 
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One run: the published setup by default (ResNet-18 on CIFAR-10, SGD, StepLR, 20 epochs)."""
@@ -135,6 +136,19 @@ class TrainConfig:
              f"{self.arm.removeprefix('search_')}` (the schedule it found, on fresh seeds); pick another arm"),
         ])
         arm = resolve(self.arm, self.signals, self.every, self.advisor, self.schedule)
+        if arm.oracle:  # it decides by branching on the validation split: nothing else may decide, nor the test set
+            rules([(self.holdout > 0, "arm 'oracle' judges its actions on a validation split: give holdout in "
+                    "(0, 0.5)"),
+                   (all(v == "preset" for v in (self.signals, self.every, self.advisor)) and self.guard == "off"
+                    and not self.credit_epochs and self.advice == "sync", "arm 'oracle' decides by itself: it takes "
+                    "no signals, every, advisor, guard, credit_epochs or advice; leave them at their defaults")])
+        if arm.optimizer != "sgd":  # it sets its own step size: nothing may steer it
+            steered = [k for k, v in (("signals", self.signals), ("every", self.every), ("advisor", self.advisor),
+                                      ("schedule", self.schedule)) if v != "preset"]
+            steered += [k for k, v in (("schedule_file", self.schedule_file != "none"), ("guard", self.guard != "off"),
+                                       ("credit_epochs", self.credit_epochs)) if v]
+            rules([(not steered, f"arm {self.arm!r} ({arm.optimizer}) sets its own step size: it takes no "
+                    f"{steered[0] if steered else ''}; leave it at its default")])
         from lradvisor.llm import zoo
         if arm.asks_llm:
             zoo.pick(self.llm_model, self.models, self.advisor, self.arm)  # reads and checks the models file

@@ -87,6 +87,7 @@ def time_reference(cfg, device, x_tr, y_tr, x_te, y_te):
     """How most CIFAR code trains: PIL transforms in DataLoader workers, fp32, .item() every step."""
     import torchvision.transforms as T
     from PIL import Image
+
     from lradvisor.data.registry import MEAN, STD
     from lradvisor.engine.network import build_model
 
@@ -163,6 +164,7 @@ def concurrent(cfg):
     """Sweep throughput: N processes of our loop at once on the same device, against one alone."""
     import subprocess
     import sys
+
     from lradvisor.config import to_flags
     cmd = [sys.executable, "-m", "lradvisor", "bench", *to_flags(dataclasses.replace(cfg, loops="ours", processes=1))]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(cfg.processes)]

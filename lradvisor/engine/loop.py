@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from lradvisor.data.registry import DATASETS
 from lradvisor.engine import schedules
+from lradvisor.engine.optimizers import effective_lr
 from lradvisor.engine.state import Epoch, Evaluation, Trained
 from lradvisor.errors import TrainingError
 from lradvisor.tracking import CLASS_METRICS
@@ -106,7 +107,7 @@ def train_epoch(model, opt, loader, autocast, sched=None, live="", before_step=N
     for xb, yb in loader:
         if before_step:
             before_step(steps)
-        lrs.append(opt.param_groups[0]["lr"])
+        lrs.append(effective_lr(opt))  # a host float: SGD's lr, or the step size an LR-free optimizer chose
         with autocast():
             out = model(xb)
             loss = F.cross_entropy(out, yb)

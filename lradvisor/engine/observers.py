@@ -27,7 +27,7 @@ class Recorder:
             mlflow.log_metrics(e.metrics, step=s.epoch)
             if not few:
                 tracking.write_table(self.class_rows, CLASS_TABLE)
-        if s.per_step or s.cfg.advice == "async_step":  # host floats already: no sync
+        if s.per_step or s.cfg.advice == "async_step" or s.arm.optimizer != "sgd":  # host floats already: no sync
             tracking.log_series("lr_step", e.trained.lrs, first_step=e.first_step)
 
 

@@ -16,12 +16,15 @@ from lradvisor import tracking
 from lradvisor.arms import flag, llm_tag, resolve, run_name
 from lradvisor.data.files import checksums
 from lradvisor.data.registry import DATASETS
+from lradvisor.engine import optimizers
 from lradvisor.engine.advice import AsyncAdvice, AsyncStepAdvice, SyncAdvice
+from lradvisor.engine.branches import GRID, ORACLE_HORIZON, ORACLE_TABLE, Oracle
 from lradvisor.engine.credit import Credit
 from lradvisor.engine.device import native_bf16, pick_channels_last, pick_device, pick_precision
 from lradvisor.engine.guard import Guard
 from lradvisor.engine.loop import fit
 from lradvisor.engine.observers import Budget, Console, Recorder
+from lradvisor.engine.optimizers import ScheduleFreeModes
 from lradvisor.engine.pruner import Pruner
 from lradvisor.engine.setup import prepare, sizes, weights_digest
 from lradvisor.errors import ServerLost
@@ -31,20 +34,26 @@ from lradvisor.tracking import CLASS_METRICS, CLASS_TABLE, TABLE
 ADVICE = {"sync": SyncAdvice, "async": AsyncAdvice, "async_step": AsyncStepAdvice}
 
 
-def handlers(cfg, advisor, on_epoch=None):
+def handlers(cfg, arm, advisor, on_epoch=None, measure=None):
     """Who acts on the loop's events (engine/loop.py), in the order they act on each:
 
+        ScheduleFreeModes  epoch_start, epoch_trained: the optimizer's train / eval mode (schedulefree), first
         Guard      epoch_start, epoch_trained  (guard rollback)   before anything reads the epoch
         Recorder   epoch_end                                      the epoch's metrics, before anyone reacts to them
         Console    epoch_end                                      its line, before the advisor's lines under it
+        measure    decision_point (the decision benchmark, engine/branches.Measure): the state before anyone decides
         advice     batch_start, epoch_end, decision_point, fit_end
+        Oracle     decision_point (the arm oracle, engine/branches.py): it decides in the advice's place
         Credit     decision: before the advised LR is applied (advice.apply emits it first); epoch_end: the branches
                    due, after async_step's replies are recorded
         Budget     exchange; fit_end: after the advice recorded the exchange still in flight
         Pruner     epoch_end, last: it may stop the run, and everything about the epoch is recorded by then
     """
-    chain = [Guard(advisor)] if advisor and cfg.guard == "rollback" else []
-    chain += [Recorder(), Console()]
+    chain = [ScheduleFreeModes()] if arm.optimizer == "schedulefree" else []
+    chain += [Guard(advisor)] if advisor and cfg.guard == "rollback" else []
+    chain += [Recorder(), Console()] + ([measure] if measure else [])
+    if arm.oracle:
+        chain.append(Oracle())
     if advisor:
         chain.append(ADVICE[cfg.advice](advisor))
         if cfg.credit_epochs:
@@ -56,8 +65,13 @@ def handlers(cfg, advisor, on_epoch=None):
 
 
 def params_of(cfg, arm, advisor, device, s):
-    """The run's settings and what it found it trains with, as MLflow params."""
-    return {**cfg.params(), "arm.signals": ",".join(arm.signals) or "none", "arm.every": arm.every,
+    """The run's settings and what it found it trains with, as MLflow params (an LR-free optimizer's own settings
+    too; SGD's are the run's lr, momentum and weight_decay)."""
+    opt = {"arm.optimizer": arm.optimizer, **{f"optimizer.{k}": v for k, v in optimizers.settings(
+        arm.optimizer, cfg, len(s.train_loader)).items()}} if arm.optimizer != "sgd" else {}
+    if arm.oracle:  # what the oracle chose from, and how far it looked
+        opt.update({"oracle.grid": ",".join(f"{m:g}" for m in GRID), "oracle.horizon": ORACLE_HORIZON})
+    return {**cfg.params(), **opt, "arm.signals": ",".join(arm.signals) or "none", "arm.every": arm.every,
             "arm.advisor": arm.advisor if arm.every else "none", "arm.schedule": arm.schedule,
             "llm_model_used": advisor.model_used if advisor else "none",
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -83,10 +97,11 @@ def warn_about(cfg, arm, device):
                       f"than fp32 or worse; {flag('precision', 'auto')} would pick fp32")
 
 
-def main(cfg, run_id=None, on_epoch=None):
+def main(cfg, run_id=None, on_epoch=None, measure=None):
     """A checked TrainConfig in, a finished MLflow run out. Raises UsageError/DataError before any run exists.
     A search trains its trials here, in its own process: `run_id` is the run it made for the trial, and
-    `on_epoch(epoch, metrics)` judges each epoch once it is logged (engine/pruner.py)."""
+    `on_epoch(epoch, metrics)` judges each epoch once it is logged (engine/pruner.py); the decision benchmark
+    its trajectories, `measure` the handler that measures them (engine/branches.Measure)."""
     arm = resolve(cfg.arm, cfg.signals, cfg.every, cfg.advisor, cfg.schedule)
     if cfg.schedule_file != "none":
         arm = dataclasses.replace(arm, schedule="file")
@@ -111,12 +126,13 @@ def main(cfg, run_id=None, on_epoch=None):
                 # Tables the UI shows as tables: the advisor's calls; per-class accuracy where there are too many
                 # classes for one metric each.
                 many = len(DATASETS[cfg.dataset]["classes"]) > CLASS_METRICS
-                tracking.declare_tables(([TABLE] if advisor else []) + ([CLASS_TABLE] if many else []))
+                tracking.declare_tables(([TABLE] if advisor else []) + ([CLASS_TABLE] if many else [])
+                                        + ([ORACLE_TABLE] if arm.oracle else []))
                 if advisor:
                     advisor.prepare_run()
                 if arm.schedule == "file":  # what the run followed goes with it
                     mlflow.log_artifact(cfg.schedule_file)
-            s.handlers = handlers(cfg, advisor, on_epoch)
+            s.handlers = handlers(cfg, arm, advisor, on_epoch, measure)
             fit(s)
             with tracking.writing():
                 mlflow.set_tag("weights_sha256", weights_digest(s.model))

@@ -19,6 +19,7 @@ so writing x into the optimizer is all it takes; OneCycleLR computes the LR from
 from torch.optim import lr_scheduler
 
 from lradvisor.arms import SCHEDULES, read_schedule_file
+
 PER_STEP = ("cosine", "onecycle", "linear")  # stepped after every batch; the others after each epoch
 
 

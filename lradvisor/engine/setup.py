@@ -11,13 +11,13 @@ import torch
 from lradvisor.data.files import holdout_split, load, stratified_subset
 from lradvisor.data.loader import Loader
 from lradvisor.data.registry import DATASETS
-from lradvisor.engine import schedules
+from lradvisor.engine import optimizers, schedules
 from lradvisor.engine.device import pick_channels_last, pick_precision
 from lradvisor.engine.network import build_model
 from lradvisor.engine.state import RunState
 
 
-def setup(cfg, x_tr, y_tr, x_te, y_te, schedule="step"):
+def setup(cfg, x_tr, y_tr, x_te, y_te, schedule="step", optimizer="sgd"):
     """(train loader, test loader, model, optimizer, schedule, autocast) on the device the data is on."""
     dev = x_tr.device
     cuda = dev.type == "cuda"
@@ -34,9 +34,7 @@ def setup(cfg, x_tr, y_tr, x_te, y_te, schedule="step"):
     if cuda:  # cuDNN picks the fastest convolution algorithms for these shapes once; CPUs have nothing to pick
         torch.backends.cudnn.benchmark = True
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    # Fused SGD is one kernel for all parameters on CUDA; on CPU the multi-tensor (foreach) path is as fast.
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {"foreach": True}))
+    opt = optimizers.build(optimizer, model.parameters(), cfg, len(train_loader), cuda)
     sched = schedules.build(schedule, opt, cfg, len(train_loader))
     step_model = torch.compile(model) if cfg.compile else model
     return train_loader, test_loader, step_model, opt, sched, autocast
@@ -51,7 +49,7 @@ def prepare(cfg, arm, device, data=None):
                                DATASETS[cfg.dataset]["classes"])
     put = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     train_loader, test_loader, model, opt, sched, autocast = setup(cfg, put(x_all[keep]), put(y_all[keep]),
-                                                                   put(x_te), put(y_te), arm.schedule)
+                                                                   put(x_te), put(y_te), arm.schedule, arm.optimizer)
     val_loader = None
     if len(held):
         val_loader = Loader(put(x_all[held]), put(y_all[held]), 1000, train=False, seed=cfg.seed,

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import torch
 
+from lradvisor.engine.optimizers import effective_lr
 from lradvisor.engine.schedules import PER_STEP
 
 
@@ -95,7 +96,7 @@ class RunState:
     @property
     def lr(self):
         """The optimizer's LR now: what the next step trains at."""
-        return self.opt.param_groups[0]["lr"]
+        return effective_lr(self.opt)
 
     def emit(self, event, *args):
         """Every handler that acts on `event`, in order (engine/loop.py lists the events)."""

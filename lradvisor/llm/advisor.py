@@ -211,6 +211,7 @@ def register_builtin(prefix):
     """Register the published prompt family in the MLflow Prompt Registry: one prompt per LLM arm's signals,
     NAME-<arm>, a new version each time; each renders exactly the built-in prompt. Returns [(name, version)]."""
     import mlflow.genai
+
     from lradvisor.arms import ARMS
     check_id(prefix, "name")
     out = []

@@ -18,7 +18,6 @@ from lradvisor.errors import UsageError
 from lradvisor.llm import prompt as P
 from lradvisor.llm.servers import gemini_asker, one_line, openai_asker
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Null controls: answers without an LLM, in the words an LLM would use, through the same parser and records
 
@@ -61,6 +60,7 @@ def replay_asker(cfg, llm=None):
     """Each recorded exchange's reply at the epoch it was asked. Under advice async / async_step the record also says
     where the reply was applied (applied_step; empty: never), so a replay applies it exactly there."""
     import mlflow
+
     from lradvisor.tracking import TABLE
     run_id = cfg.replay_run_id
     if run_id in ("", "none"):

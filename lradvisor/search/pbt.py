@@ -15,7 +15,6 @@ from lradvisor.config import TRIAL_SEEDS
 from lradvisor.errors import SearchError
 from lradvisor.search.common import budget_used, end_stray_runs, mlflow_uri, param, search_runs
 
-
 # What a member logs of each epoch (engine/state.py's Epoch.metrics has these and more), in this order.
 MEMBER_METRICS = ("lr", "train_loss", "train_acc", "grad_norm", "val_loss", "val_acc", "test_loss", "test_acc")
 
@@ -28,6 +27,7 @@ class Member:
     def setup(self, config, job):
         import mlflow
         from mlflow.tracking import MlflowClient
+
         from lradvisor.arms import resolve
         from lradvisor.data.files import load
         from lradvisor.engine.device import pick_device
@@ -64,6 +64,7 @@ class Member:
 
     def step(self):
         from mlflow.entities import Metric
+
         from lradvisor.engine import schedules
         from lradvisor.engine.loop import train_and_evaluate
         from lradvisor.errors import TrainingError
@@ -85,6 +86,7 @@ class Member:
 
     def save_checkpoint(self, checkpoint_dir):
         import torch
+
         from lradvisor.engine.setup import snapshot
         s = self.state
         state = snapshot(s.model, s.opt, s.sched, s.train_loader)
@@ -95,6 +97,7 @@ class Member:
     def load_checkpoint(self, checkpoint_dir):
         """Our own state after a pause, or a donor's (exploit): the run's tag `pbt_exploits` says whose, when."""
         import torch
+
         from lradvisor.engine.setup import restore
         s = self.state
         state = torch.load(os.path.join(checkpoint_dir, "state.pt"), map_location=s.train_loader.x.device,
@@ -150,7 +153,9 @@ def quiet_ray():
 
 def pbt_search(s):
     import random
+
     import ray
+
     from lradvisor import tracking
     from lradvisor.study import launch
     cfg = s.cfg

@@ -39,6 +39,7 @@ def suggest(trial, cfg):
 
 def optuna_search(s):
     import optuna
+
     from lradvisor.engine import run
     cfg = s.cfg
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -63,9 +63,10 @@ def find_runs(run_ids="", sweep_id="", experiment=""):
         runs = client.search_runs([exp.experiment_id], finished, max_results=5000)
     else:
         raise UsageError("say what to compare: --sweep-id ID, --experiment NAME or --run-ids ID,ID,...")
-    # Training runs only: not sweep, search or compare runs, nor a search's trials and PBT members (they select the
+    # Training runs only: not sweep, search or compare runs, nor a decision benchmark's trajectories (they train the
+    # baseline's schedule of another benchmark's settings), nor a search's trials and PBT members (they select the
     # winner on a validation split; the winner's own runs, role arm, are the row).
-    return [r for r in runs if "arm" in r.data.tags and r.data.tags.get("role") not in ("trial", "member")]
+    return [r for r in runs if "arm" in r.data.tags and r.data.tags.get("role") not in ("trial", "member", "trajectory")]
 
 
 def config_of(run):
@@ -205,7 +206,7 @@ def write_outputs(groups, rows, pairs, cfg):
     out = lambda name: os.path.join(cfg.output_dir, name)  # noqa: E731
     written = [out("results.md"), out("results.csv")]
     with open(written[0], "w") as f:
-        f.write(markdown(rows, cfg.margin, cfg.credit_margin))
+        f.write(markdown(rows, cfg.margin, cfg.credit_margin, cfg.alpha))
     with open(written[1], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -266,9 +267,9 @@ def main(cfg):
               "with runs whose decisions did not; the first have no held-out score: rerun them with --holdout 0.1 "
               "for a like-for-like table", file=sys.stderr)
 
-    rows = table(groups, pairs, cfg.margin, cfg.credit_margin)
+    rows = table(groups, pairs, cfg.margin, cfg.credit_margin, cfg.alpha)
     written = write_outputs(groups, rows, pairs, cfg)
-    print(markdown(rows, cfg.margin, cfg.credit_margin))
+    print(markdown(rows, cfg.margin, cfg.credit_margin, cfg.alpha))
 
     exp_id = runs[0].info.experiment_id
     if not os.environ.get("MLFLOW_RUN_ID"):
@@ -278,7 +279,8 @@ def main(cfg):
     try:
         mlflow.set_tags({"role": "compare", "sweep_id": sweep_id, "compared_runs": len(runs),
                          "mlflow.runName": name})
-        tracking.log_params_once({"baseline": cfg.baseline, "margin": cfg.margin, "credit_margin": cfg.credit_margin})
+        tracking.log_params_once({"baseline": cfg.baseline, "margin": cfg.margin, "credit_margin": cfg.credit_margin,
+                                  "alpha": cfg.alpha})
         for path in written:
             mlflow.log_artifact(path)
         mlflow.log_table({"row": [label for label, g in groups.items() for _ in g["seeds"]],

@@ -10,6 +10,7 @@ where the child ran.
     ray    one Ray task per child, on the cluster at ray_address; the task starts the child on its node
 """
 
+import dataclasses
 import os
 import re
 import shutil
@@ -18,7 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple
 

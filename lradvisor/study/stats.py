@@ -13,6 +13,22 @@ Q = Σ w_i (Δ_i − Δ_fixed)², τ² = max(0, (Q − (k−1)) / (Σw − Σw²
 (k−1)) / Σ w*_i, 95 % CI = Δ ± t(0.975, k−1) · SE, p from the same t. The plain normal interval Δ ± 1.96 /
 √(Σ w*_i) treats each v_i, estimated from a handful of seeds, as exact: with 3 seeds per task it gave
 p = 6e-170 from six pairs here. τ² is 0 when the tasks agree within their own noise.
+
+The fixed-n interval is valid for a number of pairs fixed in advance: adding seeds and looking again inflates its
+error rate with every look. `confidence_sequence` is valid at every n at once (anytime-valid), so a sweep may look
+after every seed and stop when it is clear (sweep --until-decided). It is Wang & Ramdas's (2024, "Anytime-valid
+t-tests and confidence sequences for Gaussian means with unknown variance") test martingale for H0: mean = m,
+scale-invariant and mixed over the standardized effect θ = (mean − m)/σ with a Gaussian N(0, 1/c²):
+
+    G_n(m) = sqrt(c² / (n + c²)) · ((n + c²) V / ((n + c²) V − S²))^(n/2),  S = Σ(d_i − m), V = Σ(d_i − m)²
+
+(the ratio of the densities of the maximal scale invariant under θ and under 0, σ integrated out with the right
+Haar measure dσ/σ; tests/test_sequential.py checks it against that integral numerically). By Ville's inequality
+P(sup_n G_n(m) ≥ 1/α) ≤ α, so {m : G_n(m) < 1/α} is a (1 − α) confidence sequence, in closed form
+mean ± sqrt(k · SS / (n (n − k))) with k = (n + c²)(1 − (α c / sqrt(n + c²))^(2/n)), SS = Σ(d_i − mean)², and the
+whole line while k ≥ n. `e_value` is G_n(0): the evidence against "no difference". The price of looking at every n:
+with c = 0.25 and α = 0.05 no interval excludes anything before 3 pairs, and every interval is wider than the
+fixed-n one (README: Sequential verdicts).
 """
 
 import math
@@ -73,3 +89,41 @@ def pooled(deltas, ses, margin=0.0):
     return {"delta_vs_baseline": delta, "delta_se": se, "delta_ci_low": delta - half, "delta_ci_high": delta + half,
             "p_value": float(2 * stats.t.sf(abs(delta) / se, k - 1)), "tau2": tau2,
             "verdict": "better" if delta - half > margin else "worse" if delta + half < -margin else "inconclusive"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Anytime-valid (module docstring)
+
+MIXING = 0.25  # c: the mixture over the standardized effect has SD 1/c = 4 (why: README, Sequential verdicts)
+
+
+def e_value(deltas, m=0.0, c=MIXING):
+    """G_n(m): the scale-invariant t-test martingale's value after the pairs `deltas`; 1 with fewer than 2."""
+    n = len(deltas)
+    x = [d - m for d in deltas]
+    v = sum(a * a for a in x)
+    if n < 2 or v == 0:
+        return 1.0
+    a = n + c * c
+    return math.sqrt(c * c / a) * (1 - sum(x) ** 2 / v / a) ** (-n / 2)
+
+
+def confidence_sequence(deltas, alpha=0.05, c=MIXING):
+    """(low, high): the anytime-valid (1 − alpha) confidence sequence for the mean of `deltas`, at their n."""
+    n = len(deltas)
+    if n < 2:
+        return -math.inf, math.inf
+    a = n + c * c
+    k = a * (1 - (alpha * c / math.sqrt(a)) ** (2 / n))
+    if k >= n:  # not enough pairs yet to exclude anything at this alpha
+        return -math.inf, math.inf
+    mean = statistics.mean(deltas)
+    half = math.sqrt(k * sum((d - mean) ** 2 for d in deltas) / (n * (n - k)))
+    return mean - half, mean + half
+
+
+def anytime_verdict(low, high, margin=0.0):
+    """equivalent: the whole sequence within ±margin (margin > 0); better / worse: it excludes 0; else inconclusive."""
+    if margin > 0 and -margin < low and high < margin:
+        return "equivalent"
+    return "better" if low > 0 else "worse" if high < 0 else "inconclusive"

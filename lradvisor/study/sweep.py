@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import uuid
+from typing import NamedTuple
 
 from lradvisor.arms import llm_tag, resolve
 from lradvisor.config import SweepConfig, to_flags
@@ -34,39 +35,63 @@ def asks_llm(arm, cfg):
 
 def finished_keys(experiment_id, sweep_id):
     from mlflow.tracking import MlflowClient
+
     from lradvisor import tracking
     runs = MlflowClient().search_runs(
         [experiment_id], f"tags.sweep_id = {tracking.quote(sweep_id)} and attributes.status = 'FINISHED'", max_results=5000)
     return {r.data.tags.get("sweep_key") for r in runs}
 
 
-def jobs(cfg, sweep_id, exp_id):
-    """(to run, already finished) children: every arm (an LLM arm once per model and temperature) x data set x seed."""
-    from lradvisor.study import launch
-    flags = shared_flags(cfg)
-    done = finished_keys(exp_id, sweep_id) if exp_id else set()
-    todo, skipped = [], []
+class Row(NamedTuple):
+    """What a sweep compares: an arm (an LLM arm once per model and temperature) on a data set, over seeds."""
+    arm: str
+    dataset: str
+    llm_flags: tuple = ()  # an LLM arm's --llm-model and --temperature
+    tag: str = ""  # ... as its run names show them
+
+    @property
+    def label(self):
+        return self.arm + (f" [{self.tag}]" if self.tag else "")
+
+
+def rows(cfg):
+    out = []
     for arm in cfg.arm_list():
         # An LLM arm runs once per model and temperature; the others (baselines, controls) once.
         for llm_model, temperature in cfg.llm_axis() if asks_llm(arm, cfg) else [(None, None)]:
-            extra = ["--llm-model", llm_model, "--temperature", repr(temperature)] if llm_model else []
+            extra = ("--llm-model", llm_model, "--temperature", repr(temperature)) if llm_model else ()
             tag = llm_tag(llm_model, temperature) if llm_model else ""
-            for dataset in cfg.dataset_list():
-                for seed in cfg.seed_list():
-                    key = sweep_key(arm, dataset, seed, flags + extra)
-                    (skipped if key in done else todo).append(launch.Job(arm, dataset, seed, key, tuple(extra), tag))
+            out += [Row(arm, dataset, extra, tag) for dataset in cfg.dataset_list()]
+    return out
+
+
+def job(cfg, row, seed):
+    from lradvisor.study import launch
+    return launch.Job(row.arm, row.dataset, seed, sweep_key(row.arm, row.dataset, seed, shared_flags(cfg)
+                                                            + list(row.llm_flags)), row.llm_flags, row.tag)
+
+
+def jobs(cfg, sweep_id, exp_id, wanted):
+    """(to run, already finished) children of (row, seed) pairs: a finished child has the same sweep_key."""
+    done = finished_keys(exp_id, sweep_id) if exp_id else set()
+    todo, skipped = [], []
+    for row, seed in wanted:
+        j = job(cfg, row, seed)
+        (skipped if j.key in done else todo).append(j)
     return todo, skipped
 
 
 def main(cfg):
     import mlflow
     from mlflow.tracking import MlflowClient
+
     from lradvisor import tracking
     from lradvisor.llm.advisor import Advisor
-    from lradvisor.study import launch
+    from lradvisor.study import launch, sequential
     arms, datasets, seeds = cfg.arm_list(), cfg.dataset_list(), cfg.seed_list()
     sweep_id = uuid.uuid4().hex[:8] if cfg.sweep_id in ("", "new") else cfg.sweep_id
-    print(f"sweep {sweep_id}: arms {','.join(arms)} x data sets {','.join(datasets)} x seeds {','.join(map(str, seeds))}"
+    print(f"sweep {sweep_id}: arms {','.join(arms)} x data sets {','.join(datasets)} x seeds "
+          + (f"0.. until decided ({cfg.min_seeds} to {cfg.max_seeds})" if cfg.until_decided else ','.join(map(str, seeds)))
           + (f"; LLM arms x models {cfg.llm_models} x temperatures {cfg.temperatures}"
              if any(asks_llm(a, cfg) for a in arms) else ""))
 
@@ -76,18 +101,22 @@ def main(cfg):
     else:
         exp = client.get_experiment_by_name(cfg.experiment)
         exp_id = exp.experiment_id if exp else None
-    todo, skipped = jobs(cfg, sweep_id, exp_id)
+    sweep_rows = rows(cfg)
+    todo, skipped = jobs(cfg, sweep_id, exp_id, [(r, seed) for r in sweep_rows for seed in seeds]) \
+        if not cfg.until_decided else ([], [])
     if skipped:
         print(f"sweep {sweep_id}: {len(skipped)} already finished with these parameters, not run again: "
               + ", ".join(j.name for j in skipped))
-    for name, extra in dict.fromkeys((j.arm, tuple(j.llm_flags)) for j in todo):  # a missing key fails here, once
+    asking = [(r.arm, r.llm_flags) for r in sweep_rows] if cfg.until_decided else [(j.arm, j.llm_flags) for j in todo]
+    for name, extra in dict.fromkeys(asking):  # a missing key fails here, once
         child = cfg.child(name, datasets[0], 0, *((extra[1], float(extra[3])) if extra else ()))
         arm = resolve(name, child.signals, child.every, child.advisor, child.schedule)
         if arm.every:
             Advisor(child, arm)
 
     parallel, why = launch.parallel_auto(cfg.train.device) if cfg.parallel == "auto" else (int(cfg.parallel), "")
-    print(f"sweep {sweep_id}: {len(todo)} runs with the {cfg.launcher} launcher"
+    print(f"sweep {sweep_id}: " + ("rounds of seeds until every arm is decided" if cfg.until_decided else
+                                   f"{len(todo)} runs") + f" with the {cfg.launcher} launcher"
           + (f", {why} at a time" if cfg.launcher == "local" and why else ""))
 
     # Ctrl-C or SIGTERM: stop the children (they end KILLED), keep their logs, end the parent KILLED.
@@ -100,10 +129,15 @@ def main(cfg):
         tracking.log_params_once({"arms": ",".join(arms), "datasets": ",".join(datasets), "llm_models": cfg.llm_models,
                                   "temperatures": cfg.temperatures,
                                   "seeds": ",".join(map(str, seeds)), "sweep_id": sweep_id,
-                                  "parallel": cfg.parallel, "launcher": cfg.launcher})
+                                  "parallel": cfg.parallel, "launcher": cfg.launcher,
+                                  **({k: getattr(cfg, k) for k in sequential.SETTINGS} if cfg.until_decided else {})})
         sw = launch.Sweep(cfg, sweep_id, parent.info.experiment_id, parent.info.run_id, shared_flags(cfg), parallel)
         try:
-            results = getattr(launch, cfg.launcher)(todo, sw)
+            if cfg.until_decided:
+                results, skipped = sequential.rounds(cfg, sw, sweep_rows, getattr(launch, cfg.launcher),
+                                                     lambda row, seed: job(cfg, row, seed))
+            else:
+                results = getattr(launch, cfg.launcher)(todo, sw)
         except BaseException as e:  # SystemExit too: what a library's own SIGTERM handler raises
             killed = isinstance(e, (KeyboardInterrupt, SystemExit))
             tracking.end_failed("KILLED" if killed else "FAILED", str(e) if killed else f"{type(e).__name__}: {e}", e)
@@ -111,10 +145,10 @@ def main(cfg):
 
         failed = [k for k, v in results.items() if not v[0]]
         print(f"\nsweep {sweep_id}: {len(results) - len(failed)} finished, {len(failed)} failed, {len(skipped)} skipped")
-        for job, (ok, run_id, acc, code) in results.items():
+        for child, (ok, run_id, acc, code) in results.items():
             state = f"test_acc {acc:.2f}%" if ok and acc is not None else f"FAILED (exit {code})"
-            print(f"  {job.arm + (f' [{job.tag}]' if job.tag else ''):24s} " + (f"{job.dataset:9s}" if len(datasets) > 1 else "")
-                  + f"seed {job.seed:<3d} {state:24s} run {run_id}")
+            print(f"  {child.arm + (f' [{child.tag}]' if child.tag else ''):24s} "
+                  + (f"{child.dataset:9s}" if len(datasets) > 1 else "") + f"seed {child.seed:<3d} {state:24s} run {run_id}")
         with tracking.writing():
             mlflow.set_tags({"finished": len(results) - len(failed), "failed": len(failed), "skipped": len(skipped)})
         if failed:

@@ -9,7 +9,7 @@ import statistics
 from lradvisor.study import stats
 
 BUDGET = ("llm_calls", "llm_failed_calls", "llm_tokens", "llm_cost_usd", "llm_seconds", "llm_retry_seconds",
-          "train_seconds", "credit_seconds", "advisor_changes", "search_epochs")
+          "train_seconds", "credit_seconds", "advisor_changes", "search_epochs", "oracle_seconds")
 
 
 def saw_test(g):
@@ -18,7 +18,7 @@ def saw_test(g):
     return seen.pop() if len(seen) == 1 else "mixed"
 
 
-def table(groups, pairs, margin, credit_margin):
+def table(groups, pairs, margin, credit_margin, alpha=0.05):
     rows = []
     for label, g in groups.items():
         finals = {s["seed"]: s["curves"]["test_acc"][-1] for s in g["seeds"]}
@@ -31,13 +31,18 @@ def table(groups, pairs, margin, credit_margin):
                "final_test_acc_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                "decisions_saw_test": saw_test(g), "baseline": base_label or "", "pairs": 0, "unpaired_seeds": "",
                "delta_vs_baseline": None, "delta_se": None, "delta_ci_low": None, "delta_ci_high": None,
-               "p_value": None, "verdict": "", "tau2": None}
+               "p_value": None, "verdict": "", "cs_low": None, "cs_high": None, "e_value": None,
+               "anytime_verdict": "", "tau2": None}
         if base_label and base_label != label:
             paired = [s for s in finals if s in base]
             row["unpaired_seeds"] = ",".join([f"{s} (no {base_label})" for s in finals if s not in base]
                                              + [f"{s} (only {base_label})" for s in base if s not in finals])
             test = stats.paired([finals[s] for s in paired], [base[s] for s in paired], margin)
             row.update(pairs=len(paired), **test)
+            deltas = [finals[s] - base[s] for s in paired]  # valid however the seeds were chosen (stats.py)
+            low, high = stats.confidence_sequence(deltas, alpha)
+            row.update(cs_low=low, cs_high=high, e_value=stats.e_value(deltas),
+                       anytime_verdict=stats.anytime_verdict(low, high, margin))
         for key in BUDGET:
             got = [s["budget"][key] for s in g["seeds"] if s["budget"][key] is not None]
             row[key] = statistics.mean(got) if got else None
@@ -93,24 +98,26 @@ def _f(x, fmt):
 SAW_TEST = " †"  # marks a row whose decisions read test-set numbers
 
 
-HEADER = ["| arm | seeds | final test acc (%) | Δ vs baseline (points) | 95 % CI | p | verdict | "
-          "LLM calls | failed | accepted | changes | LLM tokens | LLM cost $ | LLM s | retry waits s | train s | search epochs | lowest LR |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+HEADER = ["| arm | seeds | final test acc (%) | Δ vs baseline (points) | 95 % CI | p | verdict | anytime CS | e | "
+          "anytime verdict | LLM calls | failed | accepted | changes | LLM tokens | LLM cost $ | LLM s | retry waits s | "
+          "train s | search epochs | lowest LR |", "|" + "---|" * 21]
 
 
 def _line(r):
     acc = f"{r['final_test_acc_mean']:.2f}" + (f" ± {r['final_test_acc_std']:.2f}" if r["runs"] > 1 else "")
     ci = "—" if r["delta_ci_low"] is None else f"[{r['delta_ci_low']:+.2f}, {r['delta_ci_high']:+.2f}]"
     arm = r["arm"] + (SAW_TEST if r["decisions_saw_test"] in ("1", "mixed") else "")
+    cs = "—" if r["cs_low"] is None else f"[{r['cs_low']:+.2f}, {r['cs_high']:+.2f}]".replace("inf", "∞")
     return (f"| {arm} | {r['seeds']} | {acc} | {_f(r['delta_vs_baseline'], '+.2f')} | {ci} | "
-            f"{_f(r['p_value'], '.3g')} | {r['verdict'] or '—'} | {_f(r['llm_calls'], 'g')} | {_f(r['llm_failed_calls'], 'g')} | "
+            f"{_f(r['p_value'], '.3g')} | {r['verdict'] or '—'} | {cs} | {_f(r['e_value'], '.3g')} | "
+            f"{r['anytime_verdict'] or '—'} | {_f(r['llm_calls'], 'g')} | {_f(r['llm_failed_calls'], 'g')} | "
             f"{_f(r['accepted'], 'g')} | {_f(r['changes'], 'g')} | {_f(r['llm_tokens'], '.0f')} | "
             f"{'≥ ' if r['llm_cost_partial'] and r['llm_cost_usd'] is not None else ''}{_f(r['llm_cost_usd'], '.3g')} | "
             f"{_f(r['llm_seconds'], '.1f')} | {_f(r['llm_retry_seconds'], '.1f')} | {_f(r['train_seconds'], '.1f')} | "
             f"{_f(r['search_epochs'], '.0f')} | {r['lowest_lr']:.3g} |")
 
 
-def markdown(rows, margin, credit_margin=0.1):
+def markdown(rows, margin, credit_margin=0.1, alpha=0.05):
     """The results table; with several data sets one table per data set, then the pooled rows."""
     tasks = [r for r in rows if r["dataset"] != "pooled"]
     datasets = list(dict.fromkeys(r["dataset"] for r in tasks))
@@ -140,7 +147,12 @@ def markdown(rows, margin, credit_margin=0.1):
                          f"{r['hurt']} | {r['neutral']} | {_f(r['credit_seconds'], '.1f')} |")
     notes = [f"Δ: mean over seeds of (arm − its baseline) in final test accuracy, paired by seed; CI: t "
              f"distribution, n−1 df; p: two-sided paired t-test; verdict: CI entirely above +{margin:g} / below "
-             f"−{margin:g} points → better / worse, else inconclusive."]
+             f"−{margin:g} points → better / worse, else inconclusive: read it when the number of seeds was fixed "
+             f"before any result was seen. Anytime CS: the {100 * (1 - alpha):g} % confidence sequence (Wang & Ramdas "
+             f"2024), valid however many seeds were added after looking (sweep --until-decided), per row (not "
+             f"corrected for the number of rows); wider than the CI, and the whole line under 3 pairs; e: the evidence "
+             f"against Δ = 0 (≥ {1 / alpha:g} rejects it); anytime verdict: the sequence within ±margin → equivalent"
+             f" (margin > 0), above / below 0 → better / worse, else inconclusive."]
     if any(r.get("llm_calls") for r in rows):
         notes.append("LLM cost $: mean per run, from each exchange's token counts and the prices in the models file "
                      "(--models); empty where the model has no price; ≥: some exchange said no token counts (no reply, "

@@ -1,0 +1,119 @@
+"""Sequential verdicts: the anytime-valid e-process and confidence sequence of study/stats.py against their
+definition, their error rate when looked at after every pair (simulated), and a sweep that stops when it is clear."""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from scipy import integrate
+from scipy import stats as sps
+
+from lradvisor.study import stats
+
+from conftest import ROOT, cli, runs_of
+from fake_openai import FakeOpenAI, chat
+
+
+def e_value_by_integration(x, c=stats.MIXING):
+    """The definition, slowly: the density of the data's scale-invariant part (σ integrated out with dσ/σ) mixed over
+    the standardized effect θ ~ N(0, 1/c²), over its density under θ = 0."""
+    x = np.asarray(x, float)
+    n, scale = len(x), np.sqrt(np.mean(x * x))
+
+    def invariant(theta):  # ∫ σ^-n exp(-Σ(x - θσ)² / 2σ²) dσ/σ, with σ = scale·e^u
+        f = lambda u: math.exp(-n * u - np.sum((x / scale - theta * math.exp(u)) ** 2) / (2 * math.exp(2 * u)))  # noqa: E731
+        return integrate.quad(f, -30, 30, limit=200)[0]
+
+    mixed = integrate.quad(lambda t: invariant(t) * sps.norm.pdf(t, scale=1 / c), -12 / c, 12 / c, limit=200)[0]
+    return mixed / invariant(0.0)
+
+
+@pytest.mark.parametrize("x", [[1.0, 2.0], [0.3, -0.1, 0.5], [2.0, 2.5, 1.5, 3.0], [-1.0, 0.2, 0.4, -0.3, 0.1]])
+def test_the_e_value_is_the_integral_it_is_said_to_be(x):
+    assert stats.e_value(x) == pytest.approx(e_value_by_integration(x), rel=1e-4)
+
+
+def test_the_sequence_is_where_the_e_value_stays_below_one_over_alpha():
+    rng = np.random.default_rng(0)
+    for n in (3, 5, 10):
+        d = list(rng.normal(1.0, 2.0, n))
+        low, high = stats.confidence_sequence(d, 0.05)
+        assert stats.e_value(d, low) == pytest.approx(20, rel=1e-6) == stats.e_value(d, high)
+        assert stats.e_value(d, (low + high) / 2) < 20 and stats.e_value(d, high + 0.1) > 20
+    assert stats.confidence_sequence([1.0, 2.0], 0.05) == (-math.inf, math.inf)  # 2 pairs cannot exclude anything
+
+
+def simulate(effect, sequences=4000, pairs=30, alpha=0.05, seed=0):
+    """Peek after every pair from the 3rd to the 30th: (share of sequences that ever rejected Δ = 0 by the anytime
+    sequence, by the fixed-n t-test, median round the sequence stopped at)."""
+    rng = np.random.default_rng(seed)
+    d = rng.normal(effect, 1.0, (sequences, pairs))
+    anytime, fixed, stops = np.zeros(sequences, bool), np.zeros(sequences, bool), np.full(sequences, np.inf)
+    for n in range(3, pairs + 1):
+        seen = d[:, :n]
+        for i in np.flatnonzero(~anytime):
+            low, high = stats.confidence_sequence(list(seen[i]), alpha)
+            if low > 0 or high < 0:
+                anytime[i], stops[i] = True, n
+        fixed |= sps.ttest_1samp(seen, 0.0, axis=1).pvalue < alpha
+    return anytime.mean(), fixed.mean(), np.median(stops)
+
+
+def test_peeking_after_every_pair_keeps_the_anytime_error_rate_and_breaks_the_fixed_one():
+    """Under no difference, looking after every pair up to 30: the anytime sequence still wrongly rejects at most
+    alpha of the time (within Monte Carlo error), the fixed-n t-test far more; under a true difference the sequence
+    stops, and soon."""
+    anytime, fixed, _ = simulate(0.0, sequences=2000)
+    margin = 3 * math.sqrt(0.05 * 0.95 / 2000)
+    print(f"\nno difference, 2000 sequences peeked at 3..30 pairs: anytime rejects {anytime:.3f}, fixed-n t-test {fixed:.3f}")
+    assert anytime <= 0.05 + margin
+    assert fixed > 0.05 + margin
+    rejected, _, median = simulate(1.0, sequences=500, seed=1)  # a difference of one standard deviation
+    print(f"a difference of 1 sd: the sequence stopped in {rejected:.1%} of 500, median at {median:.0f} pairs")
+    assert rejected > 0.95 and median <= 15
+
+
+def test_a_sweep_until_decided_stops_a_clearly_bad_arm_and_runs_an_identical_one_to_max_seeds(tmp_path, experiment,
+                                                                                            capsys):
+    """Two models of one LLM arm, each on its own stand-in server: one replies an LR 20x the schedule's (the run
+    blows up), the other the schedule's own LR (it trains bit for bit as the baseline). The first is decided worse
+    in the first round; the second, with margin 0, can never be decided equivalent, and runs to max_seeds."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--out", str(data),
+                    "--train-per-class", "10", "--test-per-class", "4"], check=True, capture_output=True)
+    with FakeOpenAI([chat("LR 0.2")]) as bad, FakeOpenAI([chat("LR 0.01")]) as same:
+        models = tmp_path / "models.yaml"
+        models.write_text(yaml.safe_dump({
+            name: {"provider": "openai", "base_url": s.env()["OPENAI_BASE_URL"], "model": "fake-model-7b-instruct"}
+            for name, s in (("bad", bad), ("same", same))}))
+        flags = ["sweep", "--arms", "baseline,losses", "--llm-models", "bad,same", "--models", models, "--until-decided",
+                 "--min-seeds", 3, "--max-seeds", 4, "--sweep-id", "seq", "--data-dir", data, "--lr", 0.01,
+                 "--batch-size", 10, "--epochs", 3, "--experiment", experiment]
+        assert cli(*flags) == 0
+        out = capsys.readouterr().out
+        children = {r.info.run_name for r in runs_of(experiment) if r.data.tags.get("role") == "arm"}
+        assert children == {"baseline-s0", "baseline-s1", "baseline-s2", "baseline-s3", "losses-s0 [bad]",
+                            "losses-s1 [bad]", "losses-s2 [bad]", "losses-s0 [same]", "losses-s1 [same]",
+                            "losses-s2 [same]", "losses-s3 [same]"}
+        (parent,) = [r for r in runs_of(experiment) if r.data.tags.get("role") == "sweep"]
+        assert parent.data.tags["verdict.losses _bad_"].startswith("worse at round 1 (3 seeds)")
+        assert parent.data.tags["verdict.losses _same_"].startswith("inconclusive at round 2 (4 seeds): CS [0, 0]")
+        assert "every arm decided; 7 arm seeds trained of the 8" in out
+        client = mlflow.MlflowClient()
+        assert [m.value for m in client.get_metric_history(parent.info.run_id, "arms_open")] == [2, 1]
+        table = client.load_table(parent.info.experiment_id, "sequential.json", run_ids=[parent.info.run_id])
+        assert list(zip(table["round"], table["arm"], table["verdict"])) == [
+            (1, "losses [bad]", "worse"), (1, "losses [same]", "inconclusive"), (2, "losses [same]", "inconclusive")]
+        assert cli(*flags) == 0  # the same command again: everything is decided, nothing is trained again
+        assert len([r for r in runs_of(experiment) if r.data.tags.get("role") == "arm"]) == len(children)
+    assert cli("compare", "--sweep-id", "seq", "--output-dir", tmp_path / "out") == 0
+    with open(tmp_path / "out" / "results.csv") as f:
+        rows = {r["arm"]: r for r in csv.DictReader(f)}
+    assert rows["losses [bad]"]["anytime_verdict"] == "worse" and float(rows["losses [bad]"]["cs_high"]) < 0
+    assert float(rows["losses [same]"]["cs_low"]) == float(rows["losses [same]"]["cs_high"]) == 0.0
