@@ -18,6 +18,15 @@ import mlflow
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The fast tier (`python -m pytest -m "not slow"`) is the pure core. A test that trains, records in MLflow, or starts a
+# server needs one of these fixtures and is slow; one that starts a process says so itself (@pytest.mark.slow).
+SLOW_FIXTURES = {"cifar_dir", "tiny_cifar", "tracking_uri", "experiment", "server", "remote", "ray_head", "bench"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -62,8 +71,29 @@ def tracking_uri(tmp_path_factory):
 
 @pytest.fixture
 def experiment(tracking_uri, request):
-    """A fresh experiment name per test, and its runs as a helper."""
+    """A fresh experiment name per test, in the session's store (runs_of(experiment) reads its runs)."""
     return request.node.name.replace("[", "_").replace("]", "")
+
+
+# Training on the session's tiny synthetic sets, named by what each gives (tiny_cifar: 20 training images, cifar_dir: 80)
+ONE_STEP = ["--batch-size", 20, "--subset-ratio", 0.5]  # tiny_cifar: 10 images, one step an epoch
+THREE_STEPS = ["--batch-size", 4, "--subset-ratio", 0.5]  # tiny_cifar: 10 images, steps of 4, 4 and 2
+FEW_IMAGES = ["--batch-size", 20, "--subset-ratio", 0.25]  # tiny_cifar: 5 images, cifar_dir: 20; one step an epoch
+TWO_STEPS = ["--batch-size", 10]  # tiny_cifar's 20 images
+HALF_OF_80 = ["--batch-size", 16, "--subset-ratio", 0.5]  # cifar_dir: 40 images, 3 steps an epoch
+
+
+def point(monkeypatch, server):
+    """Point this process's environment (and what it starts) at a stand-in server (fake_gemini, fake_openai)."""
+    for k, v in server.env().items():
+        monkeypatch.setenv(k, v)
+    return server
+
+
+def calls(run):
+    """A run's advisor/calls.json as rows (dicts), as logged: an empty cell is None."""
+    table = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/advisor/calls.json")
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
 
 
 def cli(*argv):
@@ -144,6 +174,23 @@ def mlflow_server(d):
             os.killpg(proc.pid, signal.SIGTERM)  # uvicorn's workers too, not only the main pid
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One real MLflow server for the session (a server costs seconds to start)."""
+    with mlflow_server(tmp_path_factory.mktemp("server")) as (url, _):
+        yield url
+
+
+@pytest.fixture
+def remote(server, monkeypatch):
+    """Point this test (and the processes it starts) at the session's server; back to the local store afterwards."""
+    local = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    mlflow.set_tracking_uri(server)
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri(local)
 
 
 @pytest.fixture(scope="session")

@@ -11,19 +11,15 @@ import pytest
 
 from lradvisor.llm import prompt
 
-from conftest import cli, history, mlflow_run, runs_of, store_holds
+from conftest import ONE_STEP, calls, cli, history, mlflow_run, point, runs_of, store_holds
 from fake_gemini import KEY, PUBLISHED_REPLY, FakeGemini, error, reply
 
-TINY = ["--batch-size", 20, "--subset-ratio", 0.5]  # 10 of tiny_cifar's training images, one step an epoch
 
 
 def lrs(run_id):
     return [v for _, v in history(run_id, "lr")]
 
 
-def calls(run):
-    client = mlflow.MlflowClient()
-    return client.load_table(run.info.experiment_id, "advisor/calls.json", run_ids=[run.info.run_id]).to_dict("records")
 
 
 def asked_epochs(run_id):
@@ -31,7 +27,7 @@ def asked_epochs(run_id):
 
 
 def train(experiment, arm, *flags):
-    return cli("train", "--arm", arm, *flags, *TINY, "--experiment", experiment)
+    return cli("train", "--arm", arm, *flags, *ONE_STEP, "--experiment", experiment)
 
 
 @pytest.fixture
@@ -42,8 +38,7 @@ def gemini(monkeypatch):
     def start(*script):
         g = FakeGemini(script).__enter__()
         servers.append(g)
-        for k, v in g.env().items():
-            monkeypatch.setenv(k, v)
+        point(monkeypatch, g)
         return g
 
     yield start
@@ -144,7 +139,7 @@ def test_cadence_and_overrides(tiny_cifar, experiment, gemini):
     g = gemini(reply("LR: 0.05"))
     assert train(experiment, "cadence3", "--data-dir", tiny_cifar, "--epochs", 7, "--step-size", 100) == 0
     assert cli("train", "--arm", "cadence5", "--signals", "losses,grad_norms,per_class", "--every", 2,
-               "--data-dir", tiny_cifar, "--epochs", 3, *TINY, "--experiment", experiment) == 0
+               "--data-dir", tiny_cifar, "--epochs", 3, *ONE_STEP, "--experiment", experiment) == 0
     cad3, over = sorted(runs_of(experiment), key=lambda r: r.info.start_time)
     assert asked_epochs(cad3.info.run_id) == ["advisor/epoch_03", "advisor/epoch_06"]
     assert lrs(cad3.info.run_id) == [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05]

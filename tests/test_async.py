@@ -8,20 +8,16 @@ import subprocess
 import sys
 import time
 
-import mlflow
 import pytest
 
-from conftest import cli, history, runs_of
+from conftest import THREE_STEPS, calls, cli, history, point, runs_of
 from fake_openai import FakeOpenAI, chat
 
 # 10 images, batch 4: three batches an epoch; five epochs
-TINY = ["--epochs", 5, "--batch-size", 4, "--subset-ratio", 0.5]
+TINY = ["--epochs", 5, *THREE_STEPS]
 SLOW = 60  # seconds the stand-in takes for the second reply: far beyond the run
 
 
-def calls(run):
-    return mlflow.MlflowClient().load_table(run.info.experiment_id, "advisor/calls.json",
-                                            run_ids=[run.info.run_id]).to_dict("records")
 
 
 def lr_steps(run_id):
@@ -31,8 +27,7 @@ def lr_steps(run_id):
 @pytest.mark.parametrize("advice", ["async", "async_step"])
 def test_async_advice_never_waits_and_replays_exactly(advice, tiny_cifar, experiment, monkeypatch, capsys):
     with FakeOpenAI([chat("LR 0.05"), chat("LR 0.02", delay=SLOW)]) as s:
-        for k, v in s.env().items():
-            monkeypatch.setenv(k, v)
+        point(monkeypatch, s)
         t0 = time.monotonic()
         assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "fake-model-7b-instruct",
                    "--advice", advice, "--data-dir", tiny_cifar, *TINY, "--experiment", experiment) == 0
@@ -131,8 +126,7 @@ def test_async_decisions_get_credit_and_credit_changes_nothing(tiny_cifar, exper
 
 def test_async_guard_rolls_back_the_epoch_a_reply_blew_up(tiny_cifar, experiment, monkeypatch):
     with FakeOpenAI([chat("The learning rate should be 0.9.")]) as s:
-        for k, v in s.env().items():
-            monkeypatch.setenv(k, v)
+        point(monkeypatch, s)
         assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--advice", "async",
                    "--guard", "rollback", "--guard-factor", 1.01, "--lr", 0.01, "--momentum", 0.99,
                    "--data-dir", tiny_cifar, *TINY, "--experiment", experiment) == 0

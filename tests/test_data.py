@@ -70,6 +70,7 @@ def _serve(folder):
     return server
 
 
+@pytest.mark.slow  # starts a process
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_downloads_and_verifies_archive_on_first_use(name, tmp_path, monkeypatch):
     """The real torchvision download path, from a local HTTP server holding an archive in the real layout."""

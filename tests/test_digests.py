@@ -3,6 +3,7 @@ the code of REFERENCE (weights_sha256, params, tags, metric histories, artifacts
 bytes). tests/digests.json holds them as recorded there. On a machine whose numerics differ from that recording
 (another CPU or torch), the reference code itself is run here, from git, and the code of now compared with it."""
 
+import pytest
 import json
 import os
 import subprocess
@@ -53,6 +54,7 @@ def reference_here(tmp_path):
     return record(tmp_path / "reference.json", str(tmp_path / "reference"))
 
 
+@pytest.mark.slow  # starts a process
 def test_runs_train_and_record_bit_for_bit_as_before(tmp_path):
     with open(RECORDED) as f:
         recorded = json.load(f)

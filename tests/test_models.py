@@ -8,17 +8,14 @@ import os
 import mlflow
 import pytest
 
-from conftest import cli, runs_of, store_holds
+from conftest import ONE_STEP, calls, cli, runs_of, store_holds
 from fake_gemini import FakeGemini, reply
 from fake_openai import FakeOpenAI, chat
 
-TINY = ["--epochs", 2, "--batch-size", 20, "--subset-ratio", 0.5]  # one exchange a run
+TINY = ["--epochs", 2, *ONE_STEP]  # one exchange a run
 KEY_A, KEY_B = "a-secret-DO-NOT-LOG-4d1e", "b-secret-DO-NOT-LOG-90ac"
 
 
-def calls(run):
-    return mlflow.MlflowClient().load_table(run.info.experiment_id, "advisor/calls.json",
-                                            run_ids=[run.info.run_id]).to_dict("records")
 
 
 def test_two_models_of_two_providers_in_one_sweep_with_their_cost(tiny_cifar, experiment, tmp_path, monkeypatch, capfd):

@@ -14,10 +14,9 @@ import pytest
 from lradvisor.data.registry import CLASSES
 from lradvisor.llm import prompt
 
-from conftest import cli, history, runs_of, store_holds
+from conftest import FEW_IMAGES, calls, cli, history, point, runs_of, store_holds
 from fake_openai import KEY, FakeOpenAI, chat, status
 
-TINY = ["--batch-size", 20, "--subset-ratio", 0.25]
 
 
 @pytest.fixture
@@ -31,8 +30,7 @@ def openai_server(monkeypatch):
             monkeypatch.delenv(var, raising=False)
         s = FakeOpenAI(script, key=key, models=models, **kw).__enter__()
         servers.append(s)
-        for k, v in s.env().items():
-            monkeypatch.setenv(k, v)
+        point(monkeypatch, s)
         return s
 
     yield start
@@ -40,9 +38,6 @@ def openai_server(monkeypatch):
         s.__exit__()
 
 
-def calls(run):
-    client = mlflow.MlflowClient()
-    return client.load_table(run.info.experiment_id, "advisor/calls.json", run_ids=[run.info.run_id]).to_dict("records")
 
 
 def lrs(run):
@@ -52,7 +47,7 @@ def lrs(run):
 def test_openai_advisor_end_to_end_and_the_key_stays_secret(cifar_dir, experiment, openai_server, tmp_path, capfd):
     s = openai_server(chat("The learning rate should be 0.03.", model="qwen2.5-7b-instruct-q4"))
     assert cli("train", "--arm", "per_class", "--advisor", "openai", "--llm-model", "qwen2.5-7b", "--data-dir", cifar_dir,
-               "--epochs", 3, *TINY, "--experiment", experiment) == 0
+               "--epochs", 3, *FEW_IMAGES, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     assert s.requests[0]["path"] == "/v1/models"  # asked once, recorded in advisor/server_models.json
     assert len(chats(s)) == 2 and all(r["auth"] == f"Bearer {KEY}" for r in s.requests)
@@ -80,7 +75,7 @@ def test_openai_retries_wait_as_told(cifar_dir, experiment, openai_server):
     s = openai_server(status(429, retry_after="1.5"), status(503), chat("LR 0.02", delay=2.5),  # past the 1 s timeout
                       chat("", finish="length"), chat("LR 0.04"))
     assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--llm-timeout", 1,
-               "--llm-max-wait", 1.6, "--data-dir", cifar_dir, "--epochs", 3, *TINY, "--experiment", experiment) == 0
+               "--llm-max-wait", 1.6, "--data-dir", cifar_dir, "--epochs", 3, *FEW_IMAGES, "--experiment", experiment) == 0
     gaps = [b["time"] - a["time"] for a, b in zip(chats(s), chats(s)[1:])]
     assert gaps[0] >= 1.5  # never sooner than Retry-After (while it asks no more than llm_max_wait)
     assert gaps[1] < 2.0  # the backoff is capped at llm_max_wait
@@ -102,7 +97,7 @@ def test_openai_json_falls_back_in_steps_to_text_when_refused(cifar_dir, experim
                       chat(json.dumps({"learning_rate": 0.05, "reasoning": "halve"})))
     with pytest.warns(UserWarning, match="refused response_format") as said:
         assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--parser", "json",
-                   "--data-dir", cifar_dir, "--epochs", 3, *TINY, "--experiment", experiment) == 0
+                   "--data-dir", cifar_dir, "--epochs", 3, *FEW_IMAGES, "--experiment", experiment) == 0
     sent = [r["body"].get("response_format") for r in chats(s)]
     assert sent[0]["json_schema"]["schema"] == prompt.JSON_SCHEMA
     assert sent[1] == {"type": "json_object", "schema": prompt.JSON_SCHEMA} and sent[2:] == [None, None]
@@ -120,7 +115,7 @@ def test_llama_cpp_json_schema_500_falls_back_to_json_object(cifar_dir, experime
     with pytest.warns(UserWarning, match="refused response_format json_schema .*500 internal_server_error: 1 validation "
                                          "error: {'type': 'literal_error', 'loc': .'body', 'response_format'"):
         assert cli("train", "--arm", "losses", "--advisor", "openai", "--parser", "json", "--data-dir", cifar_dir,
-                   "--epochs", 3, *TINY, "--experiment", experiment) == 0
+                   "--epochs", 3, *FEW_IMAGES, "--experiment", experiment) == 0
     assert [r["body"]["response_format"]["type"] for r in chats(s)] == ["json_schema", "json_object", "json_object"]
     assert chats(s)[1]["body"]["response_format"]["schema"] == prompt.JSON_SCHEMA
     (run,) = runs_of(experiment)
@@ -132,7 +127,7 @@ def test_llama_cpp_json_schema_500_falls_back_to_json_object(cifar_dir, experime
 def test_max_tokens_cut_replies_and_waits_after_a_timeout(cifar_dir, experiment, openai_server):
     s = openai_server(chat("LR 0.02", delay=2.5), chat("The learning rate should be 0.04 because the", finish="length"))
     assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--llm-timeout", 1,
-               "--llm-max-wait", 0.1, "--data-dir", cifar_dir, "--epochs", 2, *TINY, "--experiment", experiment) == 0
+               "--llm-max-wait", 0.1, "--data-dir", cifar_dir, "--epochs", 2, *FEW_IMAGES, "--experiment", experiment) == 0
     first, second = chats(s)
     assert second["time"] - first["time"] >= 2.0  # 1 s timed out, then at least the timeout before asking again
     assert first["body"]["max_tokens"] == 1024
@@ -141,14 +136,14 @@ def test_max_tokens_cut_replies_and_waits_after_a_timeout(cifar_dir, experiment,
     assert row["reason"] == "accepted; reply cut at llm_max_tokens" and row["applied_lr"] == 0.04
     s = openai_server(chat("LR 0.03"))
     assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--llm-max-tokens", 0,
-               "--data-dir", cifar_dir, "--epochs", 2, *TINY, "--experiment", experiment) == 0
+               "--data-dir", cifar_dir, "--epochs", 2, *FEW_IMAGES, "--experiment", experiment) == 0
     assert "max_tokens" not in chats(s)[0]["body"]
 
 
 def test_changed_counts_only_answers_that_move_the_lr(cifar_dir, experiment, openai_server, tmp_path):
     openai_server(chat("- Current Learning Rate: 0.1\n- Loss values: ..."), chat("LR 0.05"), chat("LR: 0.05"))
     assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--data-dir", cifar_dir,
-               "--epochs", 4, "--step-size", 100, *TINY, "--experiment", experiment) == 0
+               "--epochs", 4, "--step-size", 100, *FEW_IMAGES, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     rows = calls(run)
     assert [r["accepted"] for r in rows] == [True, True, True]  # the published rule, unchanged
@@ -163,7 +158,7 @@ def test_changed_counts_only_answers_that_move_the_lr(cifar_dir, experiment, ope
 
 def test_llm_model_auto_asks_the_server(cifar_dir, experiment, openai_server, tmp_path, capsys):
     s = openai_server(chat("LR 0.05"), key=None, models=["smollm2-135m"])
-    assert cli("train", "--arm", "losses", "--advisor", "openai", "--data-dir", cifar_dir, "--epochs", 2, *TINY,
+    assert cli("train", "--arm", "losses", "--advisor", "openai", "--data-dir", cifar_dir, "--epochs", 2, *FEW_IMAGES,
                "--experiment", experiment) == 0
     assert "the server at http://127.0.0.1:" in capsys.readouterr().out
     assert chats(s)[0]["body"]["model"] == "smollm2-135m"
@@ -177,14 +172,14 @@ def test_llm_model_auto_asks_the_server(cifar_dir, experiment, openai_server, tm
                          ([], "lists no model"), (None, "cannot list the models of http://127.0.0.1:")):
         s.models = models
         assert cli("train", "--arm", "losses", "--advisor", "openai", "--data-dir", cifar_dir, "--epochs", 2,
-                   *TINY, "--experiment", experiment) == 2
+                   *FEW_IMAGES, "--experiment", experiment) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
     assert len(runs_of(experiment)) == 1
     s.models = ["smollm2-135m"]  # a name the server does not list: permissive servers answer anyway
     with pytest.warns(UserWarning, match="does not list model 'no-such-model' .it lists: smollm2-135m"):
         assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "no-such-model", "--data-dir",
-                   cifar_dir, "--epochs", 2, *TINY, "--experiment", experiment) == 0
+                   cifar_dir, "--epochs", 2, *FEW_IMAGES, "--experiment", experiment) == 0
 
 
 def test_server_errors_are_one_line_and_kept_whole_with_failures_and_waits_counted(cifar_dir, experiment,
@@ -192,7 +187,7 @@ def test_server_errors_are_one_line_and_kept_whole_with_failures_and_waits_count
     traceback = "Traceback (most recent call last):\n  File \"server.py\", line 1\nRuntimeError: " + "x" * 300
     openai_server(status(503), chat("LR 0.05"), status(500, message=traceback))
     assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--llm-attempts", 2,
-               "--llm-max-wait", 0.2, "--data-dir", cifar_dir, "--epochs", 3, *TINY, "--experiment", experiment) == 0
+               "--llm-max-wait", 0.2, "--data-dir", cifar_dir, "--epochs", 3, *FEW_IMAGES, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     ok, failed = calls(run)
     # the first line, with the next one where the first only announces it (as "1 validation error:" does)
@@ -213,7 +208,7 @@ def test_a_server_asking_for_more_than_llm_max_wait_fails_the_exchange_at_once(c
     openai_server(status(429, retry_after="3600"))
     t0 = time.monotonic()
     assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--data-dir", cifar_dir,
-               "--epochs", 2, *TINY, "--experiment", experiment) == 0
+               "--epochs", 2, *FEW_IMAGES, "--experiment", experiment) == 0
     assert time.monotonic() - t0 < 60
     (run,) = runs_of(experiment)
     (row,) = calls(run)
@@ -223,12 +218,12 @@ def test_a_server_asking_for_more_than_llm_max_wait_fails_the_exchange_at_once(c
 def test_keys_local_servers_and_hosted_endpoints(cifar_dir, experiment, openai_server, monkeypatch, capsys):
     s = openai_server(chat("LR 0.02"), key=None)  # a local server takes any key: none needed
     assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--data-dir", cifar_dir,
-               "--epochs", 2, *TINY, "--experiment", experiment) == 0
+               "--epochs", 2, *FEW_IMAGES, "--experiment", experiment) == 0
     assert s.requests[0]["auth"] == "Bearer not-needed"
     monkeypatch.delenv("OPENAI_BASE_URL")
     capsys.readouterr()
     assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--data-dir", cifar_dir,
-               "--epochs", 2, *TINY, "--experiment", experiment) == 2
+               "--epochs", 2, *FEW_IMAGES, "--experiment", experiment) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs a key: export OPENAI_API_KEY" in err[0]
     assert len(runs_of(experiment)) == 1
@@ -298,7 +293,7 @@ def test_every_template_variable_renders(cifar_dir, experiment, openai_server, t
     template.write_text("\n".join(f"{name}={{{{{name}}}}}" for name in prompt.VARIABLES) + "\nLR please.")
     s = openai_server(chat("LR 0.05"), chat("LR: 0.2"))
     assert cli("train", "--arm", "feedback", "--advisor", "openai", "--llm-model", "m", "--prompt", template,
-               "--data-dir", cifar_dir, "--epochs", 3, *TINY, "--experiment", experiment) == 0
+               "--data-dir", cifar_dir, "--epochs", 3, *FEW_IMAGES, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     losses = [v for _, v in history(run.info.run_id, "train_loss")]
     norms = [v for _, v in history(run.info.run_id, "grad_norm")]
@@ -340,7 +335,7 @@ def test_bad_template_files_are_refused_before_training(content, says, cifar_dir
 def test_feedback_arm_line(cifar_dir, experiment, openai_server):
     s = openai_server(chat("LR 0.05"), chat("no idea"), chat("LR 2"))
     assert cli("train", "--arm", "feedback", "--advisor", "openai", "--llm-model", "m", "--data-dir", cifar_dir,
-               "--epochs", 4, *TINY, "--experiment", experiment) == 0
+               "--epochs", 4, *FEW_IMAGES, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     losses = [v for _, v in history(run.info.run_id, "train_loss")]
     last = s.requests[-1]["body"]["messages"][0]["content"]

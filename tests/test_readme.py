@@ -73,7 +73,7 @@ def test_check_blocks_parse_and_agree(index, monkeypatch):
     from lradvisor.cli import parse
     monkeypatch.chdir(ROOT)  # files the commands name (scripts/models.example.yaml) are read, nothing is written
     text = blocks()[index][2]
-    ids, written = {}, set()
+    ids, written, parsed = {}, set(), 0
     for cmd in commands(text):
         words = shlex.split(cmd)
         if words[:2] == ["python", "scripts/make_fake_cifar.py"]:
@@ -83,19 +83,23 @@ def test_check_blocks_parse_and_agree(index, monkeypatch):
         if argv is None:
             continue
         command, cfg = parse(argv)  # the CLI's own parsing and checks, short of the server and the data
+        parsed += 1
         data_dir = {"train": lambda: cfg.data_dir, "sweep": lambda: cfg.train.data_dir}.get(command)
         if data_dir and written:
             assert data_dir() in written, f"{cmd}: --data-dir {data_dir()} is not what the block wrote: {written}"
         if command in ("sweep", "compare") and cfg.sweep_id != "none":
             ids.setdefault(command, set()).add(cfg.sweep_id)
+    assert parsed, f"a check block holds no lradvisor or mlflow run command to check: {text[:80]!r}"
     if "sweep" in ids:  # a compare after a sweep in one block reads what that sweep made
         assert ids.get("compare", set()) <= ids["sweep"], \
             f"compare reads sweep ids {ids.get('compare')}, the block's sweep makes {ids['sweep']}"
 
 
+@pytest.mark.slow  # starts a process
 @pytest.mark.parametrize("index", [i for i, (mode, _, _) in enumerate(blocks()) if mode == "run"])
 def test_run_blocks_run_as_written(index, tmp_path):
     text = blocks()[index][2]
+    assert commands(text), "a run block holds no command"
     for name in ("MLproject", "conda.yaml", "scripts"):
         src = os.path.join(ROOT, name)
         (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, tmp_path / name)

@@ -21,9 +21,8 @@ import torch
 
 from lradvisor.data.registry import FOLDER
 
-from conftest import ROOT, cli, free_port, history, mlflow_run, mlflow_server, runs_of
+from conftest import FEW_IMAGES, ROOT, cli, free_port, history, mlflow_run, mlflow_server, runs_of
 
-TINY = ["--batch-size", 20, "--subset-ratio", 0.25]
 
 
 def one_line(capsys, says):
@@ -68,6 +67,7 @@ def test_help_version_and_bad_arm_lists(cifar_dir, experiment, capsys):
     assert line.endswith("groups: published, ladder, controls")
 
 
+@pytest.mark.slow  # starts a process
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--arm", "nope"], ["sweep", "--arms", "nope"],
                                   ["train", "--lr", "nan"], ["sweep", "--seeds", "x"]])
 def test_answers_and_refusals_import_neither_torch_nor_mlflow(argv):
@@ -120,7 +120,7 @@ def test_compare_refuses_ids_that_would_inject_into_filters(tracking_uri, capsys
 
 
 def test_compare_refuses_a_baseline_that_is_neither_an_arm_nor_a_row(cifar_dir, experiment, capsys, tmp_path):
-    assert cli("train", "--data-dir", cifar_dir, "--epochs", 1, *TINY, "--experiment", experiment) == 0
+    assert cli("train", "--data-dir", cifar_dir, "--epochs", 1, *FEW_IMAGES, "--experiment", experiment) == 0
     capsys.readouterr()
     assert cli("compare", "--experiment", experiment, "--baseline", "nosuch", "--output-dir", tmp_path) == 2
     one_line(capsys, "unknown baseline 'nosuch': neither an arm nor a row of experiment")
@@ -198,7 +198,7 @@ def test_server_lost_mid_run_stops_and_keeps_what_was_not_sent(tiny_cifar, tmp_p
 
 def test_compare_never_pools_configurations_and_logs_only_its_files(cifar_dir, experiment, tmp_path, capsys):
     for epochs, step in ((1, 5), (2, 5), (2, 1)):
-        assert cli("train", "--data-dir", cifar_dir, "--epochs", epochs, "--step-size", step, *TINY,
+        assert cli("train", "--data-dir", cifar_dir, "--epochs", epochs, "--step-size", step, *FEW_IMAGES,
                    "--experiment", experiment) == 0
     out = tmp_path / "out"
     out.mkdir()
@@ -287,7 +287,7 @@ def test_ctrl_c_under_mlflow_run_ends_the_run_killed(tiny_cifar, experiment):
 # ---- 13: the link printed opens the runs table ------------------------------------------------------------
 
 def test_train_prints_the_runs_table_link_and_names_the_run(cifar_dir, experiment, capsys):
-    assert cli("train", "--data-dir", cifar_dir, "--epochs", 1, "--seed", 3, *TINY, "--experiment", experiment) == 0
+    assert cli("train", "--data-dir", cifar_dir, "--epochs", 1, "--seed", 3, *FEW_IMAGES, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     err = capsys.readouterr().err
     assert f"/#/experiments/{run.info.experiment_id}?workflowType=machine_learning" in err
@@ -337,6 +337,7 @@ def test_dead_tracking_server_under_mlflow_run_fails_fast_with_the_documented_se
     assert "Connection refused" in p.stderr or "Max retries exceeded" in p.stderr, p.stderr[-2000:]
 
 
+@pytest.mark.slow  # starts a process
 def test_explicit_bf16_on_a_cpu_that_emulates_it_says_so(tmp_path):
     """The warning comes before anything is read. ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY below AVX-512 make
     this process a CPU without native bf16, whatever CPU runs the test."""

@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from conftest import cli, history, runs_of
+from conftest import TWO_STEPS, cli, history, point, runs_of
 from fake_gemini import FakeGemini, reply
 
-TINY = ["--batch-size", 10]  # tiny_cifar's 20 training images: 2 steps an epoch
 STEPS = 2
 
 
@@ -47,7 +46,7 @@ def by_hand(name, epochs, lr=0.1, overrides=None, losses=None):
 @pytest.mark.parametrize("name", ["step", "cosine", "onecycle", "linear", "plateau", "constant"])
 def test_schedule_lrs_equal_torch_stepped_by_hand(name, tiny_cifar, experiment):
     epochs = 7
-    assert cli("train", "--schedule", name, "--data-dir", tiny_cifar, "--epochs", epochs, "--lr", 0.05, *TINY,
+    assert cli("train", "--schedule", name, "--data-dir", tiny_cifar, "--epochs", epochs, "--lr", 0.05, *TWO_STEPS,
                "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     losses = [v for _, v in history(run.info.run_id, "train_loss")]
@@ -63,10 +62,9 @@ def test_schedule_lrs_equal_torch_stepped_by_hand(name, tiny_cifar, experiment):
 @pytest.mark.parametrize("name", ["cosine", "onecycle", "step"])
 def test_advisor_lr_scales_the_rest_of_the_schedule(name, tiny_cifar, experiment, monkeypatch):
     with FakeGemini([reply("Let us try a learning rate of 0.02.")]) as g:
-        for k, v in g.env().items():
-            monkeypatch.setenv(k, v)
+        point(monkeypatch, g)
         assert cli("train", "--arm", "cadence3", "--schedule", name, "--data-dir", tiny_cifar, "--epochs", 6,
-                   *TINY, "--experiment", experiment) == 0
+                   *TWO_STEPS, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     ref = by_hand(name, 6, overrides={3: 0.02})
     assert [v for _, v in history(run.info.run_id, "lr")] == pytest.approx(ref[::STEPS], rel=1e-9)
@@ -78,7 +76,7 @@ def test_ladder_and_controls_need_no_key(tiny_cifar, experiment, monkeypatch, ca
     for var in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     for arm in GROUPS["ladder"] + GROUPS["controls"]:  # in-process: a sweep of them is 7 processes' start-up
-        assert cli("train", "--arm", arm, "--data-dir", tiny_cifar, "--epochs", 3, *TINY, "--experiment", experiment) == 0
+        assert cli("train", "--arm", arm, "--data-dir", tiny_cifar, "--epochs", 3, *TWO_STEPS, "--experiment", experiment) == 0
     arms = {r.data.tags["arm"]: r for r in runs_of(experiment)}
     assert set(arms) == {"baseline", "cosine", "onecycle", "linear", "plateau", "random_control", "textbook_control"}
     import mlflow
@@ -98,7 +96,7 @@ def test_ladder_and_controls_need_no_key(tiny_cifar, experiment, monkeypatch, ca
 def test_textbook_rule_and_random_seeding(tiny_cifar, experiment):
     for seed in (0, 0, 1):
         assert cli("train", "--arm", "random_control", "--seed", seed, "--data-dir", tiny_cifar, "--epochs", 3,
-                   *TINY, "--experiment", experiment) == 0
+                   *TWO_STEPS, "--experiment", experiment) == 0
     a, b, c = sorted(runs_of(experiment), key=lambda r: r.info.start_time)
     lr = lambda r: [v for _, v in history(r.info.run_id, "lr")]  # noqa: E731
     assert lr(a) == lr(b) and lr(a) != lr(c)  # seeded by the run's seed
@@ -106,10 +104,9 @@ def test_textbook_rule_and_random_seeding(tiny_cifar, experiment):
 
 def test_guard_rolls_back_a_diverging_proposal(tiny_cifar, experiment, monkeypatch):
     with FakeGemini([reply("The learning rate should be 0.9.")]) as g:
-        for k, v in g.env().items():
-            monkeypatch.setenv(k, v)
+        point(monkeypatch, g)
         assert cli("train", "--arm", "losses", "--guard", "rollback", "--guard-factor", 1.01, "--lr", 0.01,
-                   "--momentum", 0.99, "--data-dir", tiny_cifar, "--epochs", 3, *TINY, "--experiment", experiment) == 0
+                   "--momentum", 0.99, "--data-dir", tiny_cifar, "--epochs", 3, *TWO_STEPS, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     rollbacks = history(run.info.run_id, "advisor_rollback")
     assert rollbacks, "the 0.9 proposal should have blown the loss past 1.01 x the previous epoch"

@@ -11,9 +11,8 @@ import sys
 
 import mlflow
 import pytest
-from test_sweep import remote, server  # noqa: F401  (fixtures: a real MLflow server for this module)
 
-from conftest import cli, history
+from conftest import cli, history, point
 from fake_gemini import FakeGemini, reply
 
 # Digits, 10 % of it (143 images: 130 train, 13 validation): a trial's epoch takes ~1.5 s here.
@@ -66,8 +65,7 @@ def test_search_arms_and_schedule_files_are_checked_before_any_run(tmp_path, cap
 def test_tpe_at_the_llm_budget_resumes_after_ctrl_c_and_is_compared(remote, tmp_path, capsys, monkeypatch):  # noqa: F811
     # The LLM sweep the search is charged against: losses x seeds 0,1 x 2 epochs = 4 epochs of LLM arms.
     with FakeGemini([reply("The learning rate should be 0.01.")]) as g, monkeypatch.context() as m:
-        for k, v in g.env().items():
-            m.setenv(k, v)
+        point(m, g)
         assert cli("sweep", "--arms", "baseline,losses", "--seeds", "0,1", "--sweep-id", "llm", "--holdout", "0.1", "--parallel", 2,
                    *DIGITS, "--experiment", "search") == 0
     storage = f"sqlite:///{tmp_path}/optuna.db"

@@ -9,26 +9,12 @@ import mlflow
 import pytest
 import scipy.stats
 
-from conftest import cli, mlflow_run, mlflow_server
+from conftest import cli, mlflow_run, point
 from fake_gemini import FakeGemini, error, reply
 
 SHARED = {"epochs": 2, "batch_size": 20, "subset_ratio": 0.5}  # 10 of tiny_cifar's images
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("server")) as (url, _):
-        yield url
-
-
-@pytest.fixture
-def remote(server, monkeypatch):
-    """Point this test (and the processes it starts) at the server; back to the local store afterwards."""
-    local = mlflow.get_tracking_uri()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    mlflow.set_tracking_uri(server)
-    yield mlflow.MlflowClient()
-    mlflow.set_tracking_uri(local)
 
 
 def sweep_runs(client, sweep_id):
@@ -127,8 +113,7 @@ def test_sweep_then_compare_through_mlflow_run(tiny_cifar, remote, tmp_path, cap
 
 def test_failing_arm_is_reported_while_the_others_finish(tiny_cifar, remote, capfd, monkeypatch):
     with FakeGemini([error(500)]) as g:
-        for k, v in g.env().items():
-            monkeypatch.setenv(k, v)
+        point(monkeypatch, g)
         code = cli("sweep", "--arms", "baseline,losses", "--sweep-id", "s2", "--data-dir", tiny_cifar,
                    "--on-advisor-error", "fail", "--llm-attempts", 1, "--experiment", "sweeps",
                    *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)])
@@ -149,8 +134,7 @@ def test_registry_prompt_is_rendered_recorded_and_linked(tiny_cifar, remote, cap
     assert "registered prompts:/lra-test-losses/1" in capfd.readouterr().out
     registered = mlflow.genai.load_prompt("prompts:/lra-test-losses/1").template
     with FakeGemini([reply("The learning rate should be 0.05.")]) as g:
-        for k, v in g.env().items():
-            monkeypatch.setenv(k, v)
+        point(monkeypatch, g)
         assert cli("train", "--arm", "losses", "--prompt", "prompts:/lra-test-losses/1", "--data-dir", tiny_cifar,
                    "--experiment", "prompts", *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)]) == 0
     sent = g.requests[0]["body"]["contents"][0]["parts"][0]["text"]

@@ -15,9 +15,8 @@ from lradvisor.cli import build_parser
 from lradvisor.data.registry import CLASSES
 from lradvisor.engine.device import native_bf16
 
-from conftest import ROOT, cli, history, mlflow_run, runs_of
+from conftest import HALF_OF_80, ROOT, cli, history, mlflow_run, runs_of
 
-TINY = ["--batch-size", 16, "--subset-ratio", 0.5]  # 40 training images, 3 steps an epoch
 METRICS = ["lr", "train_loss", "train_acc", "test_loss", "test_acc", "grad_norm", "epoch_seconds",
            "images_per_second"] + [f"class_acc/{c}" for c in CLASSES]
 
@@ -40,7 +39,7 @@ def test_lr_trajectory_equals_steplr(tiny_cifar, experiment):
 
 def test_same_seed_same_run_other_seed_differs(cifar_dir, experiment):
     for seed in (1, 1, 2):
-        assert cli("train", "--data-dir", cifar_dir, "--epochs", 2, "--seed", seed, *TINY, "--experiment", experiment) == 0
+        assert cli("train", "--data-dir", cifar_dir, "--epochs", 2, "--seed", seed, *HALF_OF_80, "--experiment", experiment) == 0
     runs = sorted(runs_of(experiment), key=lambda r: r.info.start_time)
     curves = [[history(r.info.run_id, k) for k in ("train_loss", "grad_norm", "test_loss")] for r in runs]
     assert curves[0] == curves[1]
@@ -86,7 +85,7 @@ def test_mlflow_run_bad_input_fails_the_run_it_made(cifar_dir, experiment):
 
 
 def test_diverging_loss_ends_failed_with_reason(cifar_dir, experiment, capsys):
-    assert cli("train", "--data-dir", cifar_dir, "--epochs", 3, "--lr", 1e12, *TINY, "--experiment", experiment) == 1
+    assert cli("train", "--data-dir", cifar_dir, "--epochs", 3, "--lr", 1e12, *HALF_OF_80, "--experiment", experiment) == 1
     assert "non-finite" in capsys.readouterr().err
     (run,) = runs_of(experiment)
     assert run.info.status == "FAILED" and "non-finite" in run.data.tags["failure_reason"]
@@ -139,6 +138,7 @@ def test_conda_env_lists_the_package_dependencies():
         assert conda_pip == tomllib.load(f)["project"]["dependencies"]
 
 
+@pytest.mark.slow  # starts a process
 def test_benchmark_script_prints_both_loops(tmp_path):
     """Smoke test only: speed is measured by running the script, never asserted in tests."""
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--train-size", "48",
@@ -152,7 +152,7 @@ def test_benchmark_script_prints_both_loops(tmp_path):
 
 def test_precision_auto_is_recorded_and_is_bf16_where_the_cpu_has_it(cifar_dir, experiment):
     from lradvisor.engine.device import native_bf16
-    assert cli("train", "--data-dir", cifar_dir, "--epochs", 1, *TINY, "--experiment", experiment) == 0
+    assert cli("train", "--data-dir", cifar_dir, "--epochs", 1, *HALF_OF_80, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     native = native_bf16(torch.device("cpu"))
     assert run.data.params["precision_used"] == ("bf16" if native else "fp32")
