@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from lradvisor.errors import UsageError
 
+# An arm a line, aligned: a table to read.
+# fmt: off
 ARMS = {
     # the published study
     "baseline":   dict(signals=(), every=0),
@@ -42,8 +44,8 @@ ARMS = {
     "search_tpe":    dict(signals=(), every=0),
     "search_random": dict(signals=(), every=0),
     "search_pbt":    dict(signals=(), every=0),
-    # what a user would pick instead of tuning a schedule: optimizers that set their own step size (engine/optimizers.py,
-    # with their libraries' recommended settings and schedules); nothing can steer them
+    # what a user would pick instead of tuning a schedule: optimizers that set their own step size
+    # (engine/optimizers.py, with their libraries' recommended settings and schedules); nothing can steer them
     "schedulefree":  dict(signals=(), every=0, optimizer="schedulefree", schedule="constant"),
     "prodigy":       dict(signals=(), every=0, optimizer="prodigy", schedule="cosine"),
     "dadapt_sgd":    dict(signals=(), every=0, optimizer="dadapt_sgd", schedule="step"),
@@ -51,6 +53,7 @@ ARMS = {
     # (engine/branches.Oracle) and the best applied; greedy, an upper reference for a per-epoch controller
     "oracle":        dict(signals=(), every=0, oracle=True),
 }
+# fmt: on
 SEARCH_ARMS = ("search_tpe", "search_random", "search_pbt")
 SIGNALS = ("losses", "lr_history", "grad_norms", "per_class", "feedback")
 LLMS = ("gemini", "openai")  # the advisors that are LLMs (llm/servers.py); the others answer without one
@@ -70,6 +73,7 @@ GROUPS = {
 @dataclass(frozen=True)
 class Arm:
     """An arm as a run trains it: its preset with the run's overrides applied (resolve)."""
+
     signals: tuple
     every: int
     advisor: str = "gemini"
@@ -117,7 +121,9 @@ def resolve(arm, signals="preset", every="preset", advisor="preset", schedule="p
             raise UsageError(f"unknown schedule {schedule!r}; valid: preset (the arm's own), {', '.join(SCHEDULES)}")
         spec["schedule"] = schedule
     if spec["every"] > 0 and not spec["signals"]:
-        raise UsageError(f"arm {arm!r} asks the LLM but shows it no signals; set --signals to some of {', '.join(SIGNALS)}")
+        raise UsageError(
+            f"arm {arm!r} asks the LLM but shows it no signals; set --signals to some of {', '.join(SIGNALS)}"
+        )
     return Arm(**spec)
 
 
@@ -140,7 +146,9 @@ def run_name(arm, dataset, seed, tag=""):
 
 def llm_tag(llm_model, temperature):
     """What names an LLM arm's run beyond arm and seed: the model when one is named, the temperature when not 1."""
-    return ", ".join(([llm_model] if llm_model != "auto" else []) + ([f"T={temperature:g}"] if temperature != 1 else []))
+    return ", ".join(
+        ([llm_model] if llm_model != "auto" else []) + ([f"T={temperature:g}"] if temperature != 1 else [])
+    )
 
 
 def read_schedule_file(path):
@@ -149,8 +157,10 @@ def read_schedule_file(path):
         with open(path) as f:
             lrs = json.load(f)["lr"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"cannot read schedule file {path!r} ({type(e).__name__}: {e}); it holds "
-                         '{"lr": [the LR of epoch 1, of epoch 2, ...]}') from None
+        raise UsageError(
+            f"cannot read schedule file {path!r} ({type(e).__name__}: {e}); it holds "
+            '{"lr": [the LR of epoch 1, of epoch 2, ...]}'
+        ) from None
     if not (isinstance(lrs, list) and lrs and all(isinstance(x, (int, float)) and 0 < x < float("inf") for x in lrs)):
         raise UsageError(f"schedule file {path!r}: 'lr' must be a non-empty list of positive numbers")
     return [float(x) for x in lrs]

@@ -13,8 +13,16 @@ import sys
 import warnings
 
 from lradvisor import __version__
-from lradvisor.config import (TRAINING, BenchConfig, CompareConfig, PromptsConfig, SearchConfig, SweepConfig,
-                              TrainConfig, settings)
+from lradvisor.config import (
+    TRAINING,
+    BenchConfig,
+    CompareConfig,
+    PromptsConfig,
+    SearchConfig,
+    SweepConfig,
+    TrainConfig,
+    settings,
+)
 from lradvisor.config.decisions import DecisionsConfig, ScoreConfig
 from lradvisor.errors import LradvisorError, UsageError
 
@@ -61,64 +69,119 @@ def add(parser, fields, defaults=None, prefix=None):
         if meta.get("positional"):
             where.add_argument(f.name, choices=meta["choices"], help=help)
         elif "const" in meta:  # `--until-decided` alone means 1; `--until-decided 0` (mlflow run's form) works too
-            where.add_argument("--" + f.name.replace("_", "-"), nargs="?", const=meta["const"], type=f.type,
-                               default=getattr(defaults, f.name, f.default), help=help)
+            where.add_argument(
+                "--" + f.name.replace("_", "-"),
+                nargs="?",
+                const=meta["const"],
+                type=f.type,
+                default=getattr(defaults, f.name, f.default),
+                help=help,
+            )
         else:
-            where.add_argument("--" + f.name.replace("_", "-"), default=getattr(defaults, f.name, f.default), help=help,
-                               **({"type": f.type} if f.type in (int, float) else {}))
+            where.add_argument(
+                "--" + f.name.replace("_", "-"),
+                default=getattr(defaults, f.name, f.default),
+                help=help,
+                **({"type": f.type} if f.type in (int, float) else {}),
+            )
+
+
+HELP = {  # command: (its line in `lradvisor --help`, its own --help's description)
+    "train": ("train one arm, tracked in MLflow", "Train one arm, tracked in MLflow."),
+    "sweep": (
+        "train arms x seeds, nested under one parent run",
+        "Train every arm x seed as its own run, nested under one parent sweep run.",
+    ),
+    "search": (
+        "Optuna (tpe, random) or Ray Tune PBT at the LLM arms' budget; the winner on fresh seeds",
+        "A classical controller at the LLM's budget: an Optuna search over the schedule (tpe, random) or "
+        "Population Based Training over the LR (pbt), every trial a run nested under search-<id>, selected on a "
+        "validation holdout; the winner is trained again on --seeds as arm search_<method>. The space is in "
+        "lradvisor/search/__init__.py's docstring.",
+    ),
+    "decisions": (
+        "the decision benchmark: every candidate LR measured from the same states (build); any advisor "
+        "scored by regret (score)",
+        "The decision benchmark (lradvisor/decisions/__init__.py): build measures every action of a grid of "
+        "LRs from the decision points of some trajectories; score asks an arm at every state and looks up "
+        "what it chose.",
+    ),
+    "build": (
+        "measure a benchmark (the same command again resumes it)",
+        "Measure every grid action from every decision point of the trajectories.",
+    ),
+    "score": (
+        "score an arm against a benchmark, in minutes",
+        "Ask the arm at every state of a benchmark; score the LR it chose by regret.",
+    ),
+    "compare": (
+        "tables and overlay plots of finished runs, from the tracking server",
+        "Compare the finished runs of a sweep (or an experiment, or given runs) from the tracking server.",
+    ),
+    "prompts": (
+        "the MLflow Prompt Registry: register the built-in templates",
+        "Register the built-in prompt templates in the MLflow Prompt Registry of the current tracking server.",
+    ),
+    "bench": (
+        "time our training loop against a typical DataLoader loop",
+        "Time our training loop against a typical DataLoader loop (scripts/benchmark.py).",
+    ),
+}
 
 
 def build_parser():
-    p = Parser(prog="lradvisor", description="Can an LLM, asked between epochs, schedule the learning rate better "
-               "than StepLR?")
+    p = Parser(
+        prog="lradvisor", description="Can an LLM, asked between epochs, schedule the learning rate better than StepLR?"
+    )
     p.add_argument("--version", action="version", version=f"lradvisor {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    add(sub.add_parser("train", help="train one arm, tracked in MLflow", description="Train one arm, tracked in MLflow."),
-        settings(TrainConfig))
 
-    s = sub.add_parser("sweep", help="train arms x seeds, nested under one parent run",
-                       description="Train every arm x seed as its own run, nested under one parent sweep run.")
-    own = {f.metadata.get("replaces", f.name): f for f in settings(SweepConfig)}  # a list in place of a child's value
-    add(s, [f for f in settings(SweepConfig) if "replaces" not in f.metadata and f.name != "experiment"])
-    add(s, [own.get(f.name, f) for f in settings(TrainConfig)
-            if f.name not in SweepConfig.PER_CHILD or "replaces" in own.get(f.name, f).metadata] + [own["experiment"]])
+    def new(where, name):
+        return where.add_parser(name, help=HELP[name][0], description=HELP[name][1])
 
-    x = sub.add_parser("search", help="Optuna (tpe, random) or Ray Tune PBT at the LLM arms' budget; the winner on "
-                       "fresh seeds", description="A classical controller at the LLM's budget: an Optuna search over the "
-                       "schedule (tpe, random) or Population Based Training over the LR (pbt), every trial a run nested "
-                       "under search-<id>, selected on a validation holdout; the winner is trained again on --seeds as "
-                       "arm search_<method>. The space is in lradvisor/search/__init__.py's docstring.")
-    own = {f.name: f for f in settings(SearchConfig)}
-    add(x, [f for name, f in own.items() if name != "experiment"])
-    add(x, [f for f in settings(TrainConfig) if f.metadata["group"] == TRAINING and f.name not in
-            SearchConfig.NOT_SEARCHED] + [own["experiment"]], SearchConfig().train, SearchConfig.TRAIN_HELP)
-
-    d = sub.add_parser("decisions", help="the decision benchmark: every candidate LR measured from the same states "
-                       "(build); any advisor scored by regret (score)", description="The decision benchmark "
-                       "(lradvisor/decisions/__init__.py): build measures every action of a grid of LRs from the decision "
-                       "points of some trajectories; score asks an arm at every state and looks up what it chose.")
-    actions = d.add_subparsers(dest="action", required=True, parser_class=Parser)
-    b = actions.add_parser("build", help="measure a benchmark (the same command again resumes it)",
-                           description="Measure every grid action from every decision point of the trajectories.")
-    own = {f.name: f for f in settings(DecisionsConfig)}
-    add(b, [f for name, f in own.items() if name != "experiment"])
-    add(b, [f for f in settings(TrainConfig) if f.name not in DecisionsConfig.NOT_MEASURED] + [own["experiment"]],
-        DecisionsConfig().train)
-    sc = actions.add_parser("score", help="score an arm against a benchmark, in minutes",
-                            description="Ask the arm at every state of a benchmark; score the LR it chose by regret.")
-    add(sc, settings(ScoreConfig))
-    add(sc, [f for f in settings(TrainConfig) if f.name in ScoreConfig.ADVISOR_SETTINGS])
-
-    add(sub.add_parser("compare", help="tables and overlay plots of finished runs, from the tracking server",
-                       description="Compare the finished runs of a sweep (or an experiment, or given runs) from the "
-                       "tracking server."), settings(CompareConfig))
-    add(sub.add_parser("prompts", help="the MLflow Prompt Registry: register the built-in templates",
-                       description="Register the built-in prompt templates in the MLflow Prompt Registry of the current "
-                       "tracking server."), settings(PromptsConfig))
-    add(sub.add_parser("bench", help="time our training loop against a typical DataLoader loop",
-                       description="Time our training loop against a typical DataLoader loop (scripts/benchmark.py)."),
-        settings(BenchConfig))
+    add(new(sub, "train"), settings(TrainConfig))
+    add_sweep(new(sub, "sweep"))
+    add_search(new(sub, "search"))
+    actions = new(sub, "decisions").add_subparsers(dest="action", required=True, parser_class=Parser)
+    add_build(new(actions, "build"))
+    score = new(actions, "score")
+    add(score, settings(ScoreConfig))
+    add(score, [f for f in settings(TrainConfig) if f.name in ScoreConfig.ADVISOR_SETTINGS])
+    for name, cls in (("compare", CompareConfig), ("prompts", PromptsConfig), ("bench", BenchConfig)):
+        add(new(sub, name), settings(cls))
     return p
+
+
+def add_sweep(parser):
+    """The sweep's own settings, then train's, its lists in the place of a child's dataset, llm_model, temperature."""
+    own = {f.metadata.get("replaces", f.name): f for f in settings(SweepConfig)}
+    add(parser, [f for f in settings(SweepConfig) if "replaces" not in f.metadata and f.name != "experiment"])
+    train = [own.get(f.name, f) for f in settings(TrainConfig)]
+    add(
+        parser,
+        [f for f in train if f.name not in SweepConfig.PER_CHILD or "replaces" in f.metadata] + [own["experiment"]],
+    )
+
+
+def add_search(parser):
+    """The search's own settings, then train's training settings it does not set itself (holdout: 0.1)."""
+    own = {f.name: f for f in settings(SearchConfig)}
+    add(parser, [f for name, f in own.items() if name != "experiment"])
+    train = [
+        f for f in settings(TrainConfig) if f.metadata["group"] == TRAINING and f.name not in SearchConfig.NOT_SEARCHED
+    ]
+    add(parser, train + [own["experiment"]], SearchConfig().train, SearchConfig.TRAIN_HELP)
+
+
+def add_build(parser):
+    """The benchmark's own settings, then every setting of train but the arm and seed (its defaults: digits)."""
+    own = {f.name: f for f in settings(DecisionsConfig)}
+    add(parser, [f for name, f in own.items() if name != "experiment"])
+    add(
+        parser,
+        [f for f in settings(TrainConfig) if f.name not in DecisionsConfig.NOT_MEASURED] + [own["experiment"]],
+        DecisionsConfig().train,
+    )
 
 
 def config_of(cls, ns, skip=(), **extra):
@@ -142,15 +205,18 @@ def parse(argv):
     if ns.command == "sweep":
         return "sweep", config_of(SweepConfig, ns, train=config_of(TrainConfig, ns, skip=SweepConfig.PER_CHILD)).check()
     if ns.command == "search":
-        return "search", config_of(SearchConfig, ns,
-                                   train=config_of(TrainConfig, ns, skip=SearchConfig.NOT_SEARCHED)).check()
+        return "search", config_of(
+            SearchConfig, ns, train=config_of(TrainConfig, ns, skip=SearchConfig.NOT_SEARCHED)
+        ).check()
     if ns.command == "decisions" and ns.action == "build":
-        return "decisions", config_of(DecisionsConfig, ns,
-                                      train=config_of(TrainConfig, ns, skip=DecisionsConfig.NOT_MEASURED)).check()
+        return "decisions", config_of(
+            DecisionsConfig, ns, train=config_of(TrainConfig, ns, skip=DecisionsConfig.NOT_MEASURED)
+        ).check()
     if ns.command == "decisions":
         return "decisions", config_of(ScoreConfig, ns, train=config_of(TrainConfig, ns)).check()
-    return ns.command, config_of({"compare": CompareConfig, "prompts": PromptsConfig, "bench": BenchConfig}[ns.command],
-                                 ns)
+    return ns.command, config_of(
+        {"compare": CompareConfig, "prompts": PromptsConfig, "bench": BenchConfig}[ns.command], ns
+    )
 
 
 def check_resources(cfg):
@@ -160,6 +226,7 @@ def check_resources(cfg):
     from lradvisor.data.files import holdout_split, load, stratified_subset
     from lradvisor.data.registry import DATASETS
     from lradvisor.engine.device import pick_device
+
     t = cfg.train
     pick_device(t.device)
     sweep = isinstance(cfg, SweepConfig)
@@ -168,17 +235,19 @@ def check_resources(cfg):
     for name in cfg.dataset_list() if sweep else [t.dataset]:
         labels = load(t.data_dir, name)[1]
         for seed in cfg.seed_list():  # a holdout too big for the data: said once, not per run
-            holdout_split(labels, stratified_subset(labels, t.subset_ratio, seed), t.holdout, seed,
-                          DATASETS[name]["classes"])
+            holdout_split(
+                labels, stratified_subset(labels, t.subset_ratio, seed), t.holdout, seed, DATASETS[name]["classes"]
+            )
     needs_ray = cfg.method == "pbt" if isinstance(cfg, SearchConfig) else cfg.launcher == "ray"
     if needs_ray:
         import importlib.util
 
-        from lradvisor.study import launch
+        from lradvisor.study import ray_launch
+
         if importlib.util.find_spec("ray") is None:
             what = "the ray launcher needs Ray" if sweep else "PBT needs Ray Tune"
             raise UsageError(f'{what}: pip install "lradvisor[ray]"')
-        gpus = launch.ray_connect(cfg.ray_address, cfg.cpus_per_run, cfg.gpus_per_run)
+        gpus = ray_launch.ray_connect(cfg.ray_address, cfg.cpus_per_run, cfg.gpus_per_run)
         cfg = dataclasses.replace(cfg, gpus_per_run=str(gpus))
     return cfg
 
@@ -190,6 +259,7 @@ def refuse(command, error, argv):
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
         from lradvisor import tracking
+
         arm = next((b for a, b in zip(argv, argv[1:]) if a == "--arm"), None)
         tracking.mark_refused(run_id, str(error), arm)
     return error.code
@@ -203,6 +273,7 @@ def main(argv=None):
         command, cfg = parse(argv)
         if command != "bench":
             from lradvisor import tracking
+
             tracking.check_server()  # seconds, not minutes, to learn that the tracking server is not there
         if command in ("sweep", "search") or isinstance(cfg, DecisionsConfig):
             cfg = check_resources(cfg)
@@ -220,23 +291,30 @@ def main(argv=None):
 def run(command, cfg):
     if command == "train":
         from lradvisor.engine import run
+
         run.main(cfg)
     elif command == "sweep":
         from lradvisor.study import sweep
+
         return sweep.main(cfg)
     elif command == "search":
         from lradvisor import search
+
         return search.main(cfg)
     elif command == "decisions":
         from lradvisor import decisions
+
         return decisions.main(cfg)
     elif command == "compare":
         from lradvisor.study import compare
+
         return compare.main(cfg)
     elif command == "prompts":
         from lradvisor.llm.advisor import register_builtin
+
         for name, version in register_builtin(cfg.name):
             print(f"registered prompts:/{name}/{version}")
     elif command == "bench":
         from lradvisor.engine import bench
+
         return bench.main(cfg)

@@ -6,6 +6,7 @@ Anything else that escapes is a bug, and the CLI lets its traceback through (the
 
 class LradvisorError(Exception):
     """An error the user can act on; the message says what was wrong and how to fix it."""
+
     code = 1
 
     def line(self, command):
@@ -14,6 +15,7 @@ class LradvisorError(Exception):
 
 class UsageError(LradvisorError):
     """A parameter is invalid (before any run exists); the message names the valid values."""
+
     code = 2
 
     def line(self, command):

@@ -11,6 +11,8 @@ import traceback
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from lradvisor import launcher
+
 TABLE = "advisor/calls.json"  # an advisor run's exchanges, one row each (llm/records.py writes it, replay reads it)
 # Per-class accuracy of a data set with more than CLASS_METRICS classes: one row per epoch and class, instead
 # of a metric per class (100 metrics would bury the run page's charts).
@@ -52,6 +54,7 @@ def sqlite_for_many_writers():
     took 75 s to end instead of 11. WAL lets readers and a writer go on together; it is a setting of the
     database file (MLflow reads and writes it as before)."""
     import sqlite3
+
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):
         with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///").split("?")[0], timeout=30)) as db:
@@ -78,8 +81,8 @@ def _interrupt(signum, frame):
     # after a Ctrl-C reached both) must not cut that short, or the run is left RUNNING and then marked FAILED.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    if LAUNCHER["gone"]:
-        raise KeyboardInterrupt(f"the process that started this run ({LAUNCHER['gone']}) is gone")
+    if launcher.LAUNCHER["gone"]:
+        raise KeyboardInterrupt(f"the process that started this run ({launcher.LAUNCHER['gone']}) is gone")
     raise KeyboardInterrupt("terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)")
 
 
@@ -111,67 +114,12 @@ def interrupts_end_runs():
         return
     old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     if os.environ.get("MLFLOW_RUN_ID"):
-        watch_launcher()
+        launcher.watch_launcher()
     try:
         yield
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# A launcher that goes away: a job scheduler SIGTERMs `mlflow run` itself, which exits at once and leaves its
-# child training to FINISHED as an orphan; a sweep killed with SIGKILL leaves its children the same way.
-
-SHELLS = ("bash", "sh", "dash", "zsh")  # `mlflow run` starts `bash -c COMMAND`; bash may or may not exec
-LAUNCHER = {"pid": None, "gone": None}
-
-
-def _stat(pid):
-    """(state, parent pid, start time) of a process from /proc, or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return fields[0], int(fields[1]), int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _comm(pid):
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def watch_launcher(interval=1.0):
-    """Watch the process that started us (through a shell in between); when it is gone, SIGTERM ourselves so
-    that the run ends KILLED as on any SIGTERM, with the reason. Linux reads /proc; elsewhere a changed parent
-    pid tells."""
-    if LAUNCHER["pid"] is not None:  # watched already (a search trains its trials in one process)
-        return
-    pid = os.getppid()
-    if _comm(pid) in SHELLS:
-        pid = (_stat(pid) or (None, pid))[1]
-    first = _stat(pid)
-    LAUNCHER["pid"] = pid
-
-    def alive():
-        if first is None:  # no /proc
-            return os.getppid() == LAUNCHER["pid"]
-        now = _stat(pid)  # gone, a zombie nobody reaped yet, or its pid taken by another process
-        return now is not None and now[0] not in "ZX" and now[2] == first[2]
-
-    name = _comm(pid) or "launcher"
-
-    def watch():
-        while alive():
-            time.sleep(interval)
-        LAUNCHER["gone"] = f"{name}, pid {pid}"
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, daemon=True, name="lradvisor-watch-launcher").start()
 
 
 @contextlib.contextmanager
@@ -206,49 +154,19 @@ def end_failed(status, reason, exc=None):
             print(f"lradvisor: could not record the failure in MLflow: {e}")
         finally:
             mlflow.end_run(status)
-            if status == "KILLED" and UNDER_MLFLOW_RUN and not LAUNCHER["gone"]:
-                _outlast_launcher(status)
-
-
-# `mlflow run` made the run and set these before starting us (our sweep sets only MLFLOW_RUN_ID for its children).
-UNDER_MLFLOW_RUN = bool(os.environ.get("MLFLOW_RUN_ID") and os.environ.get("MLFLOW_EXPERIMENT_ID"))
-
-
-def _outlast_launcher(status, run_id=None):
-    """After a Ctrl-C, `mlflow run` (3.x) waits for us and then marks the run FAILED even when we ended it KILLED
-    (its _maybe_set_run_terminated passes the status string to RunStatus.is_terminated, which expects an int).
-    A detached helper waits for the launcher to exit and puts the status we recorded back."""
-    import subprocess
-    import sys
-    run_id = run_id or mlflow.last_active_run().info.run_id
-    code = (f"from lradvisor.tracking import restore_status; "
-            f"restore_status({LAUNCHER['pid'] or os.getppid()}, {run_id!r}, {status!r})")
-    subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def restore_status(launcher_pid, run_id, status, limit=120):
-    import time
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < limit:
-        try:
-            os.kill(launcher_pid, 0)
-        except OSError:  # the launcher is gone: whatever it wrote is final, so correct it now
-            break
-        time.sleep(0.2)
-    client = MlflowClient()
-    if client.get_run(run_id).info.status != status:
-        client.set_terminated(run_id, status)
+            if status == "KILLED" and launcher.UNDER_MLFLOW_RUN and not launcher.LAUNCHER["gone"]:
+                launcher.outlast(status)
 
 
 def log_series(key, values, first_step):
     """Many values of one metric (e.g. the LR of every batch) in as few requests as MLflow allows."""
     from mlflow.entities import Metric
+
     run_id, now = mlflow.active_run().info.run_id, int(time.time() * 1000)
     metrics = [Metric(key, float(v), now, first_step + i) for i, v in enumerate(values)]
     for i in range(0, len(metrics), 1000):  # the REST API takes at most 1000 metrics per batch
         with writing():
-            MlflowClient().log_batch(run_id, metrics=metrics[i:i + 1000])
+            MlflowClient().log_batch(run_id, metrics=metrics[i : i + 1000])
 
 
 def declare_tables(paths):
@@ -263,6 +181,7 @@ def write_table(rows, artifact_file):
     import tempfile
 
     import pandas as pd
+
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, os.path.basename(artifact_file))
         pd.DataFrame(rows).to_json(path, orient="split", index=False, date_format="iso")
@@ -272,6 +191,7 @@ def write_table(rows, artifact_file):
 # ----------------------------------------------------------------------------------------------------------
 # A tracking server that is not there, or goes away
 
+
 def _server_url():
     uri = mlflow.get_tracking_uri()
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
@@ -280,6 +200,7 @@ def _server_url():
 def server_down(timeout=5.0):
     """None when the tracking store answers (or is local), else why it does not."""
     import urllib.request
+
     url = _server_url()
     if url is None:
         return None
@@ -294,8 +215,11 @@ def check_server():
     why = server_down()
     if why:
         from lradvisor.errors import UsageError
-        raise UsageError(f"cannot reach the tracking server {_server_url()} ({why}); start it, or point "
-                         "MLFLOW_TRACKING_URI at a running one (unset it for the local ./mlflow.db)")
+
+        raise UsageError(
+            f"cannot reach the tracking server {_server_url()} ({why}); start it, or point "
+            "MLFLOW_TRACKING_URI at a running one (unset it for the local ./mlflow.db)"
+        )
 
 
 def save_unsent(run_id, records):
@@ -303,8 +227,11 @@ def save_unsent(run_id, records):
     minutes of retries against a server that is gone. Returns the file's path."""
     path = os.path.abspath(f"lradvisor-unsent-{run_id}.json")
     with open(path, "w") as f:
-        json.dump({"run_id": run_id, "tracking_uri": mlflow.get_tracking_uri(), "records": records}, f, indent=1, default=str)
+        json.dump(
+            {"run_id": run_id, "tracking_uri": mlflow.get_tracking_uri(), "records": records}, f, indent=1, default=str
+        )
     from mlflow.tracking import fluent
+
     fluent._active_run_stack.get().clear()  # private, but the only way to drop a run without a server call
     os.environ.pop("MLFLOW_RUN_ID", None)
     return path
@@ -333,6 +260,7 @@ def ui_link(experiment_id, run_id=None):
 
 # ----------------------------------------------------------------------------------------------------------
 # Search filters
+
 
 def quote(value):
     """A value for an MLflow search filter, as a quoted string literal."""

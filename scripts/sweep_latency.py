@@ -27,15 +27,40 @@ from fake_gemini import FakeGemini, reply  # noqa: E402
 
 
 def sweep(args, parallel, env, sweep_id):
-    cmd = [sys.executable, "-m", "lradvisor", "sweep", "--arms", args.arms, "--seeds", "0", "--parallel", str(parallel),
-           "--sweep-id", sweep_id, "--epochs", str(args.epochs), "--batch-size", "20", "--subset-ratio",
-           str(args.subset_ratio), "--data-dir", args.data_dir, "--experiment", "latency"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lradvisor",
+        "sweep",
+        "--arms",
+        args.arms,
+        "--seeds",
+        "0",
+        "--parallel",
+        str(parallel),
+        "--sweep-id",
+        sweep_id,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        "20",
+        "--subset-ratio",
+        str(args.subset_ratio),
+        "--data-dir",
+        args.data_dir,
+        "--experiment",
+        "latency",
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     import mlflow
-    runs = mlflow.search_runs(experiment_names=["latency"], output_format="list",
-                              filter_string=f"tags.sweep_id = '{sweep_id}' and tags.role = 'arm'")
+
+    runs = mlflow.search_runs(
+        experiment_names=["latency"],
+        output_format="list",
+        filter_string=f"tags.sweep_id = '{sweep_id}' and tags.role = 'arm'",
+    )
     assert len(runs) == len(args.arms.split(",")), f"sweep {sweep_id} made {len(runs)} runs"
     client = mlflow.MlflowClient()
 
@@ -46,10 +71,18 @@ def sweep(args, parallel, env, sweep_id):
 
     per_run = [seconds(r) for r in runs]
     mean = lambda xs: round(sum(xs) / len(xs), 2)  # noqa: E731
-    return {"parallel": parallel, "arms": args.arms, "delay_s": args.delay, "epochs": args.epochs,
-            "wall_s": round(wall, 1), "runs": len(runs), "per_run_overhead_s": mean([w - t - q for w, t, q in per_run]),
-            "run_wall_s": mean([w for w, _, _ in per_run]), "train_s": mean([t for _, t, _ in per_run]),
-            "llm_wait_s": mean([q for _, _, q in per_run])}
+    return {
+        "parallel": parallel,
+        "arms": args.arms,
+        "delay_s": args.delay,
+        "epochs": args.epochs,
+        "wall_s": round(wall, 1),
+        "runs": len(runs),
+        "per_run_overhead_s": mean([w - t - q for w, t, q in per_run]),
+        "run_wall_s": mean([w for w, _, _ in per_run]),
+        "train_s": mean([t for _, t, _ in per_run]),
+        "llm_wait_s": mean([q for _, _, q in per_run]),
+    }
 
 
 def main():
@@ -63,8 +96,20 @@ def main():
     tmp = tempfile.mkdtemp(prefix="lradvisor-latency-")
     if not args.data_dir:
         args.data_dir = os.path.join(tmp, "data")
-        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--out", args.data_dir,
-                        "--train-per-class", "8", "--test-per-class", "4"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.join(ROOT, "scripts", "make_fake_cifar.py"),
+                "--out",
+                args.data_dir,
+                "--train-per-class",
+                "8",
+                "--test-per-class",
+                "4",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     uri = f"sqlite:///{tmp}/mlflow.db"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     with FakeGemini([reply("The learning rate should be 0.05.", delay=args.delay)]) as g:

@@ -32,8 +32,20 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cifar")
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--out", str(out),
-                    "--train-per-class", "8", "--test-per-class", "4"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "make_fake_cifar.py"),
+            "--out",
+            str(out),
+            "--train-per-class",
+            "8",
+            "--test-per-class",
+            "4",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return str(out)
 
 
@@ -42,8 +54,20 @@ def tiny_cifar(tmp_path_factory):
     """20 training and 10 test images: for tests of schedules and records, which run many epochs and where what
     is learned does not matter (evaluation is most of a tiny epoch's cost)."""
     out = tmp_path_factory.mktemp("tiny_cifar")
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--out", str(out),
-                    "--train-per-class", "2", "--test-per-class", "1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "make_fake_cifar.py"),
+            "--out",
+            str(out),
+            "--train-per-class",
+            "2",
+            "--test-per-class",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return str(out)
 
 
@@ -75,7 +99,8 @@ def experiment(tracking_uri, request):
     return request.node.name.replace("[", "_").replace("]", "")
 
 
-# Training on the session's tiny synthetic sets, named by what each gives (tiny_cifar: 20 training images, cifar_dir: 80)
+# Training on the session's tiny synthetic sets, named by what each gives (tiny_cifar: 20 training images,
+# cifar_dir: 80)
 ONE_STEP = ["--batch-size", 20, "--subset-ratio", 0.5]  # tiny_cifar: 10 images, one step an epoch
 THREE_STEPS = ["--batch-size", 4, "--subset-ratio", 0.5]  # tiny_cifar: 10 images, steps of 4, 4 and 2
 FEW_IMAGES = ["--batch-size", 20, "--subset-ratio", 0.25]  # tiny_cifar: 5 images, cifar_dir: 20; one step an epoch
@@ -99,6 +124,7 @@ def calls(run):
 def cli(*argv):
     """Run `lradvisor ...` in this process; return its exit code (argparse's errors exit 2 too)."""
     from lradvisor.cli import main
+
     try:
         return main([str(a) for a in argv])
     except SystemExit as e:
@@ -113,7 +139,9 @@ def runs_of(experiment, **kw):
 
 
 def history(run_id, key):
-    return [(m.step, m.value) for m in sorted(mlflow.MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
+    return [
+        (m.step, m.value) for m in sorted(mlflow.MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)
+    ]
 
 
 def mlflow_run(experiment, env=None, entry_point="main", **params):
@@ -134,8 +162,10 @@ def store_holds(secret):
     SQLite locks on it (POSIX locks belong to the process), and a sweep child ending its last connection could
     then checkpoint and delete the WAL under our open connections: "database disk image is malformed"."""
     store = mlflow.get_tracking_uri().removeprefix("sqlite:///")
-    code = ("import os, sys; s = sys.argv[1].encode(); "
-            "print(any(os.path.isfile(f) and s in open(f, 'rb').read() for f in (sys.argv[2], sys.argv[2] + '-wal')))")
+    code = (
+        "import os, sys; s = sys.argv[1].encode(); "
+        "print(any(os.path.isfile(f) and s in open(f, 'rb').read() for f in (sys.argv[2], sys.argv[2] + '-wal')))"
+    )
     out = subprocess.run([sys.executable, "-c", code, secret, store], capture_output=True, text=True, check=True).stdout
     return out.strip() == "True"
 
@@ -154,10 +184,28 @@ def mlflow_server(d):
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = open(d / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
-                             "--artifacts-destination", str(d / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            env=env, stdout=log, stderr=log, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{d}/mlflow.db",
+            "--artifacts-destination",
+            str(d / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -202,9 +250,22 @@ def ray_head(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("ray") / "head.log"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(["ray", "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=false",
-                                 f"--port={port}", "--disable-usage-stats"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                "ray",
+                "start",
+                "--head",
+                "--block",
+                "--num-cpus=2",
+                "--include-dashboard=false",
+                f"--port={port}",
+                "--disable-usage-stats",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         for _ in range(120):
             found = re.search(r"ray start --address='([^']+)'", log_path.read_text())

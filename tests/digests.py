@@ -31,8 +31,15 @@ TINY = ["--batch-size", "4", "--subset-ratio", "0.5", "--precision", "fp32", "--
 # With a validation split: all 20 training images, 1 per class held out.
 HELD = ["--batch-size", "4", "--subset-ratio", "1", "--holdout", "0.4", "--precision", "fp32", "--channels-last", "0"]
 # What depends on the clock or the machine, not on what was trained.
-TIMING = {"epoch_seconds", "images_per_second", "train_seconds", "credit_seconds", "llm_seconds", "llm_retry_seconds",
-          "budget_seconds_reference"}
+TIMING = {
+    "epoch_seconds",
+    "images_per_second",
+    "train_seconds",
+    "credit_seconds",
+    "llm_seconds",
+    "llm_retry_seconds",
+    "budget_seconds_reference",
+}
 VOLATILE_TAGS = ("mlflow.source.", "mlflow.user", "mlflow.project.", "mlflow.gitRepoURL")  # prefixes: where it ran from
 VOLATILE_CALLS = {"latency_s", "retry_wait_s"}
 
@@ -41,6 +48,7 @@ def cases(data, tmp):
     """name -> (argv, stand-in server script or None). Each case names the feature it pins down."""
     from fake_gemini import reply
     from fake_openai import chat
+
     schedule = os.path.join(tmp, "schedule.json")
     with open(schedule, "w") as f:
         json.dump({"lr": [0.1, 0.05, 0.02, 0.01]}, f)
@@ -50,39 +58,163 @@ def cases(data, tmp):
         "cosine": (["train", "--arm", "cosine", "--epochs", "3", *TINY, *d], None),
         "schedule_file": (["train", "--schedule-file", schedule, "--epochs", "4", *TINY, *d], None),
         "per_class_random": (["train", "--arm", "per_class", "--advisor", "random", "--epochs", "4", *TINY, *d], None),
-        "random_onecycle": (["train", "--arm", "random_control", "--schedule", "onecycle", "--epochs", "3", *TINY, *d],
-                            None),
-        "feedback_gemini_sync": (["train", "--arm", "feedback", "--epochs", "4", *TINY, *d],
-                                 ("gemini", [reply("LR 0.05"), reply("The learning rate: 0.5"), reply("no idea"),
-                                             reply("LR 2")])),
-        "losses_openai_json_sync": (["train", "--arm", "grad_norms", "--advisor", "openai", "--llm-model",
-                                     "fake-model-7b-instruct", "--parser", "json", "--max-factor", "2", "--every", "2",
-                                     "--epochs", "4", *TINY, *d],
-                                    ("openai", [chat('{"learning_rate": 0.9}'), chat('{"learning_rate": 0.01}')])),
-        "losses_openai_async": (["train", "--arm", "losses", "--advisor", "openai", "--llm-model",
-                                 "fake-model-7b-instruct", "--advice", "async", "--epochs", "5", *TINY, *d],
-                                ("openai", [chat("LR 0.05"), chat("LR 0.02")])),
+        "random_onecycle": (
+            ["train", "--arm", "random_control", "--schedule", "onecycle", "--epochs", "3", *TINY, *d],
+            None,
+        ),
+        "feedback_gemini_sync": (
+            ["train", "--arm", "feedback", "--epochs", "4", *TINY, *d],
+            ("gemini", [reply("LR 0.05"), reply("The learning rate: 0.5"), reply("no idea"), reply("LR 2")]),
+        ),
+        "losses_openai_json_sync": (
+            [
+                "train",
+                "--arm",
+                "grad_norms",
+                "--advisor",
+                "openai",
+                "--llm-model",
+                "fake-model-7b-instruct",
+                "--parser",
+                "json",
+                "--max-factor",
+                "2",
+                "--every",
+                "2",
+                "--epochs",
+                "4",
+                *TINY,
+                *d,
+            ],
+            ("openai", [chat('{"learning_rate": 0.9}'), chat('{"learning_rate": 0.01}')]),
+        ),
+        "losses_openai_async": (
+            [
+                "train",
+                "--arm",
+                "losses",
+                "--advisor",
+                "openai",
+                "--llm-model",
+                "fake-model-7b-instruct",
+                "--advice",
+                "async",
+                "--epochs",
+                "5",
+                *TINY,
+                *d,
+            ],
+            ("openai", [chat("LR 0.05"), chat("LR 0.02")]),
+        ),
         "random_async": (["train", "--arm", "random_control", "--advice", "async", "--epochs", "4", *TINY, *d], None),
-        "textbook_async_step": (["train", "--arm", "textbook_control", "--advice", "async_step", "--epochs", "4",
-                                 *TINY, *d], None),
-        "guard_rollback": (["train", "--arm", "losses", "--guard", "rollback", "--guard-factor", "1.01", "--lr", "0.01",
-                            "--momentum", "0.99", "--epochs", "3", *TINY, *d],
-                           ("gemini", [reply("The learning rate should be 0.9.")])),
-        "credit": (["train", "--arm", "random_control", "--credit-epochs", "1", "--lr", "0.02", "--epochs", "3",
-                    *HELD, *d], None),
+        "textbook_async_step": (
+            ["train", "--arm", "textbook_control", "--advice", "async_step", "--epochs", "4", *TINY, *d],
+            None,
+        ),
+        "guard_rollback": (
+            [
+                "train",
+                "--arm",
+                "losses",
+                "--guard",
+                "rollback",
+                "--guard-factor",
+                "1.01",
+                "--lr",
+                "0.01",
+                "--momentum",
+                "0.99",
+                "--epochs",
+                "3",
+                *TINY,
+                *d,
+            ],
+            ("gemini", [reply("The learning rate should be 0.9.")]),
+        ),
+        "credit": (
+            ["train", "--arm", "random_control", "--credit-epochs", "1", "--lr", "0.02", "--epochs", "3", *HELD, *d],
+            None,
+        ),
         "holdout_plateau": (["train", "--arm", "plateau", "--epochs", "4", *HELD, *d], None),
-        "per_class_holdout_gemini": (["train", "--arm", "per_class", "--epochs", "3", "--credit-epochs", "1", *HELD, *d],
-                                     ("gemini", [reply("LR 0.03"), reply("LR 0.2")])),
+        "per_class_holdout_gemini": (
+            ["train", "--arm", "per_class", "--epochs", "3", "--credit-epochs", "1", *HELD, *d],
+            ("gemini", [reply("LR 0.03"), reply("LR 0.2")]),
+        ),
         # replays: of the Gemini run above (sync), and of a recorded async_step exchange that landed mid-epoch
-        "replay_sync": (["train", "--arm", "feedback", "--advisor", "replay", "--replay-run-id", "{feedback_gemini_sync}",
-                         "--epochs", "4", *TINY, *d], None),
-        "replay_async_step": (["train", "--arm", "losses", "--advisor", "replay", "--replay-run-id", "{recorded}",
-                               "--advice", "async_step", "--epochs", "4", *TINY, *d], None),
-        "search_tpe": (["search", "--method", "tpe", "--budget-epochs", "6", "--epochs", "2", "--seeds", "0",
-                        "--search-id", "digest", "--storage", "sqlite:///" + os.path.join(tmp, "optuna.db"),
-                        "--lr", "0.05", "--pruner", "median", *HELD, *d], None),
-        "sweep": (["sweep", "--arms", "baseline,textbook_control", "--seeds", "0", "--epochs", "2", "--sweep-id",
-                   "digest", *TINY, *d], None),
+        "replay_sync": (
+            [
+                "train",
+                "--arm",
+                "feedback",
+                "--advisor",
+                "replay",
+                "--replay-run-id",
+                "{feedback_gemini_sync}",
+                "--epochs",
+                "4",
+                *TINY,
+                *d,
+            ],
+            None,
+        ),
+        "replay_async_step": (
+            [
+                "train",
+                "--arm",
+                "losses",
+                "--advisor",
+                "replay",
+                "--replay-run-id",
+                "{recorded}",
+                "--advice",
+                "async_step",
+                "--epochs",
+                "4",
+                *TINY,
+                *d,
+            ],
+            None,
+        ),
+        "search_tpe": (
+            [
+                "search",
+                "--method",
+                "tpe",
+                "--budget-epochs",
+                "6",
+                "--epochs",
+                "2",
+                "--seeds",
+                "0",
+                "--search-id",
+                "digest",
+                "--storage",
+                "sqlite:///" + os.path.join(tmp, "optuna.db"),
+                "--lr",
+                "0.05",
+                "--pruner",
+                "median",
+                *HELD,
+                *d,
+            ],
+            None,
+        ),
+        "sweep": (
+            [
+                "sweep",
+                "--arms",
+                "baseline,textbook_control",
+                "--seeds",
+                "0",
+                "--epochs",
+                "2",
+                "--sweep-id",
+                "digest",
+                *TINY,
+                *d,
+            ],
+            None,
+        ),
     }
 
 
@@ -91,10 +223,28 @@ def recorded_async_step_run(client, exp_id):
     (mid epoch 2), the one after epoch 3 never (in flight at the end): what a replay under async_step follows."""
     run = client.create_run(exp_id, run_name="recorded-async-step")
     client.log_param(run.info.run_id, "advice", "async_step")
-    rows = [{"epoch": 1, "applied_epoch": 2, "applied_step": 5, "model": "m", "prompt": "p", "reply": "LR 0.05",
-             "reason": "accepted", "finish_reason": "stop"},
-            {"epoch": 3, "applied_epoch": None, "applied_step": None, "model": "m", "prompt": "p", "reply": "LR 0.3",
-             "reason": "not applied", "finish_reason": "stop"}]
+    rows = [
+        {
+            "epoch": 1,
+            "applied_epoch": 2,
+            "applied_step": 5,
+            "model": "m",
+            "prompt": "p",
+            "reply": "LR 0.05",
+            "reason": "accepted",
+            "finish_reason": "stop",
+        },
+        {
+            "epoch": 3,
+            "applied_epoch": None,
+            "applied_step": None,
+            "model": "m",
+            "prompt": "p",
+            "reply": "LR 0.3",
+            "reason": "not applied",
+            "finish_reason": "stop",
+        },
+    ]
     client.log_table(run.info.run_id, {k: [r[k] for r in rows] for k in rows[0]}, artifact_file="advisor/calls.json")
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
@@ -121,6 +271,7 @@ def artifacts(client, run_id, path=None):
 def digest(client, run, words):
     """What a run trained and recorded, with the ids and paths of this sitting replaced by words (`words`)."""
     import mlflow
+
     rid = run.info.run_id
 
     def scrub(v):
@@ -146,19 +297,44 @@ def digest(client, run, words):
     if "advisor/calls.json" in files:
         table = mlflow.artifacts.load_dict(f"runs:/{rid}/advisor/calls.json")
         calls = [{k: v for k, v in zip(table["columns"], row) if k not in VOLATILE_CALLS} for row in table["data"]]
-    texts = {f: mlflow.artifacts.load_text(f"runs:/{rid}/{f}") for f in files  # prompts and replies byte for byte
-             if f.startswith("advisor/epoch_") and f.endswith((".txt", ".html"))}
-    return scrub({"name": run.info.run_name, "status": run.info.status, "params": dict(sorted(run.data.params.items())),
-                  "tags": dict(sorted(tags.items())), "metrics": metrics,
-                  "artifacts": [f for f in files if not f.endswith(".log")], "calls": calls, "texts": texts})
+    texts = {
+        f: mlflow.artifacts.load_text(f"runs:/{rid}/{f}")
+        for f in files  # prompts and replies byte for byte
+        if f.startswith("advisor/epoch_") and f.endswith((".txt", ".html"))
+    }
+    return scrub(
+        {
+            "name": run.info.run_name,
+            "status": run.info.status,
+            "params": dict(sorted(run.data.params.items())),
+            "tags": dict(sorted(tags.items())),
+            "metrics": metrics,
+            "artifacts": [f for f in files if not f.endswith(".log")],
+            "calls": calls,
+            "texts": texts,
+        }
+    )
 
 
 def record(out, only=None):
     import contextlib
+
     tmp = tempfile.mkdtemp(prefix="lradvisor-digests-")
     data = os.path.join(tmp, "data")
-    subprocess.run([sys.executable, os.path.join(os.path.dirname(HERE), "scripts", "make_fake_cifar.py"), "--out", data,
-                    "--train-per-class", "2", "--test-per-class", "1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(os.path.dirname(HERE), "scripts", "make_fake_cifar.py"),
+            "--out",
+            data,
+            "--train-per-class",
+            "2",
+            "--test-per-class",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     # the working folder of every run: relative paths (data) and MLflow's defaults land in it
     os.chdir(tmp)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
@@ -170,6 +346,7 @@ def record(out, only=None):
 
     from fake_gemini import FakeGemini
     from fake_openai import FakeOpenAI
+
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     client = mlflow.MlflowClient()
     all_cases = cases("data", tmp)
@@ -185,8 +362,9 @@ def record(out, only=None):
             ids["recorded"] = recorded_async_step_run(client, exp_id)
             names[ids["recorded"]] = "<run:recorded>"
         argv = [a.format(**ids) if "{" in a else a for a in argv]
-        stand_in = {"gemini": FakeGemini, "openai": FakeOpenAI}[server[0]](server[1]) if server else \
-            contextlib.nullcontext()
+        stand_in = (
+            {"gemini": FakeGemini, "openai": FakeOpenAI}[server[0]](server[1]) if server else contextlib.nullcontext()
+        )
         with stand_in as s:
             env = s.env() if s else {}
             os.environ.update(env)
@@ -211,8 +389,14 @@ def machine():
     import platform
 
     import torch
-    return {"torch": torch.__version__, "arch": platform.machine(), "kernels": torch.backends.cpu.get_cpu_capability(),
-            "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "threads": torch.get_num_threads()}
+
+    return {
+        "torch": torch.__version__,
+        "arch": platform.machine(),
+        "kernels": torch.backends.cpu.get_cpu_capability(),
+        "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "threads": torch.get_num_threads(),
+    }
 
 
 if __name__ == "__main__":

@@ -16,33 +16,50 @@ import threading
 import time
 
 KEY = "test-key-DO-NOT-LOG-7f3a9c"
-PUBLISHED_REPLY = ("A recommended new learning rate would be **0.01**.\n\nReasoning: the loss is high and flat after "
-                   "one epoch; a smaller step should let the optimizer settle into a minimum.")
+PUBLISHED_REPLY = (
+    "A recommended new learning rate would be **0.01**.\n\nReasoning: the loss is high and flat after "
+    "one epoch; a smaller step should let the optimizer settle into a minimum."
+)
 
 
 def reply(text, finish="STOP", version="gemini-fake-001", delay=0.0, tokens=(120, 30, None)):
     """tokens: (prompt, reply, thinking) as usageMetadata counts them; thinking None: not reported."""
     parts = [{"text": text}] if text is not None else []
-    usage = {"promptTokenCount": tokens[0], "candidatesTokenCount": tokens[1], "totalTokenCount": sum(t or 0 for t in tokens)}
+    usage = {
+        "promptTokenCount": tokens[0],
+        "candidatesTokenCount": tokens[1],
+        "totalTokenCount": sum(t or 0 for t in tokens),
+    }
     if tokens[2] is not None:
         usage["thoughtsTokenCount"] = tokens[2]
-    body = {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
-            "usageMetadata": usage,
-            "modelVersion": version, "responseId": "fake"}
+    body = {
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
+        "usageMetadata": usage,
+        "modelVersion": version,
+        "responseId": "fake",
+    }
     return {"status": 200, "body": body, "delay": delay}
 
 
 def error(code, status="RESOURCE_EXHAUSTED", retry_delay=None, quota_id="GenerateRequestsPerMinutePerProjectPerModel"):
     details = []
     if code == 429:
-        details.append({"@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                        "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_requests",
-                                        "quotaId": quota_id}]})
+        details.append(
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {"quotaMetric": "generativelanguage.googleapis.com/generate_content_requests", "quotaId": quota_id}
+                ],
+            }
+        )
     if retry_delay:
         details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay})
     status = status if code == 429 else {500: "INTERNAL", 503: "UNAVAILABLE"}.get(code, "UNKNOWN")
-    return {"status": code, "body": {"error": {"code": code, "message": f"fake {status}", "status": status,
-                                               "details": details}}, "delay": 0.0}
+    return {
+        "status": code,
+        "body": {"error": {"code": code, "message": f"fake {status}", "status": status, "details": details}},
+        "delay": 0.0,
+    }
 
 
 def send_json(handler, status, body, headers=None):
@@ -72,8 +89,14 @@ class FakeGemini:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 m = FakeGemini.PATH.match(self.path.split("?")[0])
-                fake.requests.append({"path": self.path, "time": time.monotonic(), "body": body,
-                                      "key": self.headers.get("x-goog-api-key")})
+                fake.requests.append(
+                    {
+                        "path": self.path,
+                        "time": time.monotonic(),
+                        "body": body,
+                        "key": self.headers.get("x-goog-api-key"),
+                    }
+                )
                 if not m:
                     return self._send(404, {"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}})
                 answer = fake.script.pop(0) if len(fake.script) > 1 else fake.script[0]

@@ -27,9 +27,14 @@ def chat(content, finish="stop", model="fake-model-7b-instruct", delay=0.0, reas
     usage = {"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "total_tokens": sum(tokens)}
     if reasoning_tokens is not None:
         usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
-    body = {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
-            "usage": usage}
+    body = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+        "usage": usage,
+    }
     return {"status": 200, "body": body, "delay": delay, "headers": {}}
 
 
@@ -38,8 +43,9 @@ def chat(content, finish="stop", model="fake-model-7b-instruct", delay=0.0, reas
 LLAMA_CPP_JSON_SCHEMA = (
     "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input "
     "should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': {'expected': \"'text' or 'json_object'\"}}"
-    "\n\n  File \"/venv/lib/python3.11/site-packages/llama_cpp/server/app.py\", line 376, in create_chat_completion\n"
-    "    POST /v1/chat/completions")
+    '\n\n  File "/venv/lib/python3.11/site-packages/llama_cpp/server/app.py", line 376, in create_chat_completion\n'
+    "    POST /v1/chat/completions"
+)
 
 
 def status(code, retry_after=None, message=None, delay=0.0):
@@ -55,17 +61,37 @@ class FakeOpenAI:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                fake.requests.append({"path": self.path, "time": time.monotonic(), "body": None,
-                                      "auth": self.headers.get("Authorization")})
+                fake.requests.append(
+                    {
+                        "path": self.path,
+                        "time": time.monotonic(),
+                        "body": None,
+                        "auth": self.headers.get("Authorization"),
+                    }
+                )
                 if self.path != "/v1/models" or fake.models is None:
                     return self._send(status(404, message="Not Found"))
-                self._send({"status": 200, "headers": {}, "body": {"object": "list", "data": [
-                    {"id": m, "object": "model", "owned_by": "me", "created": 0} for m in fake.models]}})
+                self._send(
+                    {
+                        "status": 200,
+                        "headers": {},
+                        "body": {
+                            "object": "list",
+                            "data": [{"id": m, "object": "model", "owned_by": "me", "created": 0} for m in fake.models],
+                        },
+                    }
+                )
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                fake.requests.append({"path": self.path, "time": time.monotonic(), "body": body,
-                                      "auth": self.headers.get("Authorization")})
+                fake.requests.append(
+                    {
+                        "path": self.path,
+                        "time": time.monotonic(),
+                        "body": body,
+                        "auth": self.headers.get("Authorization"),
+                    }
+                )
                 if self.path != "/v1/chat/completions":
                     return self._send(status(404))
                 if like == "llama-cpp-python" and (body.get("response_format") or {}).get("type") == "json_schema":

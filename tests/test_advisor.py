@@ -15,11 +15,8 @@ from conftest import ONE_STEP, calls, cli, history, mlflow_run, point, runs_of, 
 from fake_gemini import KEY, PUBLISHED_REPLY, FakeGemini, error, reply
 
 
-
 def lrs(run_id):
     return [v for _, v in history(run_id, "lr")]
-
-
 
 
 def asked_epochs(run_id):
@@ -50,8 +47,16 @@ def test_losses_arm_published_exchange_via_mlflow_run(tiny_cifar, experiment, tm
     """The published exchange: reply '... **0.01**' is parsed and applied; everything is inspectable; the
     key is nowhere in what MLflow stored or printed."""
     with FakeGemini([reply(PUBLISHED_REPLY, version="gemini-3.5-flash-001")]) as g:
-        p = mlflow_run(experiment, env=g.env(), arm="losses", data_dir=tiny_cifar, epochs=3, batch_size=20,
-                       subset_ratio=0.25, lr=0.2)
+        p = mlflow_run(
+            experiment,
+            env=g.env(),
+            arm="losses",
+            data_dir=tiny_cifar,
+            epochs=3,
+            batch_size=20,
+            subset_ratio=0.25,
+            lr=0.2,
+        )
     assert p.returncode == 0, p.stderr[-3000:]
     (run,) = runs_of(experiment)
     rid = run.info.run_id
@@ -66,9 +71,15 @@ def test_losses_arm_published_exchange_via_mlflow_run(tiny_cifar, experiment, tm
     sent = g.requests[0]["body"]["contents"][0]["parts"][0]["text"]
     logged = open(client.download_artifacts(rid, "advisor/epoch_01/prompt.txt", str(tmp_path))).read()
     loss1 = history(rid, "train_loss")[0][1]
-    assert logged == sent == (
-        f"{prompt.HEAD}\n\n- Current Learning Rate: 0.2\n- Loss values (last 1 epochs): [{loss1}]\n"
-        "- Overall trend of losses: unchanged or fluctuating\n- Recent trend (last 1 epochs): stable\n\n" + prompt.TAIL)
+    assert (
+        logged
+        == sent
+        == (
+            f"{prompt.HEAD}\n\n- Current Learning Rate: 0.2\n- Loss values (last 1 epochs): [{loss1}]\n"
+            "- Overall trend of losses: unchanged or fluctuating\n- Recent trend (last 1 epochs): stable\n\n"
+            + prompt.TAIL
+        )
+    )
     assert open(client.download_artifacts(rid, "advisor/epoch_02/reply.txt", str(tmp_path))).read() == PUBLISHED_REPLY
     # The same exchange as a page the UI previews wrapped (it cuts .txt previews at its width), exact once unescaped.
     page = open(client.download_artifacts(rid, "advisor/epoch_01/exchange.html", str(tmp_path))).read()
@@ -78,8 +89,17 @@ def test_losses_arm_published_exchange_via_mlflow_run(tiny_cifar, experiment, tm
     rows = calls(run)
     assert [r["epoch"] for r in rows] == [1, 2]
     # The decision first, so the UI's table shows it without scrolling; the long texts last.
-    assert list(rows[0])[:9] == ["epoch", "applied_epoch", "applied_step", "parsed_lr", "scheduler_lr", "applied_lr",
-                                 "accepted", "changed", "reason"]
+    assert list(rows[0])[:9] == [
+        "epoch",
+        "applied_epoch",
+        "applied_step",
+        "parsed_lr",
+        "scheduler_lr",
+        "applied_lr",
+        "accepted",
+        "changed",
+        "reason",
+    ]
     # advice sync: each decision applies from the next epoch's first batch (one batch an epoch here)
     assert [(r["applied_epoch"], r["applied_step"]) for r in rows] == [(2, 2), (3, 3)]
     assert list(rows[0])[-2:] == ["prompt", "reply"]
@@ -118,11 +138,14 @@ def test_first_epoch_is_the_same_whatever_the_arm(tiny_cifar, experiment, gemini
     assert lrs(llm.info.run_id) == [0.1, 0.05]
 
 
-@pytest.mark.parametrize("arm, lines", [
-    ("lr_history", ["- Learning rate history (per-epoch, last 2 epochs): [0.1, 0.1]"]),
-    ("grad_norms", ["- Gradient norms (per-epoch mean, last 2 epochs): [", "- Overall trend of gradient norms: "]),
-    ("per_class", ["- Per-class test accuracy: plane: ", "%, car: ", "- Worst three classes: "]),
-])
+@pytest.mark.parametrize(
+    "arm, lines",
+    [
+        ("lr_history", ["- Learning rate history (per-epoch, last 2 epochs): [0.1, 0.1]"]),
+        ("grad_norms", ["- Gradient norms (per-epoch mean, last 2 epochs): [", "- Overall trend of gradient norms: "]),
+        ("per_class", ["- Per-class test accuracy: plane: ", "%, car: ", "- Worst three classes: "]),
+    ],
+)
 def test_signal_arms_add_their_lines(arm, lines, tiny_cifar, experiment, gemini):
     g = gemini(reply("I would keep the learning rate where it is for now."))
     assert train(experiment, arm, "--data-dir", tiny_cifar, "--epochs", 3) == 0
@@ -138,8 +161,25 @@ def test_signal_arms_add_their_lines(arm, lines, tiny_cifar, experiment, gemini)
 def test_cadence_and_overrides(tiny_cifar, experiment, gemini):
     g = gemini(reply("LR: 0.05"))
     assert train(experiment, "cadence3", "--data-dir", tiny_cifar, "--epochs", 7, "--step-size", 100) == 0
-    assert cli("train", "--arm", "cadence5", "--signals", "losses,grad_norms,per_class", "--every", 2,
-               "--data-dir", tiny_cifar, "--epochs", 3, *ONE_STEP, "--experiment", experiment) == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "cadence5",
+            "--signals",
+            "losses,grad_norms,per_class",
+            "--every",
+            2,
+            "--data-dir",
+            tiny_cifar,
+            "--epochs",
+            3,
+            *ONE_STEP,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     cad3, over = sorted(runs_of(experiment), key=lambda r: r.info.start_time)
     assert asked_epochs(cad3.info.run_id) == ["advisor/epoch_03", "advisor/epoch_06"]
     assert lrs(cad3.info.run_id) == [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05]
@@ -150,18 +190,22 @@ def test_cadence_and_overrides(tiny_cifar, experiment, gemini):
 
 def test_a_cadence_that_can_never_ask_says_so(tiny_cifar, experiment, gemini):
     g = gemini(reply("LR: 0.05"))
-    with pytest.warns(UserWarning, match="arm 'cadence5' asks every 5 epochs and never after the last one: in 5 "
-                                         "epochs it will make no call"):
+    with pytest.warns(
+        UserWarning,
+        match="arm 'cadence5' asks every 5 epochs and never after the last one: in 5 epochs it will make no call",
+    ):
         assert train(experiment, "cadence5", "--data-dir", tiny_cifar, "--epochs", 5) == 0
     assert g.requests == [] and runs_of(experiment)[0].data.metrics["llm_calls"] == 0
 
 
 def test_reply_variants_follow_the_rule_and_replay_reproduces_them(tiny_cifar, experiment, gemini, monkeypatch):
-    gemini(reply("I'd keep going as you are."),                                   # no phrase -> keep
-           reply("Raise the learning rate to 1.5."),                              # out of (0, 1) -> keep
-           reply("Reduce the learning rate by a factor of 10."),                 # '10' -> out of range
-           reply(None, finish="MAX_TOKENS"),                                      # thinking ate the budget
-           reply("New LR = 5E-04, since the loss has flattened."))               # accepted after the cut
+    gemini(
+        reply("I'd keep going as you are."),  # no phrase -> keep
+        reply("Raise the learning rate to 1.5."),  # out of (0, 1) -> keep
+        reply("Reduce the learning rate by a factor of 10."),  # '10' -> out of range
+        reply(None, finish="MAX_TOKENS"),  # thinking ate the budget
+        reply("New LR = 5E-04, since the loss has flattened."),
+    )  # accepted after the cut
     assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 6) == 0
     (run,) = runs_of(experiment)
     rows = calls(run)
@@ -174,8 +218,21 @@ def test_reply_variants_follow_the_rule_and_replay_reproduces_them(tiny_cifar, e
     # Replay: no server, no key; the same LR trajectory and the same metrics.
     monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL")
     monkeypatch.delenv("GOOGLE_API_KEY")
-    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 6, "--advisor", "replay",
-                 "--replay-run-id", run.info.run_id) == 0
+    assert (
+        train(
+            experiment,
+            "losses",
+            "--data-dir",
+            tiny_cifar,
+            "--epochs",
+            6,
+            "--advisor",
+            "replay",
+            "--replay-run-id",
+            run.info.run_id,
+        )
+        == 0
+    )
     replay = next(r for r in runs_of(experiment) if r.info.run_id != run.info.run_id)
     assert lrs(replay.info.run_id) == lrs(run.info.run_id)
     assert history(replay.info.run_id, "train_loss") == history(run.info.run_id, "train_loss")
@@ -183,18 +240,39 @@ def test_reply_variants_follow_the_rule_and_replay_reproduces_them(tiny_cifar, e
 
     # A replay whose training differs (another seed) reports the differing prompts.
     with pytest.warns(UserWarning, match="prompt at epoch 1 differs"):
-        assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 3, "--seed", 9,
-                     "--advisor", "replay", "--replay-run-id", run.info.run_id) == 0
+        assert (
+            train(
+                experiment,
+                "losses",
+                "--data-dir",
+                tiny_cifar,
+                "--epochs",
+                3,
+                "--seed",
+                9,
+                "--advisor",
+                "replay",
+                "--replay-run-id",
+                run.info.run_id,
+            )
+            == 0
+        )
     other = max(runs_of(experiment), key=lambda r: r.info.start_time)
     assert other.data.tags["replay_prompt_mismatch"] == "1,2"
 
 
 def test_retries_wait_as_told_then_succeed(tiny_cifar, experiment, gemini):
-    g = gemini(error(429, retry_delay="1.5s"), error(500), error(503),
-               reply("learning rate: 0.02", delay=2.5),                          # past the 1 s timeout
-               reply("learning rate: 0.03"))
-    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 2, "--llm-timeout", 1,
-                 "--llm-max-wait", 1.6) == 0
+    g = gemini(
+        error(429, retry_delay="1.5s"),
+        error(500),
+        error(503),
+        reply("learning rate: 0.02", delay=2.5),  # past the 1 s timeout
+        reply("learning rate: 0.03"),
+    )
+    assert (
+        train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 2, "--llm-timeout", 1, "--llm-max-wait", 1.6)
+        == 0
+    )
     gaps = [b["time"] - a["time"] for a, b in zip(g.requests, g.requests[1:])]
     assert len(g.requests) == 5
     assert gaps[0] >= 1.5  # never sooner than RetryInfo (while it asks no more than llm_max_wait)
@@ -219,8 +297,12 @@ def test_exhausted_and_per_day_errors(tiny_cifar, experiment, gemini, capsys):
     assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 2) == 0
     assert len(g.requests) == 1  # a per-day quota is not retried
     g = gemini(error(500))
-    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 2, "--llm-attempts", 3,
-                 "--llm-max-wait", 0.05) == 0
+    assert (
+        train(
+            experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 2, "--llm-attempts", 3, "--llm-max-wait", 0.05
+        )
+        == 0
+    )
     assert len(g.requests) == 3
     day, five = sorted(runs_of(experiment), key=lambda r: r.info.start_time)
     (row,) = calls(day)
@@ -231,8 +313,21 @@ def test_exhausted_and_per_day_errors(tiny_cifar, experiment, gemini, capsys):
 
     # on_advisor_error=fail: the run ends FAILED, with what was logged kept.
     capsys.readouterr()
-    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 3, "--llm-attempts", 1,
-                 "--on-advisor-error", "fail") == 1
+    assert (
+        train(
+            experiment,
+            "losses",
+            "--data-dir",
+            tiny_cifar,
+            "--epochs",
+            3,
+            "--llm-attempts",
+            1,
+            "--on-advisor-error",
+            "fail",
+        )
+        == 1
+    )
     assert "failed" in capsys.readouterr().err
     failed = max(runs_of(experiment), key=lambda r: r.info.start_time)
     assert failed.info.status == "FAILED" and "api error: 500" in failed.data.tags["failure_reason"]
@@ -241,10 +336,13 @@ def test_exhausted_and_per_day_errors(tiny_cifar, experiment, gemini, capsys):
 
 def test_json_parser_and_max_factor(tiny_cifar, experiment, gemini, monkeypatch):
     monkeypatch.setenv("GOOGLE_GENAI_API_VERSION", "v1beta")  # the 2.x SDKs' path
-    g = gemini(reply(json.dumps({"learning_rate": 0.05, "reasoning": "halve it"})),
-               reply(json.dumps({"learning_rate": 0.001, "reasoning": "cut hard"})))
-    assert train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 3, "--parser", "json",
-                 "--max-factor", 2) == 0
+    g = gemini(
+        reply(json.dumps({"learning_rate": 0.05, "reasoning": "halve it"})),
+        reply(json.dumps({"learning_rate": 0.001, "reasoning": "cut hard"})),
+    )
+    assert (
+        train(experiment, "losses", "--data-dir", tiny_cifar, "--epochs", 3, "--parser", "json", "--max-factor", 2) == 0
+    )
     assert g.requests[0]["path"].startswith("/v1beta/")
     config = g.requests[0]["body"]["generationConfig"]
     assert config["maxOutputTokens"] == 1024 + 24576  # the reply's cap plus room for the model's own thinking

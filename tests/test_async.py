@@ -18,8 +18,6 @@ TINY = ["--epochs", 5, *THREE_STEPS]
 SLOW = 60  # seconds the stand-in takes for the second reply: far beyond the run
 
 
-
-
 def lr_steps(run_id):
     return [v for _, v in history(run_id, "lr_step")]
 
@@ -29,8 +27,25 @@ def test_async_advice_never_waits_and_replays_exactly(advice, tiny_cifar, experi
     with FakeOpenAI([chat("LR 0.05"), chat("LR 0.02", delay=SLOW)]) as s:
         point(monkeypatch, s)
         t0 = time.monotonic()
-        assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "fake-model-7b-instruct",
-                   "--advice", advice, "--data-dir", tiny_cifar, *TINY, "--experiment", experiment) == 0
+        assert (
+            cli(
+                "train",
+                "--arm",
+                "losses",
+                "--advisor",
+                "openai",
+                "--llm-model",
+                "fake-model-7b-instruct",
+                "--advice",
+                advice,
+                "--data-dir",
+                tiny_cifar,
+                *TINY,
+                "--experiment",
+                experiment,
+            )
+            == 0
+        )
         took = time.monotonic() - t0
     # Not a timing test: waiting for the second reply alone would take SLOW seconds.
     assert took < SLOW / 2 and len([r for r in s.requests if r["body"]]) == 2
@@ -60,15 +75,47 @@ def test_async_advice_never_waits_and_replays_exactly(advice, tiny_cifar, experi
 
     # A replay applies each reply exactly where the live run did: the same LRs and the same weights.
     monkeypatch.delenv("OPENAI_BASE_URL")
-    assert cli("train", "--arm", "losses", "--advisor", "replay", "--replay-run-id", run.info.run_id,
-               "--advice", advice, "--data-dir", tiny_cifar, *TINY, "--experiment", experiment) == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "losses",
+            "--advisor",
+            "replay",
+            "--replay-run-id",
+            run.info.run_id,
+            "--advice",
+            advice,
+            "--data-dir",
+            tiny_cifar,
+            *TINY,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     replay = next(r for r in runs_of(experiment) if r.info.run_id != run.info.run_id)
     assert replay.data.tags["weights_sha256"] == run.data.tags["weights_sha256"]
     assert [(r["epoch"], r["applied_step"]) for r in calls(replay)][:1] == [(1, first["applied_step"])]
     # ... and only under the same advice.
     capsys.readouterr()
-    assert cli("train", "--arm", "losses", "--advisor", "replay", "--replay-run-id", run.info.run_id,
-               "--data-dir", tiny_cifar, *TINY, "--experiment", experiment) == 2
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "losses",
+            "--advisor",
+            "replay",
+            "--replay-run-id",
+            run.info.run_id,
+            "--data-dir",
+            tiny_cifar,
+            *TINY,
+            "--experiment",
+            experiment,
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"was trained with advice {advice}: replay it with --advice {advice}" in err[0]
 
@@ -76,11 +123,34 @@ def test_async_advice_never_waits_and_replays_exactly(advice, tiny_cifar, experi
 def test_ctrl_c_with_a_request_in_flight_ends_the_run_killed_at_once(tiny_cifar, experiment):
     with FakeOpenAI([chat("LR 0.02", delay=SLOW)]) as s:
         env = {**os.environ, **s.env(), "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "lradvisor", "train", "--arm", "losses", "--advisor", "openai",
-                                 "--llm-model", "m", "--advice", "async", "--data-dir", tiny_cifar, "--epochs", "200",
-                                 "--batch-size", "4", "--experiment", experiment],
-                                env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lradvisor",
+                "train",
+                "--arm",
+                "losses",
+                "--advisor",
+                "openai",
+                "--llm-model",
+                "m",
+                "--advice",
+                "async",
+                "--data-dir",
+                tiny_cifar,
+                "--epochs",
+                "200",
+                "--batch-size",
+                "4",
+                "--experiment",
+                experiment,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             for _ in range(600):  # until the request is on its way
                 if any(r["body"] for r in s.requests) or proc.poll() is not None:
@@ -97,12 +167,17 @@ def test_ctrl_c_with_a_request_in_flight_ends_the_run_killed_at_once(tiny_cifar,
     assert run.info.status == "KILLED" and "interrupt" in run.data.tags["failure_reason"]
 
 
-@pytest.mark.parametrize("flags, says", [
-    (["--advice", "later"], "unknown advice 'later'; valid: sync, async, async_step"),
-    (["--advice", "async_step", "--guard", "rollback"], "guard rollback retrains an epoch from its start: it needs "
-                                                        "advice sync or async, not async_step"),
-    (["--advice", "async_step", "--credit-epochs", "1"], "credit_epochs branches from an epoch's start"),
-])
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--advice", "later"], "unknown advice 'later'; valid: sync, async, async_step"),
+        (
+            ["--advice", "async_step", "--guard", "rollback"],
+            "guard rollback retrains an epoch from its start: it needs advice sync or async, not async_step",
+        ),
+        (["--advice", "async_step", "--credit-epochs", "1"], "credit_epochs branches from an epoch's start"),
+    ],
+)
 def test_what_async_step_cannot_do_is_refused_before_any_run(flags, says, tiny_cifar, experiment, capsys):
     assert cli("train", "--arm", "losses", *flags, "--data-dir", tiny_cifar, *TINY, "--experiment", experiment) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -114,8 +189,23 @@ def test_async_decisions_get_credit_and_credit_changes_nothing(tiny_cifar, exper
     """Under async a decision's branch starts where its reply landed; the run trains bit for bit as with credit
     off (the random control answers at once, without a network: it lands deterministically)."""
     for credit in (1, 0):
-        assert cli("train", "--arm", "random_control", "--advice", "async", "--credit-epochs", credit,
-                   "--data-dir", tiny_cifar, *TINY, "--experiment", experiment) == 0
+        assert (
+            cli(
+                "train",
+                "--arm",
+                "random_control",
+                "--advice",
+                "async",
+                "--credit-epochs",
+                credit,
+                "--data-dir",
+                tiny_cifar,
+                *TINY,
+                "--experiment",
+                experiment,
+            )
+            == 0
+        )
     on, off = sorted(runs_of(experiment), key=lambda r: r.info.start_time)
     assert on.data.tags["weights_sha256"] == off.data.tags["weights_sha256"]
     rows = calls(on)
@@ -127,9 +217,33 @@ def test_async_decisions_get_credit_and_credit_changes_nothing(tiny_cifar, exper
 def test_async_guard_rolls_back_the_epoch_a_reply_blew_up(tiny_cifar, experiment, monkeypatch):
     with FakeOpenAI([chat("The learning rate should be 0.9.")]) as s:
         point(monkeypatch, s)
-        assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--advice", "async",
-                   "--guard", "rollback", "--guard-factor", 1.01, "--lr", 0.01, "--momentum", 0.99,
-                   "--data-dir", tiny_cifar, *TINY, "--experiment", experiment) == 0
+        assert (
+            cli(
+                "train",
+                "--arm",
+                "losses",
+                "--advisor",
+                "openai",
+                "--llm-model",
+                "m",
+                "--advice",
+                "async",
+                "--guard",
+                "rollback",
+                "--guard-factor",
+                1.01,
+                "--lr",
+                0.01,
+                "--momentum",
+                0.99,
+                "--data-dir",
+                tiny_cifar,
+                *TINY,
+                "--experiment",
+                experiment,
+            )
+            == 0
+        )
     (run,) = runs_of(experiment)
     rollbacks = [s for s, _ in history(run.info.run_id, "advisor_rollback")]
     assert rollbacks, "the 0.9 reply should have blown the loss past 1.01 x the previous epoch"

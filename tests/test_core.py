@@ -21,6 +21,7 @@ LR = st.floats(min_value=1e-6, max_value=1.0, allow_nan=False, exclude_min=False
 
 # ---- replies and the rule
 
+
 @given(st.text())
 def test_the_parsers_never_raise_on_any_text(text):
     for parse_reply in prompt.PARSERS.values():
@@ -39,14 +40,22 @@ def test_the_rule_never_applies_an_lr_outside_its_bounds(proposed, scheduler_lr,
             assert scheduler_lr / max_factor * (1 - 1e-12) <= applied <= scheduler_lr * max_factor * (1 + 1e-12)
 
 
-@pytest.mark.parametrize("reply, lr", [("A recommended new learning rate would be **0.01**.", 0.01),
-                                       ("LR: 5E-04", 5e-4), ("reduce by factor of 10", None),
-                                       ("The learning_rate should be .02", 0.02), ("no number", None)])
+@pytest.mark.parametrize(
+    "reply, lr",
+    [
+        ("A recommended new learning rate would be **0.01**.", 0.01),
+        ("LR: 5E-04", 5e-4),
+        ("reduce by factor of 10", None),
+        ("The learning_rate should be .02", 0.02),
+        ("no number", None),
+    ],
+)
 def test_the_published_regex(reply, lr):
     assert prompt.parse_regex(reply)[0] == lr
 
 
 # ---- statistics
+
 
 def test_paired_is_the_t_interval():
     arm, base = [91.0, 93.5, 92.0, 94.0], [90.0, 91.0, 91.5, 92.0]
@@ -79,6 +88,7 @@ def test_a_confidence_sequence_is_wider_than_the_fixed_interval_and_shrinks_with
 
 # ---- settings, flags, a sweep's children
 
+
 def test_a_childs_flags_give_back_its_config():
     cfg = TrainConfig(arm="losses", lr=0.02, batch_size=16, dataset="digits", signals="losses,feedback")
     command, back = parse(["train", *map(str, to_flags(cfg))])
@@ -96,23 +106,31 @@ def test_a_sweeps_children_keep_the_identity_they_had():
 
 def test_the_cost_of_an_exchange():
     entry = {"price_input": 1.0, "price_output": 4.0, "price_thinking": None}
-    assert zoo.cost_usd(entry, {"prompt_tokens": 1000, "output_tokens": 500, "thought_tokens": 100}) == \
-        pytest.approx((1000 * 1 + 500 * 4 + 100 * 4) / 1e6)
+    assert zoo.cost_usd(entry, {"prompt_tokens": 1000, "output_tokens": 500, "thought_tokens": 100}) == pytest.approx(
+        (1000 * 1 + 500 * 4 + 100 * 4) / 1e6
+    )
     assert zoo.cost_usd(entry, {"prompt_tokens": None, "output_tokens": 3}) is None  # unknown, never 0
     assert zoo.cost_usd(None, {"prompt_tokens": 1, "output_tokens": 1}) is None  # no price
 
 
 # ---- compare
 
+
 def fake_run(arm, seed, **params):
-    return SimpleNamespace(data=SimpleNamespace(tags={"arm": arm}, params={"seed": str(seed), "dataset": "digits",
-                                                                           "lr": "0.02", **params}),
-                           info=SimpleNamespace(start_time=seed))
+    return SimpleNamespace(
+        data=SimpleNamespace(
+            tags={"arm": arm}, params={"seed": str(seed), "dataset": "digits", "lr": "0.02", **params}
+        ),
+        info=SimpleNamespace(start_time=seed),
+    )
 
 
 def test_compare_groups_by_configuration_and_pairs_with_the_closest_baseline():
-    runs = [fake_run("baseline", s) for s in (0, 1)] + [fake_run("baseline", s, lr="0.1") for s in (0, 1)] + \
-        [fake_run("cosine", s, lr="0.1") for s in (0, 1)]
+    runs = (
+        [fake_run("baseline", s) for s in (0, 1)]
+        + [fake_run("baseline", s, lr="0.1") for s in (0, 1)]
+        + [fake_run("cosine", s, lr="0.1") for s in (0, 1)]
+    )
     groups = compare.group(runs)
     assert list(groups) == ["baseline [lr=0.02]", "baseline [lr=0.1]", "cosine"]
     pairs, notes = compare.pick_baselines(groups, "baseline")
@@ -121,11 +139,22 @@ def test_compare_groups_by_configuration_and_pairs_with_the_closest_baseline():
 
 def test_the_table_is_the_paired_statistics_of_the_finals():
     def seeds(finals):
-        return [{"seed": str(i), "curves": {"test_acc": [50.0, f], "lr": [0.1, 0.01], "advisor_accepted": []},
-                 "budget": {k: None for k in table.BUDGET}, "cost_partial": False, "saw_test": "0", "credits": []}
-                for i, f in enumerate(finals)]
-    groups = {"baseline": {"arm": "baseline", "dataset": "digits", "seeds": seeds([90, 92, 91])},
-              "cosine": {"arm": "cosine", "dataset": "digits", "seeds": seeds([91, 94, 93])}}
+        return [
+            {
+                "seed": str(i),
+                "curves": {"test_acc": [50.0, f], "lr": [0.1, 0.01], "advisor_accepted": []},
+                "budget": {k: None for k in table.BUDGET},
+                "cost_partial": False,
+                "saw_test": "0",
+                "credits": [],
+            }
+            for i, f in enumerate(finals)
+        ]
+
+    groups = {
+        "baseline": {"arm": "baseline", "dataset": "digits", "seeds": seeds([90, 92, 91])},
+        "cosine": {"arm": "cosine", "dataset": "digits", "seeds": seeds([91, 94, 93])},
+    }
     rows = table.table(groups, {"baseline": "baseline", "cosine": "baseline"}, 0.0, 0.1)
     cosine = rows[1]
     assert cosine["delta_vs_baseline"] == pytest.approx(5 / 3) and cosine["pairs"] == 3
@@ -135,9 +164,11 @@ def test_the_table_is_the_paired_statistics_of_the_finals():
 
 # ---- schedules
 
+
 @pytest.mark.parametrize("name", ["step", "cosine", "linear", "onecycle"])
 def test_an_advised_lr_scales_the_rest_of_the_schedule(name):
     from lradvisor.engine import schedules
+
     cfg, steps = TrainConfig(epochs=4), 3
 
     def lrs(advise):

@@ -64,7 +64,9 @@ def test_missing_data_is_one_clear_line(tmp_path, capsys, tracking_uri):
 
 
 def _serve(folder):
-    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(folder))
+    def handler(*a):
+        return http.server.SimpleHTTPRequestHandler(*a, directory=str(folder))
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
@@ -75,11 +77,26 @@ def _serve(folder):
 def test_downloads_and_verifies_archive_on_first_use(name, tmp_path, monkeypatch):
     """The real torchvision download path, from a local HTTP server holding an archive in the real layout."""
     import torchvision.datasets
+
     tv = getattr(torchvision.datasets, registry.DATASETS[name]["files"]["torchvision"])
     folder = registry.DATASETS[name]["files"]["folder"]
     made = tmp_path / "made"
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--dataset", name,
-                    "--out", str(made), "--train-per-class", "2", "--test-per-class", "1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "make_fake_cifar.py"),
+            "--dataset",
+            name,
+            "--out",
+            str(made),
+            "--train-per-class",
+            "2",
+            "--test-per-class",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     served = tmp_path / "served"
     served.mkdir()
     with tarfile.open(served / tv.filename, "w:gz") as tar:
@@ -121,8 +138,12 @@ def test_batch_augmentation_matches_torchvision_reference():
     found = []
     for i in range(len(x)):
         crops = {(dy, dx): T.functional.crop(padded[i], dy, dx, 32, 32) for dy in range(9) for dx in range(9)}
-        cands = [(dy, dx, f) for (dy, dx), c in crops.items() for f in (0, 1)
-                 if torch.equal(out[i], T.functional.horizontal_flip(c) if f else c)]
+        cands = [
+            (dy, dx, f)
+            for (dy, dx), c in crops.items()
+            for f in (0, 1)
+            if torch.equal(out[i], T.functional.horizontal_flip(c) if f else c)
+        ]
         assert cands, f"image {i} is no crop/flip of its input"
         found.append(cands[0])
     flips = sum(f for _, _, f in found)
@@ -149,6 +170,7 @@ def test_md5_list_and_model_equal_torchvision():
     import torchvision
 
     from lradvisor.engine.network import build_model
+
     assert MD5 == dict(CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])])
     for name in ("resnet18", "resnet18_imagenet_stem"):
         torch.manual_seed(3)
@@ -165,11 +187,14 @@ def test_md5_list_and_model_equal_torchvision():
 
 
 def test_a_run_does_not_import_torchvision(cifar_dir, tmp_path):
-    code = ("import sys; from lradvisor.cli import main; "
-            f"code = main(['train', '--data-dir', {str(cifar_dir)!r}, '--epochs', '1', '--batch-size', '20', "
-            "'--subset-ratio', '0.25', '--experiment', 'imports']); "
-            "assert code == 0; print('torchvision' in sys.modules)")
+    code = (
+        "import sys; from lradvisor.cli import main; "
+        f"code = main(['train', '--data-dir', {str(cifar_dir)!r}, '--epochs', '1', '--batch-size', '20', "
+        "'--subset-ratio', '0.25', '--experiment', 'imports']); "
+        "assert code == 0; print('torchvision' in sys.modules)"
+    )
     import subprocess
     import sys
+
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == "False", p.stdout + p.stderr

@@ -24,6 +24,7 @@ from conftest import ROOT, cli, history, runs_of
 
 def test_digits_are_a_fixed_stratified_split_of_the_bundled_images():
     from sklearn.datasets import load_digits
+
     x, y, xt, yt = files.load("no-such-folder", "digits")  # nothing is read from data_dir, nothing downloaded
     assert x.shape == (1438, 3, 32, 32) and xt.shape == (359, 3, 32, 32) and x.dtype == np.uint8
     share = np.bincount(yt) / (np.bincount(y) + np.bincount(yt))
@@ -60,9 +61,12 @@ def test_digits_run_offline_and_say_what_they_are_best_tried_with(experiment):
     """No download, no key (learning itself: test_train.py's bf16/fp32 test trains on digits). The published defaults
     are kept and the run says, once, what digits is best tried with."""
     with pytest.warns(UserWarning) as said:
-        assert cli("train", "--dataset", "digits", "--subset-ratio", 0.05, "--epochs", 1, "--experiment", experiment) == 0
+        assert (
+            cli("train", "--dataset", "digits", "--subset-ratio", 0.05, "--epochs", 1, "--experiment", experiment) == 0
+        )
     assert [str(w.message) for w in said if "best tried" in str(w.message)] == [
-        "digits is best tried with --lr 0.02 --batch-size 16; this run trains with lr 0.1, batch_size 128 as given"]
+        "digits is best tried with --lr 0.02 --batch-size 16; this run trains with lr 0.1, batch_size 128 as given"
+    ]
     (run,) = runs_of(experiment)
     assert run.data.params["dataset"] == "digits" and run.data.tags["data_md5"] == "bundled"
     assert run.data.params["lr"] == "0.1" and run.data.params["batch_size"] == "128"
@@ -71,21 +75,58 @@ def test_digits_run_offline_and_say_what_they_are_best_tried_with(experiment):
 
 
 def test_cifar100_trains_with_100_named_classes_readable_in_prompt_and_table(tmp_path, experiment):
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--dataset", "cifar100",
-                    "--out", str(tmp_path), "--train-per-class", "3", "--test-per-class", "1"], check=True,
-                   capture_output=True)
-    assert cli("train", "--dataset", "cifar100", "--data-dir", tmp_path, "--arm", "per_class", "--advisor", "random",
-               "--holdout", 0.34, "--epochs", 2, "--batch-size", 100, "--experiment", experiment) == 0
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "make_fake_cifar.py"),
+            "--dataset",
+            "cifar100",
+            "--out",
+            str(tmp_path),
+            "--train-per-class",
+            "3",
+            "--test-per-class",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert (
+        cli(
+            "train",
+            "--dataset",
+            "cifar100",
+            "--data-dir",
+            tmp_path,
+            "--arm",
+            "per_class",
+            "--advisor",
+            "random",
+            "--holdout",
+            0.34,
+            "--epochs",
+            2,
+            "--batch-size",
+            100,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     (run,) = runs_of(experiment)
     run_id = run.info.run_id
     assert run.info.run_name == "per_class-cifar100-s0" and run.data.params["n_val"] == "100"
     # No metric per class: one table of (epoch, class) rows, shown by the UI as a table next to the calls.
     assert not [k for k in run.data.metrics if "class_acc/" in k]
-    assert {t["path"] for t in eval(run.data.tags["mlflow.loggedArtifacts"].replace("null", "None"))} == \
-        {"advisor/calls.json", "class_acc.json"}
+    assert {t["path"] for t in eval(run.data.tags["mlflow.loggedArtifacts"].replace("null", "None"))} == {
+        "advisor/calls.json",
+        "class_acc.json",
+    }
     table = mlflow.artifacts.load_dict(f"runs:/{run_id}/class_acc.json")
     rows = [dict(zip(table["columns"], v)) for v in table["data"]]
-    assert [r["class"] for r in rows] == list(CIFAR100_CLASSES) * 2 and [r["epoch"] for r in rows] == [1] * 100 + [2] * 100
+    assert [r["class"] for r in rows] == list(CIFAR100_CLASSES) * 2 and [r["epoch"] for r in rows] == [1] * 100 + [
+        2
+    ] * 100
     for epoch in (1, 2):  # the table's test accuracy is the logged one, class by class (one test image each)
         mine = [r["test_acc"] for r in rows if r["epoch"] == epoch]
         assert math.isclose(statistics.mean(mine), dict(history(run_id, "test_acc"))[epoch], abs_tol=1e-6)
@@ -98,12 +139,35 @@ def test_cifar100_trains_with_100_named_classes_readable_in_prompt_and_table(tmp
 
 
 def test_sweep_crosses_data_sets(cifar_dir, experiment):
-    assert cli("sweep", "--dataset", "digits,cifar10", "--arms", "baseline", "--seeds", 0, "--epochs", 1,
-               "--subset-ratio", 0.05, "--batch-size", 32, "--data-dir", cifar_dir, "--sweep-id", "two-tasks",
-               "--experiment", experiment) == 0
+    assert (
+        cli(
+            "sweep",
+            "--dataset",
+            "digits,cifar10",
+            "--arms",
+            "baseline",
+            "--seeds",
+            0,
+            "--epochs",
+            1,
+            "--subset-ratio",
+            0.05,
+            "--batch-size",
+            32,
+            "--data-dir",
+            cifar_dir,
+            "--sweep-id",
+            "two-tasks",
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     runs = [r for r in runs_of(experiment) if r.data.tags.get("role") == "arm"]
-    assert sorted((r.info.run_name, r.data.params["dataset"]) for r in runs) == \
-        [("baseline-digits-s0", "digits"), ("baseline-s0", "cifar10")]
+    assert sorted((r.info.run_name, r.data.params["dataset"]) for r in runs) == [
+        ("baseline-digits-s0", "digits"),
+        ("baseline-s0", "cifar10"),
+    ]
     assert len({r.data.tags["sweep_key"] for r in runs}) == 2
     (parent,) = [r for r in runs_of(experiment) if r.data.tags.get("role") == "sweep"]
     assert parent.data.params["datasets"] == "digits,cifar10"
@@ -113,18 +177,39 @@ def test_compare_rows_per_data_set_and_the_pooled_row(cifar_dir, experiment, tmp
     """Two arms x two data sets x three seeds: rows never pool data sets, each row is paired with its own data set's
     baseline, and the pooled row is the DerSimonian-Laird combination of the two Δs, computed here by hand. (One
     epoch; onecycle's LR moves within it, so its Δ varies by seed.)"""
-    for dataset, flags in (("digits", ["--subset-ratio", 0.3, "--lr", 0.01, "--batch-size", 16]),
-                           ("cifar10", ["--data-dir", cifar_dir, "--lr", 0.05, "--batch-size", 8])):
+    for dataset, flags in (
+        ("digits", ["--subset-ratio", 0.3, "--lr", 0.01, "--batch-size", 16]),
+        ("cifar10", ["--data-dir", cifar_dir, "--lr", 0.05, "--batch-size", 8]),
+    ):
         for arm in ("baseline", "onecycle"):
             for seed in (0, 1, 2):
-                assert cli("train", "--dataset", dataset, "--arm", arm, "--seed", seed, "--epochs", 1, *flags,
-                           "--experiment", experiment) == 0
+                assert (
+                    cli(
+                        "train",
+                        "--dataset",
+                        dataset,
+                        "--arm",
+                        arm,
+                        "--seed",
+                        seed,
+                        "--epochs",
+                        1,
+                        *flags,
+                        "--experiment",
+                        experiment,
+                    )
+                    == 0
+                )
     out = tmp_path / "out"
     assert cli("compare", "--experiment", experiment, "--output-dir", out) == 0
     rows = {(r["arm"], r["dataset"]): r for r in csv.DictReader(open(out / "results.csv"))}
-    assert set(rows) == {("baseline [dataset=digits]", "digits"), ("onecycle [dataset=digits]", "digits"),
-                         ("baseline [dataset=cifar10]", "cifar10"), ("onecycle [dataset=cifar10]", "cifar10"),
-                         ("onecycle", "pooled")}
+    assert set(rows) == {
+        ("baseline [dataset=digits]", "digits"),
+        ("onecycle [dataset=digits]", "digits"),
+        ("baseline [dataset=cifar10]", "cifar10"),
+        ("onecycle [dataset=cifar10]", "cifar10"),
+        ("onecycle", "pooled"),
+    }
     finals = {}
     for r in runs_of(experiment):
         if "arm" in r.data.tags:
@@ -140,7 +225,7 @@ def test_compare_rows_per_data_set_and_the_pooled_row(cifar_dir, experiment, tmp
     # Hartung-Knapp: SE^2 = max(1, sum w* (d - mu)^2 / (k - 1)) / sum w*, CI = mu +- t(0.975, 1) SE.
     w1, w2 = 1 / ses[0] ** 2, 1 / ses[1] ** 2
     q = w1 * w2 * (deltas[0] - deltas[1]) ** 2 / (w1 + w2)
-    tau2 = max(0.0, (q - 1) / (w1 + w2 - (w1 ** 2 + w2 ** 2) / (w1 + w2)))
+    tau2 = max(0.0, (q - 1) / (w1 + w2 - (w1**2 + w2**2) / (w1 + w2)))
     v1, v2 = ses[0] ** 2 + tau2, ses[1] ** 2 + tau2
     mu = (deltas[0] / v1 + deltas[1] / v2) / (1 / v1 + 1 / v2)
     hk = ((deltas[0] - mu) ** 2 / v1 + (deltas[1] - mu) ** 2 / v2) / 1
@@ -161,7 +246,7 @@ def test_pooled_by_hand_with_three_tasks():
     fixed = (8.0 - 1.0 + 8.0) / 21.0
     q = 4 * (2 - fixed) ** 2 + 1 * (-1 - fixed) ** 2 + 16 * (0.5 - fixed) ** 2
     tau2 = (q - 2) / (21 - (16 + 1 + 256) / 21)
-    ws = [1 / (s ** 2 + tau2) for s in se]
+    ws = [1 / (s**2 + tau2) for s in se]
     mu = sum(a * b for a, b in zip(ws, d)) / sum(ws)
     hk = sum(w * (x - mu) ** 2 for w, x in zip(ws, d)) / 2
     out = stats.pooled(d, se)

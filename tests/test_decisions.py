@@ -22,10 +22,39 @@ from fake_openai import FakeOpenAI, chat
 EXPERIMENT = "decisions"
 # 10 synthetic images a class (6 train, 4 validation), batch 10: 6 steps an epoch at lr 0.01, where it learns to
 # 40-60 % in 3 epochs; StepLR cuts every 2.
-DATA = ["--dataset", "cifar10", "--lr", 0.01, "--batch-size", 10, "--epochs", 3, "--step-size", 2, "--holdout", 0.4,
-        "--precision", "fp32", "--channels-last", 0]
-BUILD = ["decisions", "build", "--decisions-id", "t", "--seeds", 0, "--grid", "0.1,1,10", "--replicates", 2,
-         "--from-arms", "random_control", *DATA]
+DATA = [
+    "--dataset",
+    "cifar10",
+    "--lr",
+    0.01,
+    "--batch-size",
+    10,
+    "--epochs",
+    3,
+    "--step-size",
+    2,
+    "--holdout",
+    0.4,
+    "--precision",
+    "fp32",
+    "--channels-last",
+    0,
+]
+BUILD = [
+    "decisions",
+    "build",
+    "--decisions-id",
+    "t",
+    "--seeds",
+    0,
+    "--grid",
+    "0.1,1,10",
+    "--replicates",
+    2,
+    "--from-arms",
+    "random_control",
+    *DATA,
+]
 
 
 def table(run_id, path):
@@ -45,11 +74,28 @@ def bench(tmp_path_factory, tracking_uri):
     """A build killed after its first state, then the same command again: (its console before and after)."""
     folder = tmp_path_factory.mktemp("decisions")
     data = folder / "data"
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--out", str(data),
-                    "--train-per-class", "10", "--test-per-class", "4"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "make_fake_cifar.py"),
+            "--out",
+            str(data),
+            "--train-per-class",
+            "10",
+            "--test-per-class",
+            "4",
+        ],
+        check=True,
+        capture_output=True,
+    )
     argv = [*BUILD, "--data-dir", data, "--experiment", EXPERIMENT]
-    proc = subprocess.Popen([sys.executable, "-m", "lradvisor", *map(str, argv)], text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lradvisor", *map(str, argv)],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     before = []
     for line in proc.stdout:
         before.append(line)
@@ -71,15 +117,21 @@ def test_a_killed_build_resumes_and_measures_no_state_twice(bench):
     # baseline after epochs 1 and 2; the random control's trajectory from its first decision on (at epoch 1 it is
     # the baseline's state: the first epoch trains the same whatever the arm)
     assert sorted(states) == ["baseline-s0-e1", "baseline-s0-e2", "random_control-s0-e2"]
-    measured = [line.split()[1].rstrip(":") for line in bench["before"].splitlines() if line.strip().startswith("measured")]
+    measured = [
+        line.split()[1].rstrip(":") for line in bench["before"].splitlines() if line.strip().startswith("measured")
+    ]
     assert measured == ["baseline-s0-e1"], bench["before"]  # killed after its first state
     trajectories = runs("trajectory")
     assert [r.info.status for r in trajectories] == ["KILLED", "FINISHED", "FINISHED"]
-    again = [s for r in trajectories[1:] for s in [row["state"] for row in table(r.info.run_id, "decisions/outcomes.json")]]
+    again = [
+        s for r in trajectories[1:] for s in [row["state"] for row in table(r.info.run_id, "decisions/outcomes.json")]
+    ]
     assert sorted(set(again)) == sorted(states) and parent.info.status == "FINISHED"
     assert "baseline seed 0: 1 state(s) measured before, not again" in bench["again"]
     assert [line.split()[1] for line in bench["again"].splitlines() if line.strip().startswith("measured")] == [
-        "baseline-s0-e2:", "random_control-s0-e2:"]
+        "baseline-s0-e2:",
+        "random_control-s0-e2:",
+    ]
 
 
 def test_the_outcomes_states_and_evaluation_dataset_are_recorded(bench):
@@ -92,6 +144,7 @@ def test_the_outcomes_states_and_evaluation_dataset_are_recorded(bench):
         assert r["lr"] == pytest.approx(r["multiplier"] * same_state[0]["lr"])
     assert parent.data.params["grid"] == "0.1,1,10" and parent.data.metrics["states"] == 3
     import mlflow.genai.datasets
+
     dataset = mlflow.genai.datasets.get_dataset(name="decisions-t")
     records = dataset.to_df()
     assert len(records) == 3 and set(records["expectations"].iloc[0]["outcomes"]) == {"0.1", "1", "10"}
@@ -103,12 +156,30 @@ def test_states_render_the_prompts_a_training_run_sent(bench, capsys):
     from lradvisor.arms import resolve
     from lradvisor.config import TrainConfig
     from lradvisor.llm.advisor import Advisor
+
     (parent,) = runs("decisions")
     states = json.loads(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/decisions/states.json"))
     control = runs("trajectory", arm="random_control")[-1]
     signals = "losses,lr_history,grad_norms,per_class,feedback"
-    assert cli("train", "--arm", "per_class", "--signals", signals, "--advisor", "replay", "--replay-run-id",
-               control.info.run_id, *DATA, "--data-dir", bench["data"], "--experiment", "decisions-replay") == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "per_class",
+            "--signals",
+            signals,
+            "--advisor",
+            "replay",
+            "--replay-run-id",
+            control.info.run_id,
+            *DATA,
+            "--data-dir",
+            bench["data"],
+            "--experiment",
+            "decisions-replay",
+        )
+        == 0
+    )
     replay = mlflow.search_runs(experiment_names=["decisions-replay"], output_format="list")[0]
     base = TrainConfig(dataset="cifar10", lr=0.01, batch_size=10, epochs=3, step_size=2, holdout=0.4)  # the build's
     for run, arm, extra in ((control, "random_control", {}), (replay, "per_class", {"signals": signals})):
@@ -129,16 +200,26 @@ def score(arm, *flags):
 
 def by_hand(rows, state, m):
     """A state's outcome of multiplier m from the outcome table: replicates averaged, log-linear between neighbours."""
-    means = {g: statistics.mean(r["val_acc"] for r in rows if r["state"] == state and r["multiplier"] == g)
-             for g in (0.1, 1.0, 10.0)}
+    means = {
+        g: statistics.mean(r["val_acc"] for r in rows if r["state"] == state and r["multiplier"] == g)
+        for g in (0.1, 1.0, 10.0)
+    }
     lo, hi = (0.1, 1.0) if m <= 1 else (1.0, 10.0)
     w = (math.log10(min(max(m, 0.1), 10)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
     value = means[lo] * (1 - w) + means[hi] * w
     return max(means.values()) - value, value - means[1.0]
 
 
-@pytest.mark.parametrize("arm, reply", [("baseline", None), ("random_control", None), ("textbook_control", None),
-                                        ("oracle", None), ("losses", "The learning rate should be 0.003.")])
+@pytest.mark.parametrize(
+    "arm, reply",
+    [
+        ("baseline", None),
+        ("random_control", None),
+        ("textbook_control", None),
+        ("oracle", None),
+        ("losses", "The learning rate should be 0.003."),
+    ],
+)
 def test_scores_are_the_regrets_the_outcome_table_gives(arm, reply, bench, monkeypatch):
     (parent,) = runs("decisions")
     rows = table(parent.info.run_id, "decisions/outcomes.json")

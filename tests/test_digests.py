@@ -21,8 +21,13 @@ def record(out, pythonpath=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "OPENAI_", "GOOGLE_"))}
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "digests.py"), str(out)], env=env,
-                       capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "digests.py"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     with open(out) as f:
         return json.load(f)
@@ -45,10 +50,13 @@ def differences(want, got, path=""):
 def reference_here(tmp_path):
     """The package as it was at REFERENCE, run on this machine."""
     archive = tmp_path / "reference.tar"
-    p = subprocess.run(["git", "-C", ROOT, "archive", "-o", str(archive), REFERENCE, "lradvisor"], capture_output=True,
-                       text=True)
-    assert p.returncode == 0, (f"this machine's numerics differ from the recording's, and the reference code "
-                               f"({REFERENCE}) is not in this clone's history to run here: {p.stderr.strip()}")
+    p = subprocess.run(
+        ["git", "-C", ROOT, "archive", "-o", str(archive), REFERENCE, "lradvisor"], capture_output=True, text=True
+    )
+    assert p.returncode == 0, (
+        f"this machine's numerics differ from the recording's, and the reference code "
+        f"({REFERENCE}) is not in this clone's history to run here: {p.stderr.strip()}"
+    )
     with tarfile.open(archive) as t:
         t.extractall(tmp_path / "reference", filter="data")
     return record(tmp_path / "reference.json", str(tmp_path / "reference"))
@@ -67,8 +75,10 @@ def test_runs_train_and_record_bit_for_bit_as_before(tmp_path):
         reference = reference_here(tmp_path)
         found = differences(reference["cases"], now["cases"])
         drift = differences(recorded["cases"], reference["cases"])
-        print(f"machine {now['machine']} (recorded on {recorded['machine']}); the reference code here differs from "
-              f"the recording in {len(drift)} place(s)")
+        print(
+            f"machine {now['machine']} (recorded on {recorded['machine']}); the reference code here differs from "
+            f"the recording in {len(drift)} place(s)"
+        )
     assert not found, "\n".join(found[:20])
 
 

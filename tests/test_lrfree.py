@@ -16,14 +16,19 @@ from conftest import cli, history, mlflow_run, runs_of
 DIGITS = ["--dataset", "digits", "--lr", 0.02, "--batch-size", 16]
 
 
-@pytest.mark.parametrize("arm, epochs, subset, floor", [
-    ("schedulefree", 2, 0.5, 80),  # 92.8 % here (2026-12-02)
-    ("prodigy", 2, 0.5, 50),  # 68.0 %: its d grows from 1e-6 over the first ~100 steps
-    ("dadapt_sgd", 4, 1.0, 50),  # 84.4 %: D-Adaptation's d needs ~300 steps to grow; after 3 epochs it was at 14 %
-])
+@pytest.mark.parametrize(
+    "arm, epochs, subset, floor",
+    [
+        ("schedulefree", 2, 0.5, 80),  # 92.8 % here (2026-12-02)
+        ("prodigy", 2, 0.5, 50),  # 68.0 %: its d grows from 1e-6 over the first ~100 steps
+        ("dadapt_sgd", 4, 1.0, 50),  # 84.4 %: D-Adaptation's d needs ~300 steps to grow; after 3 epochs it was at 14 %
+    ],
+)
 def test_each_learns_on_digits_and_logs_the_step_size_it_chose(arm, epochs, subset, floor, experiment):
-    assert cli("train", "--arm", arm, *DIGITS, "--subset-ratio", subset, "--epochs", epochs,
-               "--experiment", experiment) == 0
+    assert (
+        cli("train", "--arm", arm, *DIGITS, "--subset-ratio", subset, "--epochs", epochs, "--experiment", experiment)
+        == 0
+    )
     (run,) = runs_of(experiment)
     final = history(run.info.run_id, "test_acc")[-1][1]
     assert final > floor, f"{arm}: {final:.1f} % after {epochs} epochs (chance: 10 %)"
@@ -34,13 +39,16 @@ def test_each_learns_on_digits_and_logs_the_step_size_it_chose(arm, epochs, subs
     assert len({v for _, v in steps}) > 1  # it chose: not the nominal lr throughout
 
 
-@pytest.mark.parametrize("flags, says", [
-    (["--advisor", "random"], "takes no advisor"),
-    (["--every", "1", "--signals", "losses"], "takes no signals"),
-    (["--schedule", "cosine"], "takes no schedule"),
-    (["--guard", "rollback"], "takes no guard"),
-    (["--credit-epochs", "1"], "takes no credit_epochs"),
-])
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--advisor", "random"], "takes no advisor"),
+        (["--every", "1", "--signals", "losses"], "takes no signals"),
+        (["--schedule", "cosine"], "takes no schedule"),
+        (["--guard", "rollback"], "takes no guard"),
+        (["--credit-epochs", "1"], "takes no credit_epochs"),
+    ],
+)
 def test_nothing_can_steer_them(flags, says, experiment, capsys):
     assert cli("train", "--arm", "prodigy", *flags, "--experiment", experiment) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -51,8 +59,9 @@ def test_nothing_can_steer_them(flags, says, experiment, capsys):
 def test_schedule_free_is_evaluated_at_its_averaged_weights(tiny_cifar):
     """It trains at y and is evaluated at x, the average (optimizer.eval(), batch-norm statistics recomputed there):
     what the epoch recorded is the evaluation at x, and y evaluates otherwise."""
-    cfg = TrainConfig(arm="schedulefree", data_dir=tiny_cifar, batch_size=4, precision="fp32", channels_last="0",
-                      epochs=2)
+    cfg = TrainConfig(
+        arm="schedulefree", data_dir=tiny_cifar, batch_size=4, precision="fp32", channels_last="0", epochs=2
+    )
     s = prepare(cfg, resolve("schedulefree"), torch.device("cpu"))
     s.handlers, s.epoch = [ScheduleFreeModes()], 1
     train_and_evaluate(s)

@@ -18,7 +18,6 @@ from conftest import FEW_IMAGES, calls, cli, history, point, runs_of, store_hold
 from fake_openai import KEY, FakeOpenAI, chat, status
 
 
-
 @pytest.fixture
 def openai_server(monkeypatch):
     servers = []
@@ -38,16 +37,31 @@ def openai_server(monkeypatch):
         s.__exit__()
 
 
-
-
 def lrs(run):
     return [v for _, v in history(run.info.run_id, "lr")]
 
 
 def test_openai_advisor_end_to_end_and_the_key_stays_secret(cifar_dir, experiment, openai_server, tmp_path, capfd):
     s = openai_server(chat("The learning rate should be 0.03.", model="qwen2.5-7b-instruct-q4"))
-    assert cli("train", "--arm", "per_class", "--advisor", "openai", "--llm-model", "qwen2.5-7b", "--data-dir", cifar_dir,
-               "--epochs", 3, *FEW_IMAGES, "--experiment", experiment) == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "per_class",
+            "--advisor",
+            "openai",
+            "--llm-model",
+            "qwen2.5-7b",
+            "--data-dir",
+            cifar_dir,
+            "--epochs",
+            3,
+            *FEW_IMAGES,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     (run,) = runs_of(experiment)
     assert s.requests[0]["path"] == "/v1/models"  # asked once, recorded in advisor/server_models.json
     assert len(chats(s)) == 2 and all(r["auth"] == f"Bearer {KEY}" for r in s.requests)
@@ -63,8 +77,10 @@ def test_openai_advisor_end_to_end_and_the_key_stays_secret(cifar_dir, experimen
     traces = mlflow.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id, return_type="list")
     assert len(traces) == 2
     # The key: nowhere in the store, the artifacts, the traces, or the console.
-    files = glob.glob(os.path.join(mlflow.MlflowClient().download_artifacts(run.info.run_id, "", str(tmp_path)),
-                                   "**", "*"), recursive=True)
+    files = glob.glob(
+        os.path.join(mlflow.MlflowClient().download_artifacts(run.info.run_id, "", str(tmp_path)), "**", "*"),
+        recursive=True,
+    )
     assert [f for f in files if os.path.isfile(f) and KEY.encode() in open(f, "rb").read()] == []
     assert not store_holds(KEY)
     out = capfd.readouterr()
@@ -72,10 +88,36 @@ def test_openai_advisor_end_to_end_and_the_key_stays_secret(cifar_dir, experimen
 
 
 def test_openai_retries_wait_as_told(cifar_dir, experiment, openai_server):
-    s = openai_server(status(429, retry_after="1.5"), status(503), chat("LR 0.02", delay=2.5),  # past the 1 s timeout
-                      chat("", finish="length"), chat("LR 0.04"))
-    assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--llm-timeout", 1,
-               "--llm-max-wait", 1.6, "--data-dir", cifar_dir, "--epochs", 3, *FEW_IMAGES, "--experiment", experiment) == 0
+    s = openai_server(
+        status(429, retry_after="1.5"),
+        status(503),
+        chat("LR 0.02", delay=2.5),  # past the 1 s timeout
+        chat("", finish="length"),
+        chat("LR 0.04"),
+    )
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "losses",
+            "--advisor",
+            "openai",
+            "--llm-model",
+            "m",
+            "--llm-timeout",
+            1,
+            "--llm-max-wait",
+            1.6,
+            "--data-dir",
+            cifar_dir,
+            "--epochs",
+            3,
+            *FEW_IMAGES,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     gaps = [b["time"] - a["time"] for a, b in zip(chats(s), chats(s)[1:])]
     assert gaps[0] >= 1.5  # never sooner than Retry-After (while it asks no more than llm_max_wait)
     assert gaps[1] < 2.0  # the backoff is capped at llm_max_wait
@@ -92,12 +134,33 @@ def chats(server):
 
 
 def test_openai_json_falls_back_in_steps_to_text_when_refused(cifar_dir, experiment, openai_server):
-    s = openai_server(status(400, message="response_format json_schema is not supported"),
-                      status(422, message="unknown field response_format.schema"),
-                      chat(json.dumps({"learning_rate": 0.05, "reasoning": "halve"})))
+    s = openai_server(
+        status(400, message="response_format json_schema is not supported"),
+        status(422, message="unknown field response_format.schema"),
+        chat(json.dumps({"learning_rate": 0.05, "reasoning": "halve"})),
+    )
     with pytest.warns(UserWarning, match="refused response_format") as said:
-        assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--parser", "json",
-                   "--data-dir", cifar_dir, "--epochs", 3, *FEW_IMAGES, "--experiment", experiment) == 0
+        assert (
+            cli(
+                "train",
+                "--arm",
+                "losses",
+                "--advisor",
+                "openai",
+                "--llm-model",
+                "m",
+                "--parser",
+                "json",
+                "--data-dir",
+                cifar_dir,
+                "--epochs",
+                3,
+                *FEW_IMAGES,
+                "--experiment",
+                experiment,
+            )
+            == 0
+        )
     sent = [r["body"].get("response_format") for r in chats(s)]
     assert sent[0]["json_schema"]["schema"] == prompt.JSON_SCHEMA
     assert sent[1] == {"type": "json_object", "schema": prompt.JSON_SCHEMA} and sent[2:] == [None, None]
@@ -110,12 +173,35 @@ def test_openai_json_falls_back_in_steps_to_text_when_refused(cifar_dir, experim
 def test_llama_cpp_json_schema_500_falls_back_to_json_object(cifar_dir, experiment, openai_server, tmp_path):
     """llama-cpp-python answers json_schema with HTTP 500 and takes json_object + schema: one step down, kept
     for the rest of the run, recorded per exchange; no retries spent on it."""
-    s = openai_server(chat(json.dumps({"learning_rate": 0.05, "reasoning": "halve"})), like="llama-cpp-python",
-                      models=["smollm2-135m"])
-    with pytest.warns(UserWarning, match="refused response_format json_schema .*500 internal_server_error: 1 validation "
-                                         "error: {'type': 'literal_error', 'loc': .'body', 'response_format'"):
-        assert cli("train", "--arm", "losses", "--advisor", "openai", "--parser", "json", "--data-dir", cifar_dir,
-                   "--epochs", 3, *FEW_IMAGES, "--experiment", experiment) == 0
+    s = openai_server(
+        chat(json.dumps({"learning_rate": 0.05, "reasoning": "halve"})),
+        like="llama-cpp-python",
+        models=["smollm2-135m"],
+    )
+    with pytest.warns(
+        UserWarning,
+        match="refused response_format json_schema .*500 internal_server_error: 1 validation "
+        "error: {'type': 'literal_error', 'loc': .'body', 'response_format'",
+    ):
+        assert (
+            cli(
+                "train",
+                "--arm",
+                "losses",
+                "--advisor",
+                "openai",
+                "--parser",
+                "json",
+                "--data-dir",
+                cifar_dir,
+                "--epochs",
+                3,
+                *FEW_IMAGES,
+                "--experiment",
+                experiment,
+            )
+            == 0
+        )
     assert [r["body"]["response_format"]["type"] for r in chats(s)] == ["json_schema", "json_object", "json_object"]
     assert chats(s)[1]["body"]["response_format"]["schema"] == prompt.JSON_SCHEMA
     (run,) = runs_of(experiment)
@@ -126,8 +212,29 @@ def test_llama_cpp_json_schema_500_falls_back_to_json_object(cifar_dir, experime
 
 def test_max_tokens_cut_replies_and_waits_after_a_timeout(cifar_dir, experiment, openai_server):
     s = openai_server(chat("LR 0.02", delay=2.5), chat("The learning rate should be 0.04 because the", finish="length"))
-    assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--llm-timeout", 1,
-               "--llm-max-wait", 0.1, "--data-dir", cifar_dir, "--epochs", 2, *FEW_IMAGES, "--experiment", experiment) == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "losses",
+            "--advisor",
+            "openai",
+            "--llm-model",
+            "m",
+            "--llm-timeout",
+            1,
+            "--llm-max-wait",
+            0.1,
+            "--data-dir",
+            cifar_dir,
+            "--epochs",
+            2,
+            *FEW_IMAGES,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     first, second = chats(s)
     assert second["time"] - first["time"] >= 2.0  # 1 s timed out, then at least the timeout before asking again
     assert first["body"]["max_tokens"] == 1024
@@ -135,15 +242,53 @@ def test_max_tokens_cut_replies_and_waits_after_a_timeout(cifar_dir, experiment,
     (row,) = calls(run)
     assert row["reason"] == "accepted; reply cut at llm_max_tokens" and row["applied_lr"] == 0.04
     s = openai_server(chat("LR 0.03"))
-    assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--llm-max-tokens", 0,
-               "--data-dir", cifar_dir, "--epochs", 2, *FEW_IMAGES, "--experiment", experiment) == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "losses",
+            "--advisor",
+            "openai",
+            "--llm-model",
+            "m",
+            "--llm-max-tokens",
+            0,
+            "--data-dir",
+            cifar_dir,
+            "--epochs",
+            2,
+            *FEW_IMAGES,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     assert "max_tokens" not in chats(s)[0]["body"]
 
 
 def test_changed_counts_only_answers_that_move_the_lr(cifar_dir, experiment, openai_server, tmp_path):
     openai_server(chat("- Current Learning Rate: 0.1\n- Loss values: ..."), chat("LR 0.05"), chat("LR: 0.05"))
-    assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--data-dir", cifar_dir,
-               "--epochs", 4, "--step-size", 100, *FEW_IMAGES, "--experiment", experiment) == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "losses",
+            "--advisor",
+            "openai",
+            "--llm-model",
+            "m",
+            "--data-dir",
+            cifar_dir,
+            "--epochs",
+            4,
+            "--step-size",
+            100,
+            *FEW_IMAGES,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     (run,) = runs_of(experiment)
     rows = calls(run)
     assert [r["accepted"] for r in rows] == [True, True, True]  # the published rule, unchanged
@@ -158,42 +303,117 @@ def test_changed_counts_only_answers_that_move_the_lr(cifar_dir, experiment, ope
 
 def test_llm_model_auto_asks_the_server(cifar_dir, experiment, openai_server, tmp_path, capsys):
     s = openai_server(chat("LR 0.05"), key=None, models=["smollm2-135m"])
-    assert cli("train", "--arm", "losses", "--advisor", "openai", "--data-dir", cifar_dir, "--epochs", 2, *FEW_IMAGES,
-               "--experiment", experiment) == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "losses",
+            "--advisor",
+            "openai",
+            "--data-dir",
+            cifar_dir,
+            "--epochs",
+            2,
+            *FEW_IMAGES,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     assert "the server at http://127.0.0.1:" in capsys.readouterr().out
     assert chats(s)[0]["body"]["model"] == "smollm2-135m"
     (run,) = runs_of(experiment)
     assert run.data.params["llm_model"] == "auto" and run.data.params["llm_model_used"] == "smollm2-135m"
     assert calls(run)[0]["model"] == "smollm2-135m"
-    listed = json.load(open(mlflow.MlflowClient().download_artifacts(run.info.run_id, "advisor/server_models.json",
-                                                                     str(tmp_path))))
+    listed = json.load(
+        open(mlflow.MlflowClient().download_artifacts(run.info.run_id, "advisor/server_models.json", str(tmp_path)))
+    )
     assert listed == {"base_url": s.env()["OPENAI_BASE_URL"], "ids": ["smollm2-135m"]}
-    for models, says in ((["a-7b", "b-70b"], "serves 2 models (a-7b, b-70b); pick one with --llm-model a-7b"),
-                         ([], "lists no model"), (None, "cannot list the models of http://127.0.0.1:")):
+    for models, says in (
+        (["a-7b", "b-70b"], "serves 2 models (a-7b, b-70b); pick one with --llm-model a-7b"),
+        ([], "lists no model"),
+        (None, "cannot list the models of http://127.0.0.1:"),
+    ):
         s.models = models
-        assert cli("train", "--arm", "losses", "--advisor", "openai", "--data-dir", cifar_dir, "--epochs", 2,
-                   *FEW_IMAGES, "--experiment", experiment) == 2
+        assert (
+            cli(
+                "train",
+                "--arm",
+                "losses",
+                "--advisor",
+                "openai",
+                "--data-dir",
+                cifar_dir,
+                "--epochs",
+                2,
+                *FEW_IMAGES,
+                "--experiment",
+                experiment,
+            )
+            == 2
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
     assert len(runs_of(experiment)) == 1
     s.models = ["smollm2-135m"]  # a name the server does not list: permissive servers answer anyway
     with pytest.warns(UserWarning, match="does not list model 'no-such-model' .it lists: smollm2-135m"):
-        assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "no-such-model", "--data-dir",
-                   cifar_dir, "--epochs", 2, *FEW_IMAGES, "--experiment", experiment) == 0
+        assert (
+            cli(
+                "train",
+                "--arm",
+                "losses",
+                "--advisor",
+                "openai",
+                "--llm-model",
+                "no-such-model",
+                "--data-dir",
+                cifar_dir,
+                "--epochs",
+                2,
+                *FEW_IMAGES,
+                "--experiment",
+                experiment,
+            )
+            == 0
+        )
 
 
-def test_server_errors_are_one_line_and_kept_whole_with_failures_and_waits_counted(cifar_dir, experiment,
-                                                                                   openai_server, tmp_path, capfd):
-    traceback = "Traceback (most recent call last):\n  File \"server.py\", line 1\nRuntimeError: " + "x" * 300
+def test_server_errors_are_one_line_and_kept_whole_with_failures_and_waits_counted(
+    cifar_dir, experiment, openai_server, tmp_path, capfd
+):
+    traceback = 'Traceback (most recent call last):\n  File "server.py", line 1\nRuntimeError: ' + "x" * 300
     openai_server(status(503), chat("LR 0.05"), status(500, message=traceback))
-    assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--llm-attempts", 2,
-               "--llm-max-wait", 0.2, "--data-dir", cifar_dir, "--epochs", 3, *FEW_IMAGES, "--experiment", experiment) == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "losses",
+            "--advisor",
+            "openai",
+            "--llm-model",
+            "m",
+            "--llm-attempts",
+            2,
+            "--llm-max-wait",
+            0.2,
+            "--data-dir",
+            cifar_dir,
+            "--epochs",
+            3,
+            *FEW_IMAGES,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     (run,) = runs_of(experiment)
     ok, failed = calls(run)
     # the first line, with the next one where the first only announces it (as "1 validation error:" does)
     assert failed["reason"] == 'api error: 500 fake: Traceback (most recent call last): File "server.py", line 1'
     assert not isinstance(failed["reply"], str)  # no reply at all (the table reads it back as NaN)
-    body = open(mlflow.MlflowClient().download_artifacts(run.info.run_id, "advisor/epoch_02/error.txt", str(tmp_path))).read()
+    body = open(
+        mlflow.MlflowClient().download_artifacts(run.info.run_id, "advisor/epoch_02/error.txt", str(tmp_path))
+    ).read()
     assert "RuntimeError: " + "x" * 300 in json.loads(body)["error"]["message"]
     out = capfd.readouterr().out
     assert "Traceback" in out and "RuntimeError" not in out  # one line of it, not the whole
@@ -207,8 +427,25 @@ def test_server_errors_are_one_line_and_kept_whole_with_failures_and_waits_count
 def test_a_server_asking_for_more_than_llm_max_wait_fails_the_exchange_at_once(cifar_dir, experiment, openai_server):
     openai_server(status(429, retry_after="3600"))
     t0 = time.monotonic()
-    assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--data-dir", cifar_dir,
-               "--epochs", 2, *FEW_IMAGES, "--experiment", experiment) == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "losses",
+            "--advisor",
+            "openai",
+            "--llm-model",
+            "m",
+            "--data-dir",
+            cifar_dir,
+            "--epochs",
+            2,
+            *FEW_IMAGES,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     assert time.monotonic() - t0 < 60
     (run,) = runs_of(experiment)
     (row,) = calls(run)
@@ -217,19 +454,54 @@ def test_a_server_asking_for_more_than_llm_max_wait_fails_the_exchange_at_once(c
 
 def test_keys_local_servers_and_hosted_endpoints(cifar_dir, experiment, openai_server, monkeypatch, capsys):
     s = openai_server(chat("LR 0.02"), key=None)  # a local server takes any key: none needed
-    assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--data-dir", cifar_dir,
-               "--epochs", 2, *FEW_IMAGES, "--experiment", experiment) == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "losses",
+            "--advisor",
+            "openai",
+            "--llm-model",
+            "m",
+            "--data-dir",
+            cifar_dir,
+            "--epochs",
+            2,
+            *FEW_IMAGES,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     assert s.requests[0]["auth"] == "Bearer not-needed"
     monkeypatch.delenv("OPENAI_BASE_URL")
     capsys.readouterr()
-    assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--data-dir", cifar_dir,
-               "--epochs", 2, *FEW_IMAGES, "--experiment", experiment) == 2
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "losses",
+            "--advisor",
+            "openai",
+            "--llm-model",
+            "m",
+            "--data-dir",
+            cifar_dir,
+            "--epochs",
+            2,
+            *FEW_IMAGES,
+            "--experiment",
+            experiment,
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs a key: export OPENAI_API_KEY" in err[0]
     assert len(runs_of(experiment)) == 1
 
 
 # ---- templates --------------------------------------------------------------------------------------------
+
 
 def old_build_prompt(signals, history, current_lr, window, json_reply=False):
     """The prompt builder as it was before templates (commit 46c7bc1), kept as the oracle."""
@@ -239,34 +511,47 @@ def old_build_prompt(signals, history, current_lr, window, json_reply=False):
     if "lr_history" in signals:
         lines.append(f"- Learning rate history (per-epoch, last {n} epochs): {[float(x) for x in history['lr'][-n:]]}")
     if "losses" in signals:
-        lines += [f"- Loss values (last {n} epochs): {losses}",
-                  f"- Overall trend of losses: {prompt.overall_trend(losses)}",
-                  f"- Recent trend (last {min(n, prompt.RECENT)} epochs): {prompt.recent_trend(losses)}"]
+        lines += [
+            f"- Loss values (last {n} epochs): {losses}",
+            f"- Overall trend of losses: {prompt.overall_trend(losses)}",
+            f"- Recent trend (last {min(n, prompt.RECENT)} epochs): {prompt.recent_trend(losses)}",
+        ]
     if "grad_norms" in signals:
         norms = [float(x) for x in history["grad_norm"][-n:]]
-        lines += [f"- Gradient norms (per-epoch mean, last {n} epochs): {norms}",
-                  f"- Overall trend of gradient norms: {prompt.overall_trend(norms)}"]
+        lines += [
+            f"- Gradient norms (per-epoch mean, last {n} epochs): {norms}",
+            f"- Overall trend of gradient norms: {prompt.overall_trend(norms)}",
+        ]
     if "per_class" in signals:
         acc = history["class_acc"][-1]
         worst = sorted(CLASSES, key=lambda c: acc[c])[:3]
-        lines += ["- Per-class test accuracy: " + ", ".join(f"{c}: {acc[c]:.1f}%" for c in CLASSES),
-                  "- Worst three classes: " + ", ".join(f"{c}: {acc[c]:.1f}%" for c in worst)]
+        lines += [
+            "- Per-class test accuracy: " + ", ".join(f"{c}: {acc[c]:.1f}%" for c in CLASSES),
+            "- Worst three classes: " + ", ".join(f"{c}: {acc[c]:.1f}%" for c in worst),
+        ]
     tail = prompt.TAIL + ("\n\n" + prompt.JSON_TAIL if json_reply else "")
     return prompt.HEAD + "\n\n" + "\n".join(lines) + "\n\n" + tail
 
 
 def fake_history(n):
-    return {"lr": [0.1 * 0.1 ** (i // 5) for i in range(n)], "train_loss": [2.3 / (1 + i) + 0.01 * (i % 2) for i in range(n)],
-            "grad_norm": [5.0 - 0.3 * i for i in range(n)],
-            "class_acc": [{c: (7.5 * (k + 1) + i) % 100 for k, c in enumerate(CLASSES)} for i in range(n)]}
+    return {
+        "lr": [0.1 * 0.1 ** (i // 5) for i in range(n)],
+        "train_loss": [2.3 / (1 + i) + 0.01 * (i % 2) for i in range(n)],
+        "grad_norm": [5.0 - 0.3 * i for i in range(n)],
+        "class_acc": [{c: (7.5 * (k + 1) + i) % 100 for k, c in enumerate(CLASSES)} for i in range(n)],
+    }
 
 
-@pytest.mark.parametrize("signals", [s for r in range(1, 5) for s in itertools.combinations(
-    ("losses", "lr_history", "grad_norms", "per_class"), r)])
+@pytest.mark.parametrize(
+    "signals",
+    [s for r in range(1, 5) for s in itertools.combinations(("losses", "lr_history", "grad_norms", "per_class"), r)],
+)
 def test_published_prompts_are_byte_identical_to_before(signals):
     for n, window, json_reply, lr in itertools.product((1, 3, 7), (1, 5), (False, True), (0.1, 0.010000000000000002)):
         h = fake_history(n)
-        assert prompt.build_prompt(signals, h, lr, window, json_reply) == old_build_prompt(signals, h, lr, window, json_reply)
+        assert prompt.build_prompt(signals, h, lr, window, json_reply) == old_build_prompt(
+            signals, h, lr, window, json_reply
+        )
 
 
 def test_registered_prompts_render_exactly_the_built_in_ones(tracking_uri, capsys):
@@ -275,6 +560,7 @@ def test_registered_prompts_render_exactly_the_built_in_ones(tracking_uri, capsy
     import mlflow.genai
 
     from lradvisor.arms import ARMS
+
     assert cli("prompts", "register", "--name", "same") == 0
     assert "registered prompts:/same-losses/" in capsys.readouterr().out
     for arm in ("losses", "lr_history", "grad_norms", "per_class", "feedback"):
@@ -292,8 +578,27 @@ def test_every_template_variable_renders(cifar_dir, experiment, openai_server, t
     template = tmp_path / "mine.txt"
     template.write_text("\n".join(f"{name}={{{{{name}}}}}" for name in prompt.VARIABLES) + "\nLR please.")
     s = openai_server(chat("LR 0.05"), chat("LR: 0.2"))
-    assert cli("train", "--arm", "feedback", "--advisor", "openai", "--llm-model", "m", "--prompt", template,
-               "--data-dir", cifar_dir, "--epochs", 3, *FEW_IMAGES, "--experiment", experiment) == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "feedback",
+            "--advisor",
+            "openai",
+            "--llm-model",
+            "m",
+            "--prompt",
+            template,
+            "--data-dir",
+            cifar_dir,
+            "--epochs",
+            3,
+            *FEW_IMAGES,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     (run,) = runs_of(experiment)
     losses = [v for _, v in history(run.info.run_id, "train_loss")]
     norms = [v for _, v in history(run.info.run_id, "grad_norm")]
@@ -315,29 +620,70 @@ def test_every_template_variable_renders(cifar_dir, experiment, openai_server, t
     assert logged == template.read_text() and run.data.params["prompt"] == str(template)
 
 
-@pytest.mark.parametrize("content, says", [
-    ("loss {{losses}}, mood {{vibes}}".encode(), "unknown placeholder {{vibes}}"),
-    ("Lernrate ändern? {{losses}}".encode("latin-1"), "is not UTF-8 text (byte 9: b'\\xe4'); save it as UTF-8"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is not UTF-8 text (byte 0"),
-    (b"{{losses}}\x00\x00", "holds NUL bytes: it is not a text file"),
-])
-def test_bad_template_files_are_refused_before_training(content, says, cifar_dir, experiment, openai_server,
-                                                       tmp_path, capsys):
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ("loss {{losses}}, mood {{vibes}}".encode(), "unknown placeholder {{vibes}}"),
+        ("Lernrate ändern? {{losses}}".encode("latin-1"), "is not UTF-8 text (byte 9: b'\\xe4'); save it as UTF-8"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is not UTF-8 text (byte 0"),
+        (b"{{losses}}\x00\x00", "holds NUL bytes: it is not a text file"),
+    ],
+)
+def test_bad_template_files_are_refused_before_training(
+    content, says, cifar_dir, experiment, openai_server, tmp_path, capsys
+):
     openai_server(chat("LR 0.05"))
     bad = tmp_path / "bad.txt"
     bad.write_bytes(content)
-    assert cli("train", "--arm", "losses", "--advisor", "openai", "--llm-model", "m", "--prompt", bad,
-               "--data-dir", cifar_dir, "--epochs", 2, "--experiment", experiment) == 2
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "losses",
+            "--advisor",
+            "openai",
+            "--llm-model",
+            "m",
+            "--prompt",
+            bad,
+            "--data-dir",
+            cifar_dir,
+            "--epochs",
+            2,
+            "--experiment",
+            experiment,
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0] and runs_of(experiment) == [], err
 
 
 def test_feedback_arm_line(cifar_dir, experiment, openai_server):
     s = openai_server(chat("LR 0.05"), chat("no idea"), chat("LR 2"))
-    assert cli("train", "--arm", "feedback", "--advisor", "openai", "--llm-model", "m", "--data-dir", cifar_dir,
-               "--epochs", 4, *FEW_IMAGES, "--experiment", experiment) == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "feedback",
+            "--advisor",
+            "openai",
+            "--llm-model",
+            "m",
+            "--data-dir",
+            cifar_dir,
+            "--epochs",
+            4,
+            *FEW_IMAGES,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     (run,) = runs_of(experiment)
     losses = [v for _, v in history(run.info.run_id, "train_loss")]
     last = s.requests[-1]["body"]["messages"][0]["content"]
-    assert (f"- Your earlier suggestions: epoch 1: 0.05 (applied, next loss {losses[1]:.4g}), "
-            f"epoch 2: no number (not applied, next loss {losses[2]:.4g})\n") in last
+    assert (
+        f"- Your earlier suggestions: epoch 1: 0.05 (applied, next loss {losses[1]:.4g}), "
+        f"epoch 2: no number (not applied, next loss {losses[2]:.4g})\n"
+    ) in last

@@ -15,8 +15,25 @@ ray = pytest.importorskip("ray")  # the optional extra; the README's test comman
 
 
 def sweep(address, experiment, data, *flags, env_extra=None, **kw):
-    cmd = [sys.executable, "-m", "lradvisor", "sweep", "--launcher", "ray", "--ray-address", address,
-           "--data-dir", data, "--batch-size", "20", "--subset-ratio", "0.25", "--experiment", experiment, *map(str, flags)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lradvisor",
+        "sweep",
+        "--launcher",
+        "ray",
+        "--ray-address",
+        address,
+        "--data-dir",
+        data,
+        "--batch-size",
+        "20",
+        "--subset-ratio",
+        "0.25",
+        "--experiment",
+        experiment,
+        *map(str, flags),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", **(env_extra or {})}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, **{"stderr": subprocess.STDOUT, **kw}, text=True)
 
@@ -30,8 +47,11 @@ def test_sweep_on_ray_nests_and_resumes(ray_head, cifar_dir, experiment):
     children = [r for r in runs if r.data.tags.get("role") == "arm"]
     assert parent.info.status == "FINISHED" and parent.data.params["launcher"] == "ray"
     assert sorted(r.data.tags["arm"] for r in children) == ["baseline", "random_control"]
-    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert all(
+        r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children
+    )
     import mlflow
+
     for r in children:  # the console came back from the worker, as with the local launcher
         assert f"{r.data.tags['arm']}-s0.log" in [a.path for a in mlflow.MlflowClient().list_artifacts(r.info.run_id)]
     out = sweep(ray_head, experiment, cifar_dir, *args).communicate(timeout=300)[0]
@@ -41,8 +61,19 @@ def test_sweep_on_ray_nests_and_resumes(ray_head, cifar_dir, experiment):
 def test_sigterm_cancels_the_ray_tasks_and_ends_everything_killed(ray_head, cifar_dir, experiment):
     """What a job scheduler sends. Ray's driver installs its own SIGTERM handler (sys.exit(15), which left the
     parent FAILED); the sweep connects first, so its own handler is the one in force while runs exist."""
-    proc = sweep(ray_head, experiment, cifar_dir, "--arms", "baseline,cosine", "--seeds", "0", "--epochs", 200,
-                 "--sweep-id", "cancel")
+    proc = sweep(
+        ray_head,
+        experiment,
+        cifar_dir,
+        "--arms",
+        "baseline,cosine",
+        "--seeds",
+        "0",
+        "--epochs",
+        200,
+        "--sweep-id",
+        "cancel",
+    )
     try:
         t0 = time.monotonic()
         for line in proc.stdout:
@@ -58,17 +89,34 @@ def test_sigterm_cancels_the_ray_tasks_and_ends_everything_killed(ray_head, cifa
     assert left.stdout.strip() == "", "a child outlived the cancelled sweep"
 
 
-@pytest.mark.parametrize("where, flags, says", [
-    ("nothing", [], "no Ray cluster at '127.0.0.1:"),
-    ("head", ["--cpus-per-run", 64], "no node of the Ray cluster can hold a run of 64 CPUs and 0 GPUs (nodes: 2 CPUs"),
-])
+@pytest.mark.parametrize(
+    "where, flags, says",
+    [
+        ("nothing", [], "no Ray cluster at '127.0.0.1:"),
+        (
+            "head",
+            ["--cpus-per-run", 64],
+            "no node of the Ray cluster can hold a run of 64 CPUs and 0 GPUs (nodes: 2 CPUs",
+        ),
+    ],
+)
 def test_ray_refusals_come_before_any_run(where, flags, says, request, cifar_dir, experiment):
     """Nothing at the address (Ray itself would wait forever), or no node that can ever hold a run (a task would
     queue forever): one line, exit 2, within seconds, and no run."""
     address = request.getfixturevalue("ray_head") if where == "head" else f"127.0.0.1:{free_port()}"
     t0 = time.monotonic()
-    proc = sweep(address, experiment, cifar_dir, "--arms", "baseline", "--epochs", 1, *flags,
-                 env_extra={"LRADVISOR_RAY_TIMEOUT": "5"}, stderr=subprocess.PIPE)
+    proc = sweep(
+        address,
+        experiment,
+        cifar_dir,
+        "--arms",
+        "baseline",
+        "--epochs",
+        1,
+        *flags,
+        env_extra={"LRADVISOR_RAY_TIMEOUT": "5"},
+        stderr=subprocess.PIPE,
+    )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, out + err
     assert time.monotonic() - t0 < 60

@@ -16,9 +16,14 @@ import pytest
 from conftest import cli, history, runs_of
 
 URL = os.environ.get("LRADVISOR_REAL_LLM_URL", "")
-pytestmark = [pytest.mark.real_llm,
-              pytest.mark.skipif(not URL, reason="opt-in: set LRADVISOR_REAL_LLM_URL to a running OpenAI-compatible "
-                                                 "server's /v1 URL (README: A real local model)")]
+pytestmark = [
+    pytest.mark.real_llm,
+    pytest.mark.skipif(
+        not URL,
+        reason="opt-in: set LRADVISOR_REAL_LLM_URL to a running OpenAI-compatible "
+        "server's /v1 URL (README: A real local model)",
+    ),
+]
 
 
 @pytest.mark.parametrize("parser", ["regex", "json"])
@@ -26,8 +31,30 @@ def test_a_real_local_model_end_to_end(parser, cifar_dir, experiment, monkeypatc
     monkeypatch.setenv("OPENAI_BASE_URL", URL)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a local server needs none
     # llm_model auto: the server's one model; the timeout is generous for a CPU-served model.
-    assert cli("train", "--arm", "losses", "--advisor", "openai", "--parser", parser, "--epochs", 3, "--llm-timeout",
-               180, "--batch-size", 20, "--subset-ratio", 0.25, "--data-dir", cifar_dir, "--experiment", experiment) == 0
+    assert (
+        cli(
+            "train",
+            "--arm",
+            "losses",
+            "--advisor",
+            "openai",
+            "--parser",
+            parser,
+            "--epochs",
+            3,
+            "--llm-timeout",
+            180,
+            "--batch-size",
+            20,
+            "--subset-ratio",
+            0.25,
+            "--data-dir",
+            cifar_dir,
+            "--experiment",
+            experiment,
+        )
+        == 0
+    )
     (run,) = runs_of(experiment)
     client = mlflow.MlflowClient()
     listed = json.load(open(client.download_artifacts(run.info.run_id, "advisor/server_models.json", str(tmp_path))))
@@ -45,4 +72,6 @@ def test_a_real_local_model_end_to_end(parser, cifar_dir, experiment, monkeypatc
     lrs = [v for _, v in history(run.info.run_id, "lr")]
     assert lrs[1:] == pytest.approx([r["applied_lr"] for r in rows])
     m = run.data.metrics
-    assert m["llm_calls"] == 2 and m["llm_failed_calls"] == 0 and m["advisor_changes"] == sum(r["changed"] for r in rows)
+    assert (
+        m["llm_calls"] == 2 and m["llm_failed_calls"] == 0 and m["advisor_changes"] == sum(r["changed"] for r in rows)
+    )

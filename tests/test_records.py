@@ -24,7 +24,6 @@ from lradvisor.data.registry import FOLDER
 from conftest import FEW_IMAGES, ROOT, cli, free_port, history, mlflow_run, mlflow_server, runs_of
 
 
-
 def one_line(capsys, says):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
@@ -32,6 +31,7 @@ def one_line(capsys, says):
 
 
 # ---- 1, 11, 18: flags and refusals ------------------------------------------------------------------------
+
 
 def test_no_abbreviated_flags_and_unknown_mlflow_params_are_refused(cifar_dir, experiment, capsys):
     assert cli("train", "--step", 1, "--data-dir", cifar_dir, "--experiment", experiment) == 2
@@ -68,29 +68,49 @@ def test_help_version_and_bad_arm_lists(cifar_dir, experiment, capsys):
 
 
 @pytest.mark.slow  # starts a process
-@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--arm", "nope"], ["sweep", "--arms", "nope"],
-                                  ["train", "--lr", "nan"], ["sweep", "--seeds", "x"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--version"],
+        ["--help"],
+        ["train", "--arm", "nope"],
+        ["sweep", "--arms", "nope"],
+        ["train", "--lr", "nan"],
+        ["sweep", "--seeds", "x"],
+    ],
+)
 def test_answers_and_refusals_import_neither_torch_nor_mlflow(argv):
     """What takes seconds to import (torch ~4 s, mlflow ~1.5 s, minutes on a loaded machine) is not needed to
     print the version or the help, or to refuse a parameter."""
-    code = (f"import sys\nfrom lradvisor.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
-            "print([m for m in ('torch', 'mlflow', 'numpy') if m in sys.modules])")
+    code = (
+        f"import sys\nfrom lradvisor.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('torch', 'mlflow', 'numpy') if m in sys.modules])"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout + p.stderr
 
 
 def test_sweep_checks_parameters_before_reading_the_data(cifar_dir, tracking_uri):
-    p = subprocess.run([sys.executable, "-m", "lradvisor", "sweep", "--lr", "nan", "--data-dir", cifar_dir],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "lradvisor", "sweep", "--lr", "nan", "--data-dir", cifar_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2
-    assert p.stderr.strip().splitlines() == ["lradvisor sweep: error: lr must be a finite number, got nan"]  # no md5 warning
+    assert p.stderr.strip().splitlines() == [
+        "lradvisor sweep: error: lr must be a finite number, got nan"
+    ]  # no md5 warning
 
 
-@pytest.mark.parametrize("flags, says", [
-    (["--lr", "inf"], "lr must be a finite number"),
-    (["--gamma", "nan"], "gamma must be a finite number"),
-    (["--llm-timeout", 0.0004], "llm_timeout must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--lr", "inf"], "lr must be a finite number"),
+        (["--gamma", "nan"], "gamma must be a finite number"),
+        (["--llm-timeout", 0.0004], "llm_timeout must be >= 1"),
+    ],
+)
 def test_values_that_pass_comparisons_but_misbehave(flags, says, cifar_dir, experiment, capsys):
     assert cli("train", "--data-dir", cifar_dir, *flags, "--experiment", experiment) == 2
     one_line(capsys, says)
@@ -99,12 +119,16 @@ def test_values_that_pass_comparisons_but_misbehave(flags, says, cifar_dir, expe
 
 # ---- 5, 7: the sweep checks everything before any run exists ----------------------------------------------
 
-@pytest.mark.parametrize("flags, says", [
-    (["--sweep-id", "af' and tags.arm = 'baseline"], "invalid sweep_id"),
-    (["--sweep-id", "a/b"], "invalid sweep_id"),
-    (["--device", "cuda"], "CUDA is not available"),
-    (["--data-dir", "/nonexistent/cifar"], "cifar10 not found"),
-])
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--sweep-id", "af' and tags.arm = 'baseline"], "invalid sweep_id"),
+        (["--sweep-id", "a/b"], "invalid sweep_id"),
+        (["--device", "cuda"], "CUDA is not available"),
+        (["--data-dir", "/nonexistent/cifar"], "cifar10 not found"),
+    ],
+)
 def test_sweep_refuses_before_any_run(flags, says, cifar_dir, experiment, capsys):
     argv = ["sweep", "--arms", "baseline", "--data-dir", cifar_dir, *flags, "--experiment", experiment]
     assert cli(*argv) == 2
@@ -129,6 +153,7 @@ def test_compare_refuses_a_baseline_that_is_neither_an_arm_nor_a_row(cifar_dir, 
 
 # ---- 6: batch files are validated when read ---------------------------------------------------------------
 
+
 def _corrupt(src, dst, name, change):
     shutil.copytree(src, dst, dirs_exist_ok=True)
     path = os.path.join(dst, FOLDER, name)
@@ -139,14 +164,17 @@ def _corrupt(src, dst, name, change):
         pickle.dump(d, f, protocol=2)
 
 
-@pytest.mark.parametrize("change, says", [
-    (lambda d: d.update(data=d["data"][:, :1000]), "must be a uint8 array of shape (N, 3072)"),
-    (lambda d: d.update(data=d["data"].astype(np.float32)), "must be a uint8 array"),
-    (lambda d: d["labels"].__setitem__(0, 57), "labels must lie in 0..9, found"),
-    (lambda d: d.update(labels=d["labels"][:-3]), "labels for"),
-    (lambda d: d.update(labels=["cat"] * len(d["labels"])), "'labels' must be a list of integers"),
-    (lambda d: d.update(data=d["data"][:0], labels=[]), "is an empty batch (0 images)"),
-])
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda d: d.update(data=d["data"][:, :1000]), "must be a uint8 array of shape (N, 3072)"),
+        (lambda d: d.update(data=d["data"].astype(np.float32)), "must be a uint8 array"),
+        (lambda d: d["labels"].__setitem__(0, 57), "labels must lie in 0..9, found"),
+        (lambda d: d.update(labels=d["labels"][:-3]), "labels for"),
+        (lambda d: d.update(labels=["cat"] * len(d["labels"])), "'labels' must be a list of integers"),
+        (lambda d: d.update(data=d["data"][:0], labels=[]), "is an empty batch (0 images)"),
+    ],
+)
 def test_bad_batch_files_are_one_line_naming_the_file(change, says, cifar_dir, tmp_path, experiment, capsys):
     _corrupt(cifar_dir, tmp_path, "data_batch_2", change)
     assert cli("train", "--data-dir", tmp_path, "--epochs", 1, "--experiment", experiment) == 2
@@ -157,12 +185,16 @@ def test_bad_batch_files_are_one_line_naming_the_file(change, says, cifar_dir, t
 
 # ---- 4: a tracking server that is not there, or goes away -------------------------------------------------
 
+
 def test_dead_tracking_server_is_one_line_within_seconds(cifar_dir, tracking_uri, capsys):
     mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")
     try:
         t0 = time.monotonic()
-        for command in (["train", "--data-dir", cifar_dir], ["sweep", "--data-dir", cifar_dir],
-                        ["compare", "--sweep-id", "x"]):
+        for command in (
+            ["train", "--data-dir", cifar_dir],
+            ["sweep", "--data-dir", cifar_dir],
+            ["compare", "--sweep-id", "x"],
+        ):
             assert cli(*command) == 2
             one_line(capsys, "cannot reach the tracking server http://127.0.0.1:")
         assert time.monotonic() - t0 < 30
@@ -173,11 +205,35 @@ def test_dead_tracking_server_is_one_line_within_seconds(cifar_dir, tracking_uri
 def test_server_lost_mid_run_stops_and_keeps_what_was_not_sent(tiny_cifar, tmp_path):
     # Retries shortened for the test; the defaults (4 retries, 20 s timeout) bound it to ~2 minutes.
     with mlflow_server(tmp_path) as (url, server):
-        env = {**os.environ, "MLFLOW_TRACKING_URI": url, "PYTHONUNBUFFERED": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-        proc = subprocess.Popen([sys.executable, "-m", "lradvisor", "train", "--data-dir", tiny_cifar, "--epochs", "50",
-                                 "--batch-size", "8", "--experiment", "lost"], cwd=tmp_path, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": url,
+            "PYTHONUNBUFFERED": "1",
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+        }
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lradvisor",
+                "train",
+                "--data-dir",
+                tiny_cifar,
+                "--epochs",
+                "50",
+                "--batch-size",
+                "8",
+                "--experiment",
+                "lost",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert proc.stdout.readline().startswith("epoch   1/50")
             os.killpg(server.pid, signal.SIGKILL)
@@ -196,19 +252,41 @@ def test_server_lost_mid_run_stops_and_keeps_what_was_not_sent(tiny_cifar, tmp_p
 
 # ---- 2, 3: compare keeps configurations apart and logs only its own files --------------------------------
 
+
 def test_compare_never_pools_configurations_and_logs_only_its_files(cifar_dir, experiment, tmp_path, capsys):
     for epochs, step in ((1, 5), (2, 5), (2, 1)):
-        assert cli("train", "--data-dir", cifar_dir, "--epochs", epochs, "--step-size", step, *FEW_IMAGES,
-                   "--experiment", experiment) == 0
+        assert (
+            cli(
+                "train",
+                "--data-dir",
+                cifar_dir,
+                "--epochs",
+                epochs,
+                "--step-size",
+                step,
+                *FEW_IMAGES,
+                "--experiment",
+                experiment,
+            )
+            == 0
+        )
     out = tmp_path / "out"
     out.mkdir()
     (out / "overlay_from_an_earlier_compare.png").write_bytes(b"old")
     (out / "my_notes.txt").write_text("mine")
     capsys.readouterr()
-    assert cli("compare", "--experiment", experiment, "--output-dir", out, "--baseline",
-               "baseline [epochs=2, step_size=5]") == 0
+    assert (
+        cli(
+            "compare", "--experiment", experiment, "--output-dir", out, "--baseline", "baseline [epochs=2, step_size=5]"
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    for label in ("baseline [epochs=1, step_size=5]", "baseline [epochs=2, step_size=5]", "baseline [epochs=2, step_size=1]"):
+    for label in (
+        "baseline [epochs=1, step_size=5]",
+        "baseline [epochs=2, step_size=5]",
+        "baseline [epochs=2, step_size=1]",
+    ):
         assert f"| {label} | 0 |" in printed
 
     assert not (out / "overlay_from_an_earlier_compare.png").exists() and (out / "my_notes.txt").exists()
@@ -224,6 +302,7 @@ def test_compare_never_pools_configurations_and_logs_only_its_files(cifar_dir, e
 
 # ---- 9, 10, 12: runs end KILLED on signals, and keep their consoles ---------------------------------------
 
+
 def _read_until(stream, text, limit=120):
     t0 = time.monotonic()
     seen = []
@@ -237,10 +316,34 @@ def _read_until(stream, text, limit=120):
 
 def test_sigterm_to_a_sweep_ends_everything_killed_and_keeps_the_logs(tiny_cifar, experiment):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lradvisor", "sweep", "--arms", "baseline", "--seeds", "0,1",
-                             "--parallel", "2", "--sweep-id", "term", "--data-dir", tiny_cifar, "--epochs", "100",
-                             "--batch-size", "8", "--experiment", experiment], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lradvisor",
+            "sweep",
+            "--arms",
+            "baseline",
+            "--seeds",
+            "0,1",
+            "--parallel",
+            "2",
+            "--sweep-id",
+            "term",
+            "--data-dir",
+            tiny_cifar,
+            "--epochs",
+            "100",
+            "--batch-size",
+            "8",
+            "--experiment",
+            experiment,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         seen = _read_until(proc.stdout, "epoch   1/100")
         assert "epoch   1/100" in seen, seen
@@ -262,11 +365,30 @@ def test_sigterm_to_a_sweep_ends_everything_killed_and_keeps_the_logs(tiny_cifar
 
 
 def test_ctrl_c_under_mlflow_run_ends_the_run_killed(tiny_cifar, experiment):
-    cmd = ["mlflow", "run", ROOT, "--env-manager", "local", "--experiment-name", experiment,
-           "-P", f"data_dir={tiny_cifar}", "-P", "epochs=100", "-P", "batch_size=8"]
+    cmd = [
+        "mlflow",
+        "run",
+        ROOT,
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        experiment,
+        "-P",
+        f"data_dir={tiny_cifar}",
+        "-P",
+        "epochs=100",
+        "-P",
+        "batch_size=8",
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
-    proc = subprocess.Popen(cmd, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         seen = _read_until(proc.stdout, "epoch   1/100")
         assert "epoch   1/100" in seen, seen
@@ -286,8 +408,11 @@ def test_ctrl_c_under_mlflow_run_ends_the_run_killed(tiny_cifar, experiment):
 
 # ---- 13: the link printed opens the runs table ------------------------------------------------------------
 
+
 def test_train_prints_the_runs_table_link_and_names_the_run(cifar_dir, experiment, capsys):
-    assert cli("train", "--data-dir", cifar_dir, "--epochs", 1, "--seed", 3, *FEW_IMAGES, "--experiment", experiment) == 0
+    assert (
+        cli("train", "--data-dir", cifar_dir, "--epochs", 1, "--seed", 3, *FEW_IMAGES, "--experiment", experiment) == 0
+    )
     (run,) = runs_of(experiment)
     err = capsys.readouterr().err
     assert f"/#/experiments/{run.info.experiment_id}?workflowType=machine_learning" in err
@@ -297,14 +422,34 @@ def test_train_prints_the_runs_table_link_and_names_the_run(cifar_dir, experimen
 
 # ---- the launcher goes away; a dead tracking server under `mlflow run` ------------------------------------
 
+
 def test_sigterm_to_mlflow_runs_own_pid_ends_the_run_killed(tiny_cifar, experiment):
     """What a job scheduler does: SIGTERM to `mlflow run` alone. The launcher exits at once; its child notices
     and ends the run KILLED instead of training on as an orphan."""
-    cmd = ["mlflow", "run", ROOT, "--env-manager", "local", "--experiment-name", experiment,
-           "-P", f"data_dir={tiny_cifar}", "-P", "epochs=100", "-P", "batch_size=8"]
+    cmd = [
+        "mlflow",
+        "run",
+        ROOT,
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        experiment,
+        "-P",
+        f"data_dir={tiny_cifar}",
+        "-P",
+        "epochs=100",
+        "-P",
+        "batch_size=8",
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
-    proc = subprocess.Popen(cmd, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     rest = []
     try:
         seen = _read_until(proc.stdout, "epoch   1/100")
@@ -327,12 +472,20 @@ def test_sigterm_to_mlflow_runs_own_pid_ends_the_run_killed(tiny_cifar, experime
 def test_dead_tracking_server_under_mlflow_run_fails_fast_with_the_documented_settings(cifar_dir):
     """MLflow's own launcher makes the run before our code starts, retrying for ~5 minutes by default; the README's
     remedy (these two variables in the environment of `mlflow run`) makes that seconds."""
-    env = {**{k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")},
-           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-           "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")},
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }
     t0 = time.monotonic()
-    p = subprocess.run(["mlflow", "run", ROOT, "--env-manager", "local", "-P", f"data_dir={cifar_dir}"], env=env,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        ["mlflow", "run", ROOT, "--env-manager", "local", "-P", f"data_dir={cifar_dir}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode != 0 and time.monotonic() - t0 < 60
     assert "Connection refused" in p.stderr or "Max retries exceeded" in p.stderr, p.stderr[-2000:]
 
@@ -343,12 +496,23 @@ def test_explicit_bf16_on_a_cpu_that_emulates_it_says_so(tmp_path):
     this process a CPU without native bf16, whatever CPU runs the test."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     (tmp_path / FOLDER).mkdir()  # no batch files: refused after the warning, before any run
-    argv = [sys.executable, "-m", "lradvisor", "train", "--precision", "bf16", "--device", "cpu", "--data-dir",
-            str(tmp_path)]
+    argv = [
+        sys.executable,
+        "-m",
+        "lradvisor",
+        "train",
+        "--precision",
+        "bf16",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(tmp_path),
+    ]
     err = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120).stderr.strip().splitlines()
     assert err[0].startswith("warning: this CPU has no native bf16") and "--precision auto would pick fp32" in err[0]
     assert "lacks data_batch_1" in err[1]
     from lradvisor.engine.device import native_bf16
+
     if native_bf16(torch.device("cpu")):  # and where it is native, no such word
         err = subprocess.run(argv, capture_output=True, text=True, timeout=120).stderr
         assert "no native bf16" not in err and "lacks data_batch_1" in err

@@ -25,21 +25,28 @@ def search_runs(client, search_id):
 
 
 def start(*flags, env=None):
-    return subprocess.Popen([sys.executable, "-m", "lradvisor", "search", *map(str, flags)], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "lradvisor", "search", *map(str, flags)],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", **(env or {})},
+    )
 
 
-@pytest.mark.parametrize("flags, says", [
-    (["--budget-epochs", 4, "--budget-from", "sweep_id=x"], "give the budget one way"),
-    ([], "give the budget one way"),
-    (["--budget-epochs", 1], "a budget of 1 epochs cannot pay for one trial of 2 epochs"),
-    (["--budget-epochs", 7, "--method", "pbt"], "cannot pay for 4 members x 2 epochs"),
-    (["--budget-epochs", 8, "--holdout", 0], "holdout must be in (0, 0.5)"),
-    (["--budget-epochs", 8, "--seeds", "0,1000"], "seeds must lie in [0, 1000)"),
-    (["--budget-epochs", 8, "--method", "grid"], "valid: tpe, random, pbt"),
-    (["--budget-from", "sweep_id=nosuch"], "sweep 'nosuch' has no finished LLM-arm runs"),
-])
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--budget-epochs", 4, "--budget-from", "sweep_id=x"], "give the budget one way"),
+        ([], "give the budget one way"),
+        (["--budget-epochs", 1], "a budget of 1 epochs cannot pay for one trial of 2 epochs"),
+        (["--budget-epochs", 7, "--method", "pbt"], "cannot pay for 4 members x 2 epochs"),
+        (["--budget-epochs", 8, "--holdout", 0], "holdout must be in (0, 0.5)"),
+        (["--budget-epochs", 8, "--seeds", "0,1000"], "seeds must lie in [0, 1000)"),
+        (["--budget-epochs", 8, "--method", "grid"], "valid: tpe, random, pbt"),
+        (["--budget-from", "sweep_id=nosuch"], "sweep 'nosuch' has no finished LLM-arm runs"),
+    ],
+)
 def test_bad_search_input_is_one_line_and_no_run(flags, says, experiment, capsys):
     assert cli("search", *DIGITS, "--experiment", experiment, *flags) == 2
     err = capsys.readouterr().err
@@ -66,11 +73,41 @@ def test_tpe_at_the_llm_budget_resumes_after_ctrl_c_and_is_compared(remote, tmp_
     # The LLM sweep the search is charged against: losses x seeds 0,1 x 2 epochs = 4 epochs of LLM arms.
     with FakeGemini([reply("The learning rate should be 0.01.")]) as g, monkeypatch.context() as m:
         point(m, g)
-        assert cli("sweep", "--arms", "baseline,losses", "--seeds", "0,1", "--sweep-id", "llm", "--holdout", "0.1", "--parallel", 2,
-                   *DIGITS, "--experiment", "search") == 0
+        assert (
+            cli(
+                "sweep",
+                "--arms",
+                "baseline,losses",
+                "--seeds",
+                "0,1",
+                "--sweep-id",
+                "llm",
+                "--holdout",
+                "0.1",
+                "--parallel",
+                2,
+                *DIGITS,
+                "--experiment",
+                "search",
+            )
+            == 0
+        )
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    flags = ["--method", "tpe", "--budget-from", "sweep_id=llm", "--search-id", "t1", "--seeds", "0,1",
-             "--storage", storage, *DIGITS, "--experiment", "search"]
+    flags = [
+        "--method",
+        "tpe",
+        "--budget-from",
+        "sweep_id=llm",
+        "--search-id",
+        "t1",
+        "--seeds",
+        "0,1",
+        "--storage",
+        storage,
+        *DIGITS,
+        "--experiment",
+        "search",
+    ]
 
     proc = start(*flags)  # Ctrl-C in the first trial's first epoch
     lines = []
@@ -96,19 +133,24 @@ def test_tpe_at_the_llm_budget_resumes_after_ctrl_c_and_is_compared(remote, tmp_
     assert parent.data.metrics["budget_allowed"] == 4 and 2 <= used <= 4
     # Every epoch any trial trained is charged, the interrupted one's included.
     assert used == sum(len(history(r.info.run_id, "train_loss")) for r in trials)
-    assert sorted(r.info.status for r in trials)[-1] == "KILLED" and sum(r.info.status == "FINISHED" for r in trials) >= 1
+    assert (
+        sorted(r.info.status for r in trials)[-1] == "KILLED" and sum(r.info.status == "FINISHED" for r in trials) >= 1
+    )
     for r in trials:  # ordinary runs on seeds the winners never use, judged on their validation split
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.data.tags["method"] == "tpe"
         assert int(r.data.params["seed"]) >= 1000 and r.data.params["holdout"] == "0.1"
         assert r.data.tags["decisions_saw_test"] == "0"
     import optuna
+
     study = optuna.load_study(study_name="search-t1", storage=storage)
     states = [t.state.name for t in study.trials]
     assert states[0] == "FAIL" and "COMPLETE" in states and len(study.trials) == len(trials)
     best = study.best_trial
     assert parent.data.tags["best.lr"] == str(best.params["lr"])
     assert {a.path for a in remote.list_artifacts(parent.info.run_id, "optuna")} >= {
-        "optuna/optimization_history.png", "optuna/trials.csv"}
+        "optuna/optimization_history.png",
+        "optuna/trials.csv",
+    }
 
     assert sorted(r.data.params["seed"] for r in winners) == ["0", "1"]
     for r in winners:  # the best trial's configuration, trained again on the sweep's seeds
@@ -127,15 +169,35 @@ def test_tpe_at_the_llm_budget_resumes_after_ctrl_c_and_is_compared(remote, tmp_
 
 
 def test_pbt_on_a_ray_head_replays_its_winner(remote, ray_head, capsys):  # noqa: F811
-    proc = start("--method", "pbt", "--population", 4, "--perturb-every", 1, "--budget-epochs", 8, "--seeds", "0",
-                 "--search-id", "p1", "--ray-address", ray_head, *DIGITS, "--experiment", "pbt")
+    proc = start(
+        "--method",
+        "pbt",
+        "--population",
+        4,
+        "--perturb-every",
+        1,
+        "--budget-epochs",
+        8,
+        "--seeds",
+        "0",
+        "--search-id",
+        "p1",
+        "--ray-address",
+        ray_head,
+        *DIGITS,
+        "--experiment",
+        "pbt",
+    )
     out = proc.communicate(timeout=400)[0]
     assert proc.returncode == 0, out[-4000:]
     runs = search_runs(remote, "p1")
     (parent,) = [r for r in runs if r.data.tags["role"] == "search"]
     members = [r for r in runs if r.data.tags["role"] == "member"]
     (winner,) = [r for r in runs if r.data.tags["role"] == "arm"]
-    assert parent.info.status == "FINISHED" and parent.data.metrics["budget_used"] == 8 <= parent.data.metrics["budget_allowed"]
+    assert (
+        parent.info.status == "FINISHED"
+        and parent.data.metrics["budget_used"] == 8 <= parent.data.metrics["budget_allowed"]
+    )
     assert len(members) == 4 and all(r.info.status == "FINISHED" for r in members)
     starts = sorted(history(r.info.run_id, "lr")[0][1] for r in members)  # log-even over [lr/10, 10 lr]
     assert starts == pytest.approx([0.02 * 10 ** (-1 + 2 * (i + 0.5) / 4) for i in range(4)])

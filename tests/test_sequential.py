@@ -71,7 +71,10 @@ def test_peeking_after_every_pair_keeps_the_anytime_error_rate_and_breaks_the_fi
     stops, and soon."""
     anytime, fixed, _ = simulate(0.0, sequences=2000)
     margin = 3 * math.sqrt(0.05 * 0.95 / 2000)
-    print(f"\nno difference, 2000 sequences peeked at 3..30 pairs: anytime rejects {anytime:.3f}, fixed-n t-test {fixed:.3f}")
+    print(
+        f"\nno difference, 2000 sequences peeked at 3..30 pairs: anytime rejects {anytime:.3f}, "
+        f"fixed-n t-test {fixed:.3f}"
+    )
     assert anytime <= 0.05 + margin
     assert fixed > 0.05 + margin
     rejected, _, median = simulate(1.0, sequences=500, seed=1)  # a difference of one standard deviation
@@ -79,28 +82,83 @@ def test_peeking_after_every_pair_keeps_the_anytime_error_rate_and_breaks_the_fi
     assert rejected > 0.95 and median <= 15
 
 
-def test_a_sweep_until_decided_stops_a_clearly_bad_arm_and_runs_an_identical_one_to_max_seeds(tmp_path, experiment,
-                                                                                            capsys):
+def test_a_sweep_until_decided_stops_a_clearly_bad_arm_and_runs_an_identical_one_to_max_seeds(
+    tmp_path, experiment, capsys
+):
     """Two models of one LLM arm, each on its own stand-in server: one replies an LR 20x the schedule's (the run
     blows up), the other the schedule's own LR (it trains bit for bit as the baseline). The first is decided worse
     in the first round; the second, with margin 0, can never be decided equivalent, and runs to max_seeds."""
     data = tmp_path / "data"
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--out", str(data),
-                    "--train-per-class", "10", "--test-per-class", "4"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "make_fake_cifar.py"),
+            "--out",
+            str(data),
+            "--train-per-class",
+            "10",
+            "--test-per-class",
+            "4",
+        ],
+        check=True,
+        capture_output=True,
+    )
     with FakeOpenAI([chat("LR 0.2")]) as bad, FakeOpenAI([chat("LR 0.01")]) as same:
         models = tmp_path / "models.yaml"
-        models.write_text(yaml.safe_dump({
-            name: {"provider": "openai", "base_url": s.env()["OPENAI_BASE_URL"], "model": "fake-model-7b-instruct"}
-            for name, s in (("bad", bad), ("same", same))}))
-        flags = ["sweep", "--arms", "baseline,losses", "--llm-models", "bad,same", "--models", models, "--until-decided",
-                 "--min-seeds", 3, "--max-seeds", 4, "--sweep-id", "seq", "--data-dir", data, "--lr", 0.01,
-                 "--batch-size", 10, "--epochs", 3, "--experiment", experiment]
+        models.write_text(
+            yaml.safe_dump(
+                {
+                    name: {
+                        "provider": "openai",
+                        "base_url": s.env()["OPENAI_BASE_URL"],
+                        "model": "fake-model-7b-instruct",
+                    }
+                    for name, s in (("bad", bad), ("same", same))
+                }
+            )
+        )
+        flags = [
+            "sweep",
+            "--arms",
+            "baseline,losses",
+            "--llm-models",
+            "bad,same",
+            "--models",
+            models,
+            "--until-decided",
+            "--min-seeds",
+            3,
+            "--max-seeds",
+            4,
+            "--sweep-id",
+            "seq",
+            "--data-dir",
+            data,
+            "--lr",
+            0.01,
+            "--batch-size",
+            10,
+            "--epochs",
+            3,
+            "--experiment",
+            experiment,
+        ]
         assert cli(*flags) == 0
         out = capsys.readouterr().out
         children = {r.info.run_name for r in runs_of(experiment) if r.data.tags.get("role") == "arm"}
-        assert children == {"baseline-s0", "baseline-s1", "baseline-s2", "baseline-s3", "losses-s0 [bad]",
-                            "losses-s1 [bad]", "losses-s2 [bad]", "losses-s0 [same]", "losses-s1 [same]",
-                            "losses-s2 [same]", "losses-s3 [same]"}
+        assert children == {
+            "baseline-s0",
+            "baseline-s1",
+            "baseline-s2",
+            "baseline-s3",
+            "losses-s0 [bad]",
+            "losses-s1 [bad]",
+            "losses-s2 [bad]",
+            "losses-s0 [same]",
+            "losses-s1 [same]",
+            "losses-s2 [same]",
+            "losses-s3 [same]",
+        }
         (parent,) = [r for r in runs_of(experiment) if r.data.tags.get("role") == "sweep"]
         assert parent.data.tags["verdict.losses _bad_"].startswith("worse at round 1 (3 seeds)")
         assert parent.data.tags["verdict.losses _same_"].startswith("inconclusive at round 2 (4 seeds): CS [0, 0]")
@@ -109,7 +167,10 @@ def test_a_sweep_until_decided_stops_a_clearly_bad_arm_and_runs_an_identical_one
         assert [m.value for m in client.get_metric_history(parent.info.run_id, "arms_open")] == [2, 1]
         table = client.load_table(parent.info.experiment_id, "sequential.json", run_ids=[parent.info.run_id])
         assert list(zip(table["round"], table["arm"], table["verdict"])) == [
-            (1, "losses [bad]", "worse"), (1, "losses [same]", "inconclusive"), (2, "losses [same]", "inconclusive")]
+            (1, "losses [bad]", "worse"),
+            (1, "losses [same]", "inconclusive"),
+            (2, "losses [same]", "inconclusive"),
+        ]
         assert cli(*flags) == 0  # the same command again: everything is decided, nothing is trained again
         assert len([r for r in runs_of(experiment) if r.data.tags.get("role") == "arm"]) == len(children)
     assert cli("compare", "--sweep-id", "seq", "--output-dir", tmp_path / "out") == 0

@@ -15,8 +15,6 @@ from fake_gemini import FakeGemini, error, reply
 SHARED = {"epochs": 2, "batch_size": 20, "subset_ratio": 0.5}  # 10 of tiny_cifar's images
 
 
-
-
 def sweep_runs(client, sweep_id):
     exp_ids = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(exp_ids, f"tags.sweep_id = '{sweep_id}'")
@@ -24,8 +22,17 @@ def sweep_runs(client, sweep_id):
 
 def test_sweep_then_compare_through_mlflow_run(tiny_cifar, remote, tmp_path, capfd):
     with FakeGemini([reply("The learning rate should be 0.05.")]) as g:
-        p = mlflow_run("sweeps", env=g.env(), entry_point="sweep", arms="baseline,losses", seeds="0,1",
-                       sweep_id="s1", parallel=2, data_dir=tiny_cifar, **SHARED)
+        p = mlflow_run(
+            "sweeps",
+            env=g.env(),
+            entry_point="sweep",
+            arms="baseline,losses",
+            seeds="0,1",
+            sweep_id="s1",
+            parallel=2,
+            data_dir=tiny_cifar,
+            **SHARED,
+        )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "sweep s1: 4 finished, 0 failed, 0 skipped" in p.stdout
 
@@ -35,8 +42,14 @@ def test_sweep_then_compare_through_mlflow_run(tiny_cifar, remote, tmp_path, cap
     assert parent.info.status == "FINISHED" and len(children) == 4
     assert parent.data.tags["mlflow.runName"] == "sweep-s1"  # not mlflow run's random name
     assert {(r.data.tags["arm"], r.data.params["seed"]) for r in children} == {
-        ("baseline", "0"), ("baseline", "1"), ("losses", "0"), ("losses", "1")}
-    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+        ("baseline", "0"),
+        ("baseline", "1"),
+        ("losses", "0"),
+        ("losses", "1"),
+    }
+    assert all(
+        r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children
+    )
 
     out = tmp_path / "cmp"
     p = mlflow_run("sweeps", entry_point="compare", sweep_id="s1", output_dir=out)
@@ -59,7 +72,8 @@ def test_sweep_then_compare_through_mlflow_run(tiny_cifar, remote, tmp_path, cap
         assert float(rows[arm]["final_test_acc_mean"]) == pytest.approx(statistics.mean(accs), abs=1e-9)
         assert float(rows[arm]["final_test_acc_std"]) == pytest.approx(statistics.stdev(accs), abs=1e-9)
     assert float(rows["losses"]["delta_vs_baseline"]) == pytest.approx(
-        statistics.mean(final["losses"]) - statistics.mean(final["baseline"]), abs=1e-9)
+        statistics.mean(final["losses"]) - statistics.mean(final["baseline"]), abs=1e-9
+    )
     assert rows["baseline"]["delta_vs_baseline"] == ""
     # Paired by seed: CI and p as scipy computes them from the server's histories.
     by_seed = {}
@@ -68,7 +82,7 @@ def test_sweep_then_compare_through_mlflow_run(tiny_cifar, remote, tmp_path, cap
         by_seed.setdefault(r.data.tags["arm"], {})[r.data.params["seed"]] = hist[-1].value
     arm, base = [by_seed["losses"][s] for s in "01"], [by_seed["baseline"][s] for s in "01"]
     d = [a - b for a, b in zip(arm, base)]
-    half = scipy.stats.t.ppf(0.975, 1) * statistics.stdev(d) / 2 ** 0.5
+    half = scipy.stats.t.ppf(0.975, 1) * statistics.stdev(d) / 2**0.5
     assert float(rows["losses"]["delta_ci_low"]) == pytest.approx(statistics.mean(d) - half, abs=1e-9)
     assert float(rows["losses"]["delta_ci_high"]) == pytest.approx(statistics.mean(d) + half, abs=1e-9)
     p_value = scipy.stats.ttest_rel(arm, base).pvalue
@@ -83,8 +97,11 @@ def test_sweep_then_compare_through_mlflow_run(tiny_cifar, remote, tmp_path, cap
     assert float(rows["losses"]["llm_tokens"]) == 150 and float(rows["baseline"]["llm_calls"]) == 0
     # No models file, so no price: the LLM arm's cost is empty, never 0; an arm that asks no LLM costs 0.
     assert rows["losses"]["llm_cost_usd"] == "" and float(rows["baseline"]["llm_cost_usd"]) == 0
-    train_s = [sum(m.value for m in remote.get_metric_history(r.info.run_id, "epoch_seconds"))
-               for r in children if r.data.tags["arm"] == "baseline"]
+    train_s = [
+        sum(m.value for m in remote.get_metric_history(r.info.run_id, "epoch_seconds"))
+        for r in children
+        if r.data.tags["arm"] == "baseline"
+    ]
     assert float(rows["baseline"]["train_seconds"]) == pytest.approx(statistics.mean(train_s))
     assert float(rows["losses"]["llm_calls"]) == 1 and float(rows["losses"]["accepted"]) == 1
     assert float(rows["losses"]["lowest_lr"]) == 0.05 and float(rows["baseline"]["lowest_lr"]) == 0.1
@@ -92,14 +109,38 @@ def test_sweep_then_compare_through_mlflow_run(tiny_cifar, remote, tmp_path, cap
     (cmp_run,) = [r for r in sweep_runs(remote, "s1") if r.data.tags.get("role") == "compare"]
     assert cmp_run.data.tags["mlflow.runName"] == "compare-s1"
     logged = {a.path for a in remote.list_artifacts(cmp_run.info.run_id)}
-    assert {"results.md", "results.csv", "overlay_losses.png", "overview.png", "class_heatmap.png", "forest.png",
-            "pareto.png", "compared_runs.json"} == logged
+    assert {
+        "results.md",
+        "results.csv",
+        "overlay_losses.png",
+        "overview.png",
+        "class_heatmap.png",
+        "forest.png",
+        "pareto.png",
+        "compared_runs.json",
+    } == logged
 
     # The same sweep again: everything is already FINISHED with these parameters, nothing new runs.
     capfd.readouterr()
-    assert cli("sweep", "--arms", "baseline,losses", "--seeds", "0,1", "--sweep-id", "s1", "--parallel", 2,
-               "--data-dir", tiny_cifar, "--experiment", "sweeps",
-               *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)]) == 0
+    assert (
+        cli(
+            "sweep",
+            "--arms",
+            "baseline,losses",
+            "--seeds",
+            "0,1",
+            "--sweep-id",
+            "s1",
+            "--parallel",
+            2,
+            "--data-dir",
+            tiny_cifar,
+            "--experiment",
+            "sweeps",
+            *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)],
+        )
+        == 0
+    )
     assert "4 already finished" in capfd.readouterr().out
     assert len([r for r in sweep_runs(remote, "s1") if r.data.tags.get("role") == "arm"]) == 4
 
@@ -114,9 +155,22 @@ def test_sweep_then_compare_through_mlflow_run(tiny_cifar, remote, tmp_path, cap
 def test_failing_arm_is_reported_while_the_others_finish(tiny_cifar, remote, capfd, monkeypatch):
     with FakeGemini([error(500)]) as g:
         point(monkeypatch, g)
-        code = cli("sweep", "--arms", "baseline,losses", "--sweep-id", "s2", "--data-dir", tiny_cifar,
-                   "--on-advisor-error", "fail", "--llm-attempts", 1, "--experiment", "sweeps",
-                   *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)])
+        code = cli(
+            "sweep",
+            "--arms",
+            "baseline,losses",
+            "--sweep-id",
+            "s2",
+            "--data-dir",
+            tiny_cifar,
+            "--on-advisor-error",
+            "fail",
+            "--llm-attempts",
+            1,
+            "--experiment",
+            "sweeps",
+            *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)],
+        )
     assert code == 1
     out = capfd.readouterr().out
     assert "sweep s2: 1 finished, 1 failed, 0 skipped" in out and "FAILED" in out
@@ -135,8 +189,21 @@ def test_registry_prompt_is_rendered_recorded_and_linked(tiny_cifar, remote, cap
     registered = mlflow.genai.load_prompt("prompts:/lra-test-losses/1").template
     with FakeGemini([reply("The learning rate should be 0.05.")]) as g:
         point(monkeypatch, g)
-        assert cli("train", "--arm", "losses", "--prompt", "prompts:/lra-test-losses/1", "--data-dir", tiny_cifar,
-                   "--experiment", "prompts", *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)]) == 0
+        assert (
+            cli(
+                "train",
+                "--arm",
+                "losses",
+                "--prompt",
+                "prompts:/lra-test-losses/1",
+                "--data-dir",
+                tiny_cifar,
+                "--experiment",
+                "prompts",
+                *[x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)],
+            )
+            == 0
+        )
     sent = g.requests[0]["body"]["contents"][0]["parts"][0]["text"]
     assert "{{" not in sent and "- Loss values (last 1 epochs): [" in sent and sent.startswith("Based on the following")
     (run,) = remote.search_runs([remote.get_experiment_by_name("prompts").experiment_id])

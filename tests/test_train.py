@@ -17,13 +17,20 @@ from lradvisor.engine.device import native_bf16
 
 from conftest import HALF_OF_80, ROOT, cli, history, mlflow_run, runs_of
 
-METRICS = ["lr", "train_loss", "train_acc", "test_loss", "test_acc", "grad_norm", "epoch_seconds",
-           "images_per_second"] + [f"class_acc/{c}" for c in CLASSES]
+METRICS = [
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "grad_norm",
+    "epoch_seconds",
+    "images_per_second",
+] + [f"class_acc/{c}" for c in CLASSES]
 
 
 def test_lr_trajectory_equals_steplr(tiny_cifar, experiment):
-    assert cli("train", "--data-dir", tiny_cifar, "--epochs", 20, "--batch-size", 20,
-               "--experiment", experiment) == 0
+    assert cli("train", "--data-dir", tiny_cifar, "--epochs", 20, "--batch-size", 20, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     logged = [v for _, v in history(run.info.run_id, "lr")]
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
@@ -39,23 +46,31 @@ def test_lr_trajectory_equals_steplr(tiny_cifar, experiment):
 
 def test_same_seed_same_run_other_seed_differs(cifar_dir, experiment):
     for seed in (1, 1, 2):
-        assert cli("train", "--data-dir", cifar_dir, "--epochs", 2, "--seed", seed, *HALF_OF_80, "--experiment", experiment) == 0
+        assert (
+            cli(
+                "train", "--data-dir", cifar_dir, "--epochs", 2, "--seed", seed, *HALF_OF_80, "--experiment", experiment
+            )
+            == 0
+        )
     runs = sorted(runs_of(experiment), key=lambda r: r.info.start_time)
     curves = [[history(r.info.run_id, k) for k in ("train_loss", "grad_norm", "test_loss")] for r in runs]
     assert curves[0] == curves[1]
     assert curves[0] != curves[2]
 
 
-@pytest.mark.parametrize("flags, says", [
-    (["--arm", "nope"], "valid arms: baseline, cadence3"),
-    (["--epochs", 0], "epochs must be > 0"),
-    (["--epochs", "abc"], "invalid int value"),
-    (["--subset-ratio", 1.5], "subset_ratio must be in (0, 1]"),
-    (["--batch-size", 0], "batch_size must be > 0"),
-    (["--lr", -0.1], "lr must be > 0"),
-    (["--model", "vgg"], "valid models: resnet18, resnet18_imagenet_stem"),
-    (["--signals", "losses,vibes"], "comma-separated list of losses, lr_history"),
-])
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--arm", "nope"], "valid arms: baseline, cadence3"),
+        (["--epochs", 0], "epochs must be > 0"),
+        (["--epochs", "abc"], "invalid int value"),
+        (["--subset-ratio", 1.5], "subset_ratio must be in (0, 1]"),
+        (["--batch-size", 0], "batch_size must be > 0"),
+        (["--lr", -0.1], "lr must be > 0"),
+        (["--model", "vgg"], "valid models: resnet18, resnet18_imagenet_stem"),
+        (["--signals", "losses,vibes"], "comma-separated list of losses, lr_history"),
+    ],
+)
 def test_bad_input_is_one_line_and_no_run(flags, says, cifar_dir, experiment, capsys):
     assert cli("train", "--data-dir", cifar_dir, *flags, "--experiment", experiment) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -85,7 +100,9 @@ def test_mlflow_run_bad_input_fails_the_run_it_made(cifar_dir, experiment):
 
 
 def test_diverging_loss_ends_failed_with_reason(cifar_dir, experiment, capsys):
-    assert cli("train", "--data-dir", cifar_dir, "--epochs", 3, "--lr", 1e12, *HALF_OF_80, "--experiment", experiment) == 1
+    assert (
+        cli("train", "--data-dir", cifar_dir, "--epochs", 3, "--lr", 1e12, *HALF_OF_80, "--experiment", experiment) == 1
+    )
     assert "non-finite" in capsys.readouterr().err
     (run,) = runs_of(experiment)
     assert run.info.status == "FAILED" and "non-finite" in run.data.tags["failure_reason"]
@@ -93,9 +110,26 @@ def test_diverging_loss_ends_failed_with_reason(cifar_dir, experiment, capsys):
 
 def test_interrupt_mid_epoch_ends_killed_and_keeps_what_was_logged(tiny_cifar, experiment):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lradvisor", "train", "--data-dir", tiny_cifar, "--epochs", "100",
-                             "--batch-size", "8", "--experiment", experiment], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lradvisor",
+            "train",
+            "--data-dir",
+            tiny_cifar,
+            "--epochs",
+            "100",
+            "--batch-size",
+            "8",
+            "--experiment",
+            experiment,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # the first epoch's line: it is logged, and epoch 2 is under way
         assert line.startswith("epoch   1/100"), line + proc.stderr.read()
@@ -109,9 +143,17 @@ def test_interrupt_mid_epoch_ends_killed_and_keeps_what_was_logged(tiny_cifar, e
     assert history(run.info.run_id, "train_loss")[0][0] == 1
 
 
-@pytest.mark.parametrize("entry_point, command, cli_only", [
-    ("main", "train", {"experiment"}), ("sweep", "sweep", {"experiment"}), ("search", "search", {"experiment"}),
-    ("decisions", "decisions build", set()), ("score", "decisions score", set()), ("compare", "compare", set())])
+@pytest.mark.parametrize(
+    "entry_point, command, cli_only",
+    [
+        ("main", "train", {"experiment"}),
+        ("sweep", "sweep", {"experiment"}),
+        ("search", "search", {"experiment"}),
+        ("decisions", "decisions build", set()),
+        ("score", "decisions score", set()),
+        ("compare", "compare", set()),
+    ],
+)
 def test_mlproject_matches_cli(entry_point, command, cli_only):
     """MLproject files rot silently: every parameter is a CLI flag with the same default, and is passed on."""
     with open(os.path.join(ROOT, "MLproject")) as f:
@@ -134,6 +176,7 @@ def test_conda_env_lists_the_package_dependencies():
     with open(os.path.join(ROOT, "conda.yaml")) as f:
         conda_pip = next(d for d in yaml.safe_load(f)["dependencies"] if isinstance(d, dict))["pip"]
     import tomllib
+
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         assert conda_pip == tomllib.load(f)["project"]["dependencies"]
 
@@ -141,9 +184,27 @@ def test_conda_env_lists_the_package_dependencies():
 @pytest.mark.slow  # starts a process
 def test_benchmark_script_prints_both_loops(tmp_path):
     """Smoke test only: speed is measured by running the script, never asserted in tests."""
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--train-size", "48",
-                        "--test-size", "32", "--epochs", "1", "--batch-size", "16", "--workers", "0",
-                        "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "benchmark.py"),
+            "--train-size",
+            "48",
+            "--test-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--workers",
+            "0",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     ours, ref = [json.loads(line) for line in p.stdout.splitlines()]
     assert ours["loop"] == "ours" and ref["loop"] == "reference" and ours["data"] == "synthetic"
@@ -152,6 +213,7 @@ def test_benchmark_script_prints_both_loops(tmp_path):
 
 def test_precision_auto_is_recorded_and_is_bf16_where_the_cpu_has_it(cifar_dir, experiment):
     from lradvisor.engine.device import native_bf16
+
     assert cli("train", "--data-dir", cifar_dir, "--epochs", 1, *HALF_OF_80, "--experiment", experiment) == 0
     (run,) = runs_of(experiment)
     native = native_bf16(torch.device("cpu"))
@@ -159,10 +221,13 @@ def test_precision_auto_is_recorded_and_is_bf16_where_the_cpu_has_it(cifar_dir, 
     assert run.data.params["channels_last_used"] == ("1" if native else "0")
 
 
-@pytest.mark.parametrize("flags, says", [
-    (["--precision", "fp16"], "valid: auto, fp32, bf16"),
-    (["--channels-last", "yes"], "valid: auto, 0, 1"),
-])
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--precision", "fp16"], "valid: auto, fp32, bf16"),
+        (["--channels-last", "yes"], "valid: auto, 0, 1"),
+    ],
+)
 def test_bad_precision_flags(flags, says, cifar_dir, experiment, capsys):
     assert cli("train", "--data-dir", cifar_dir, *flags, "--experiment", experiment) == 2
     assert says in capsys.readouterr().err
@@ -173,14 +238,41 @@ def _bf16_runs(tmp_path, experiment, per_class, runs, epochs, *flags):
     settings); return each run's curves."""
     data = tmp_path / "data"
     if per_class and not data.exists():
-        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_fake_cifar.py"), "--out", str(data),
-                        "--train-per-class", str(per_class), "--test-per-class", str(per_class // 2)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.join(ROOT, "scripts", "make_fake_cifar.py"),
+                "--out",
+                str(data),
+                "--train-per-class",
+                str(per_class),
+                "--test-per-class",
+                str(per_class // 2),
+            ],
+            check=True,
+            capture_output=True,
+        )
     task = ["--data-dir", data, "--lr", 0.05, "--step-size", 2] if per_class else ["--dataset", "digits", "--lr", 0.02]
     out = []
     for precision, seed in runs:
-        assert cli("train", "--precision", precision, "--seed", seed, *task, "--epochs", epochs,
-                   "--batch-size", 16, "--experiment", experiment, *flags) == 0
+        assert (
+            cli(
+                "train",
+                "--precision",
+                precision,
+                "--seed",
+                seed,
+                *task,
+                "--epochs",
+                epochs,
+                "--batch-size",
+                16,
+                "--experiment",
+                experiment,
+                *flags,
+            )
+            == 0
+        )
         run = max(runs_of(experiment), key=lambda r: r.info.start_time)
         assert run.data.params["precision_used"] == precision
         out.append([history(run.info.run_id, k) for k in ("train_loss", "grad_norm", "test_acc")])
@@ -199,8 +291,11 @@ def test_bf16_same_seed_same_run(tmp_path, experiment):
     assert a == b
 
 
-@pytest.mark.skipif(EMULATED, reason="this CPU emulates bf16 (no AVX512-BF16 or AMX usable here): the 2 bf16 epochs "
-                                     "this comparison needs would take minutes; it runs where bf16 is native")
+@pytest.mark.skipif(
+    EMULATED,
+    reason="this CPU emulates bf16 (no AVX512-BF16 or AMX usable here): the 2 bf16 epochs "
+    "this comparison needs would take minutes; it runs where bf16 is native",
+)
 def test_bf16_learns_like_fp32(tmp_path, experiment):
     """On real images (digits, 2 epochs, the same seed), bf16 and fp32 both learn and end close together. (After
     one epoch digits is still in its steep, seed-sensitive phase: 43-69 % here; after two, 95-96 %.)"""

@@ -36,8 +36,12 @@ def finite(cfg):
 
 def to_flags(cfg, skip=()):
     """The command-line flags that give a process these settings, in field order: `--batch-size 128 ...`."""
-    return [x for f in settings(cfg) if f.name not in skip
-            for x in ("--" + f.name.replace("_", "-"), str(getattr(cfg, f.name)))]
+    return [
+        x
+        for f in settings(cfg)
+        if f.name not in skip
+        for x in ("--" + f.name.replace("_", "-"), str(getattr(cfg, f.name)))
+    ]
 
 
 def parse_list(text, name, convert=str, valid=None):

@@ -9,6 +9,7 @@ from lradvisor.config.fields import ADVICE, ADVISOR, DEVICES, finite, rules, set
 @dataclass(frozen=True)
 class TrainConfig:
     """One run: the published setup by default (ResNet-18 on CIFAR-10, SGD, StepLR, 20 epochs)."""
+
     arm: str = setting("baseline", f"preset: {', '.join(ARMS)}")
     seed: int = setting(0, "seed of init, shuffling, augmentation and subset")
     epochs: int = setting(20, "epochs to train")
@@ -16,67 +17,126 @@ class TrainConfig:
     lr: float = setting(0.1, "initial learning rate")
     momentum: float = setting(0.9, "SGD momentum")
     weight_decay: float = setting(0.001, "SGD weight decay")
-    schedule: str = setting("preset", "LR schedule: preset (the arm's own; step for most), step, cosine, onecycle, "
-                            "linear, plateau, constant", unset="preset")
-    schedule_file: str = setting("none", 'JSON file {"lr": [one LR per epoch]} the run follows (schedule `file`; how '
-                                 "a PBT winner is trained again); none: off", unset="none")
+    schedule: str = setting(
+        "preset",
+        "LR schedule: preset (the arm's own; step for most), step, cosine, onecycle, linear, plateau, constant",
+        unset="preset",
+    )
+    schedule_file: str = setting(
+        "none",
+        'JSON file {"lr": [one LR per epoch]} the run follows (schedule `file`; how '
+        "a PBT winner is trained again); none: off",
+        unset="none",
+    )
     step_size: int = setting(5, "StepLR: cut the LR every this many epochs")
     gamma: float = setting(0.1, "StepLR (and plateau): multiply the LR by this at each cut")
     subset_ratio: float = setting(1.0, "class-stratified fraction of the training set, in (0, 1]")
-    holdout: float = setting(0.0, "class-stratified, seed-determined fraction of the training set held out as the "
-                             "validation split every decision reads instead of the test set (per-class accuracy, "
-                             "plateau, credit), in [0, 0.5); 0 = the published protocol")
-    dataset: str = setting("cifar10", "cifar10 (published), cifar100, or digits (scikit-learn's bundled 8x8 digits, no "
-                           "download; best tried with --lr 0.02 --batch-size 16)")
+    holdout: float = setting(
+        0.0,
+        "class-stratified, seed-determined fraction of the training set held out as the "
+        "validation split every decision reads instead of the test set (per-class accuracy, "
+        "plateau, credit), in [0, 0.5); 0 = the published protocol",
+    )
+    dataset: str = setting(
+        "cifar10",
+        "cifar10 (published), cifar100, or digits (scikit-learn's bundled 8x8 digits, no "
+        "download; best tried with --lr 0.02 --batch-size 16)",
+    )
     data_dir: str = setting("data", "folder holding (or receiving) cifar-10-batches-py / cifar-100-python")
     model: str = setting("resnet18", "resnet18 (CIFAR stem) or resnet18_imagenet_stem")
     device: str = setting("auto", DEVICES)
     compile: int = setting(0, "1: torch.compile the model (one-time compile cost)")
-    precision: str = setting("auto", "auto (bf16 where the GPU or CPU has native bf16, else fp32), fp32 or bf16 "
-                             "(autocast)")
+    precision: str = setting(
+        "auto", "auto (bf16 where the GPU or CPU has native bf16, else fp32), fp32 or bf16 (autocast)"
+    )
     channels_last: str = setting("auto", "image memory layout: auto (on for CUDA and CPUs with native bf16), 0 or 1")
     # ---- the advisor
-    signals: str = setting("preset", f"override the arm's prompt signals: comma list of {', '.join(SIGNALS)}",
-                           ADVISOR, unset="preset")
-    every: str = setting("preset", "override the arm's cadence: ask after every N-th epoch (0 = never)", ADVISOR,
-                         unset="preset")
+    signals: str = setting(
+        "preset", f"override the arm's prompt signals: comma list of {', '.join(SIGNALS)}", ADVISOR, unset="preset"
+    )
+    every: str = setting(
+        "preset", "override the arm's cadence: ask after every N-th epoch (0 = never)", ADVISOR, unset="preset"
+    )
     window: int = setting(5, "how many recent epochs the prompt shows", ADVISOR)
-    prompt: str = setting("published", "published (the built-in family), a text file, prompts:/NAME/VERSION or "
-                          "prompts:/NAME@ALIAS (MLflow Prompt Registry) with {{variable}} placeholders", ADVISOR)
-    parser: str = setting("regex", "regex (published: first number after 'learning rate'/'LR') or json (response "
-                          "schema)", ADVISOR)
+    prompt: str = setting(
+        "published",
+        "published (the built-in family), a text file, prompts:/NAME/VERSION or "
+        "prompts:/NAME@ALIAS (MLflow Prompt Registry) with {{variable}} placeholders",
+        ADVISOR,
+    )
+    parser: str = setting(
+        "regex", "regex (published: first number after 'learning rate'/'LR') or json (response schema)", ADVISOR
+    )
     max_factor: float = setting(0.0, "clamp an accepted LR to [s/f, s*f] around the scheduler's s; 0 = off", ADVISOR)
-    advisor: str = setting("preset", "preset (the arm's own: gemini, or random/textbook for the controls), gemini, "
-                           "openai (any OpenAI-compatible server: OPENAI_BASE_URL, OPENAI_API_KEY), random, textbook, "
-                           "or replay (answers from --replay-run-id, no network)", ADVISOR, unset="preset")
+    advisor: str = setting(
+        "preset",
+        "preset (the arm's own: gemini, or random/textbook for the controls), gemini, "
+        "openai (any OpenAI-compatible server: OPENAI_BASE_URL, OPENAI_API_KEY), random, textbook, "
+        "or replay (answers from --replay-run-id, no network)",
+        ADVISOR,
+        unset="preset",
+    )
     replay_run_id: str = setting("none", "run whose recorded replies --advisor replay uses", ADVISOR, unset="none")
-    llm_model: str = setting("auto", "model to ask: a name from --models, provider:model (gemini:gemini-3.5-flash, "
-                             "openai:gpt-5-mini), or a name the arm's advisor asks; auto: gemini-3.5-flash for Gemini, "
-                             "the one model an OpenAI-compatible server lists", ADVISOR, unset="auto")
+    llm_model: str = setting(
+        "auto",
+        "model to ask: a name from --models, provider:model (gemini:gemini-3.5-flash, "
+        "openai:gpt-5-mini), or a name the arm's advisor asks; auto: gemini-3.5-flash for Gemini, "
+        "the one model an OpenAI-compatible server lists",
+        ADVISOR,
+        unset="auto",
+    )
     temperature: float = setting(1.0, "sampling temperature", ADVISOR)
-    models: str = setting("none", "YAML models file: per name its provider, base_url, model, key_env (the NAME of the "
-                          "variable holding its key) and prices in USD per million tokens "
-                          "(scripts/models.example.yaml); none: off", ADVISOR, unset="none")
-    advice: str = setting("sync", "sync (published: the next epoch waits for the reply), async (asked in the "
-                          "background, the reply applied from the first epoch after it arrives) or async_step (from the "
-                          "first batch after it arrives)", ADVISOR)
+    models: str = setting(
+        "none",
+        "YAML models file: per name its provider, base_url, model, key_env (the NAME of the "
+        "variable holding its key) and prices in USD per million tokens "
+        "(scripts/models.example.yaml); none: off",
+        ADVISOR,
+        unset="none",
+    )
+    advice: str = setting(
+        "sync",
+        "sync (published: the next epoch waits for the reply), async (asked in the "
+        "background, the reply applied from the first epoch after it arrives) or async_step (from the "
+        "first batch after it arrives)",
+        ADVISOR,
+    )
     thinking_budget: int = setting(-1, "thinking tokens (0 = off); -1 = the model's default, not sent", ADVISOR)
     llm_attempts: int = setting(6, "attempts per exchange (429/5xx/timeouts are retried)", ADVISOR)
-    llm_max_wait: float = setting(60.0, "cap of the exponential backoff in seconds; a server asking for a longer wait "
-                                  "(Retry-After, retryDelay) ends the exchange as failed", ADVISOR)
-    llm_timeout: float = setting(60.0, "timeout of one LLM request in seconds; after a timeout the next attempt waits "
-                                 "at least this long", ADVISOR)
-    llm_max_tokens: int = setting(1024, "cap of the reply's tokens (max_tokens; Gemini: maxOutputTokens = this + the "
-                                  "thinking budget); 0 = none sent", ADVISOR)
-    on_advisor_error: str = setting("continue", "continue (keep the scheduler's LR) or fail (end the run FAILED)",
-                                    ADVISOR)
-    guard: str = setting("off", "off (published) or rollback: an epoch at the advisor's LR whose loss explodes is "
-                         "trained again at the scheduler's LR", ADVISOR)
-    guard_factor: float = setting(3.0, "rollback when the epoch's training loss exceeds this x the previous epoch's "
-                                  "(or is not finite)", ADVISOR)
-    credit_epochs: int = setting(0, "k >= 1: every decision that moved the LR is measured against a branch trained k "
-                                 "epochs from the same state at the scheduler's LR (credit_acc, credit_loss); 0 = off",
-                                 ADVISOR)
+    llm_max_wait: float = setting(
+        60.0,
+        "cap of the exponential backoff in seconds; a server asking for a longer wait "
+        "(Retry-After, retryDelay) ends the exchange as failed",
+        ADVISOR,
+    )
+    llm_timeout: float = setting(
+        60.0,
+        "timeout of one LLM request in seconds; after a timeout the next attempt waits at least this long",
+        ADVISOR,
+    )
+    llm_max_tokens: int = setting(
+        1024,
+        "cap of the reply's tokens (max_tokens; Gemini: maxOutputTokens = this + the thinking budget); 0 = none sent",
+        ADVISOR,
+    )
+    on_advisor_error: str = setting(
+        "continue", "continue (keep the scheduler's LR) or fail (end the run FAILED)", ADVISOR
+    )
+    guard: str = setting(
+        "off",
+        "off (published) or rollback: an epoch at the advisor's LR whose loss explodes is "
+        "trained again at the scheduler's LR",
+        ADVISOR,
+    )
+    guard_factor: float = setting(
+        3.0, "rollback when the epoch's training loss exceeds this x the previous epoch's (or is not finite)", ADVISOR
+    )
+    credit_epochs: int = setting(
+        0,
+        "k >= 1: every decision that moved the LR is measured against a branch trained k "
+        "epochs from the same state at the scheduler's LR (credit_acc, credit_loss); 0 = off",
+        ADVISOR,
+    )
     experiment: str = setting("lradvisor", "MLflow experiment (ignored inside `mlflow run`, which picks it)", None)
 
     @property
@@ -88,6 +148,8 @@ class TrainConfig:
         """What the run logs as MLflow params: every setting but where it is filed."""
         return {f.name: getattr(self, f.name) for f in settings(self) if f.name != "experiment"}
 
+    # The rules are a table, one rule a line: kept out of the formatter's hands.
+    # fmt: off
     def check(self, by_search=False):
         """Raise UsageError for the first invalid setting. `by_search`: the search arms may be trained (search.py)."""
         from lradvisor.arms import read_schedule_file, resolve
@@ -108,12 +170,14 @@ class TrainConfig:
             (self.device in ("auto", "cpu") or self.device.split(":")[0] == "cuda",
              f"unknown device {self.device!r}; valid: {DEVICES}"),
             (self.compile in (0, 1), f"compile must be 0 or 1, got {self.compile}"),
-            (self.precision in ("auto", "fp32", "bf16"), f"unknown precision {self.precision!r}; valid: auto, fp32, bf16"),
+            (self.precision in ("auto", "fp32", "bf16"),
+             f"unknown precision {self.precision!r}; valid: auto, fp32, bf16"),
             (self.channels_last in ("auto", "0", "1"),
              f"unknown channels_last {self.channels_last!r}; valid: auto, 0, 1"),
             (self.window > 0, f"window must be > 0, got {self.window}"),
             (self.parser in ("regex", "json"), f"unknown parser {self.parser!r}; valid: regex, json"),
-            (self.max_factor == 0 or self.max_factor >= 1, f"max_factor must be 0 (off) or >= 1, got {self.max_factor}"),
+            (self.max_factor == 0 or self.max_factor >= 1,
+             f"max_factor must be 0 (off) or >= 1, got {self.max_factor}"),
             (self.guard in ("off", "rollback"), f"unknown guard {self.guard!r}; valid: off, rollback"),
             (self.guard_factor > 1, f"guard_factor must be > 1, got {self.guard_factor}"),
             (self.credit_epochs >= 0, f"credit_epochs must be >= 0 (0 = off), got {self.credit_epochs}"),
@@ -165,3 +229,4 @@ class TrainConfig:
                    (not arm.every, "a schedule file is followed as it is: it does not take an advisor; use an arm "
                     "with no advisor (baseline) or --every 0")])
         return self
+    # fmt: on

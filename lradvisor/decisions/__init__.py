@@ -23,8 +23,11 @@ decisions/scores.json, regret_mean, gain_mean).
 
 def main(cfg):
     from lradvisor.config.decisions import DecisionsConfig
+
     if isinstance(cfg, DecisionsConfig):
         from lradvisor.decisions import build
+
         return build.main(cfg)
     from lradvisor.decisions import score
+
     return score.main(cfg)

@@ -30,8 +30,12 @@ OUTCOMES, STATES = "decisions/outcomes.json", "decisions/states.json"
 
 
 def runs_of(client, exp_id, decisions_id, role):
-    return client.search_runs([exp_id], f"tags.decisions_id = {tracking.quote(decisions_id)} and tags.role = "
-                              f"{tracking.quote(role)}", max_results=5000, order_by=["attributes.start_time ASC"])
+    return client.search_runs(
+        [exp_id],
+        f"tags.decisions_id = {tracking.quote(decisions_id)} and tags.role = {tracking.quote(role)}",
+        max_results=5000,
+        order_by=["attributes.start_time ASC"],
+    )
 
 
 def measured(client, run):
@@ -46,14 +50,20 @@ def measured(client, run):
 
 def settings_of(cfg):
     """What makes the benchmark this one: a resume must match."""
-    return {"grid": ",".join(f"{m:g}" for m in cfg.grid_list()), "horizon": cfg.horizon, "replicates": cfg.replicates,
-            "from_arms": cfg.from_arms, **{k: v for k, v in cfg.train.params().items() if k not in ("arm", "seed")}}
+    return {
+        "grid": ",".join(f"{m:g}" for m in cfg.grid_list()),
+        "horizon": cfg.horizon,
+        "replicates": cfg.replicates,
+        "from_arms": cfg.from_arms,
+        **{k: v for k, v in cfg.train.params().items() if k not in ("arm", "seed")},
+    }
 
 
 def measure(cfg, arm, seed, run_id, client, exp_id, decisions_id):
     """Train one trajectory into `run_id`, measuring the states an earlier attempt of it did not."""
     from lradvisor.engine import run
     from lradvisor.engine.branches import Measure
+
     states, rows = {}, []
     for earlier in runs_of(client, exp_id, decisions_id, "trajectory"):
         tags = earlier.data.tags
@@ -86,18 +96,40 @@ class Build(launch.Sweep):
 
     def create_child(self, job):
         with tracking.writing():
-            return self.client.create_run(self.experiment_id, run_name=job.name, tags={
-                "mlflow.parentRunId": self.parent_id, "decisions_id": self.sweep_id, "role": "trajectory",
-                "arm": job.arm, "seed": str(job.seed)}).info.run_id
+            return self.client.create_run(
+                self.experiment_id,
+                run_name=job.name,
+                tags={
+                    "mlflow.parentRunId": self.parent_id,
+                    "decisions_id": self.sweep_id,
+                    "role": "trajectory",
+                    "arm": job.arm,
+                    "seed": str(job.seed),
+                },
+            ).info.run_id
 
     def command(self, job, flags=None):
         """The child's command; its data and models files as absolute paths (a Ray node has another folder)."""
         t = self.cfg.train
-        part = dataclasses.replace(self.cfg, part=f"{job.arm}:{job.seed}", decisions_id=self.sweep_id,
-                                   train=dataclasses.replace(t, data_dir=os.path.abspath(t.data_dir), models=(
-                                       os.path.abspath(t.models) if t.models != "none" else "none")))
-        return [sys.executable, "-m", "lradvisor", "decisions", "build",
-                *to_flags(part, skip=("experiment",)), *to_flags(part.train, skip=("arm", "seed", "experiment"))]
+        part = dataclasses.replace(
+            self.cfg,
+            part=f"{job.arm}:{job.seed}",
+            decisions_id=self.sweep_id,
+            train=dataclasses.replace(
+                t,
+                data_dir=os.path.abspath(t.data_dir),
+                models=(os.path.abspath(t.models) if t.models != "none" else "none"),
+            ),
+        )
+        return [
+            sys.executable,
+            "-m",
+            "lradvisor",
+            "decisions",
+            "build",
+            *to_flags(part, skip=("experiment",)),
+            *to_flags(part.train, skip=("arm", "seed", "experiment")),
+        ]
 
 
 def open_parent(client, cfg, decisions_id):
@@ -110,8 +142,10 @@ def open_parent(client, cfg, decisions_id):
     for r in earlier:
         differ = [k for k, v in wanted.items() if k in r.data.params and r.data.params[k] != v]
         if differ:
-            raise UsageError(f"decisions {decisions_id!r} was built with {differ[0]}={r.data.params[differ[0]]} (now "
-                             f"{wanted[differ[0]]}); resume it with the same settings, or give a new --decisions-id")
+            raise UsageError(
+                f"decisions {decisions_id!r} was built with {differ[0]}={r.data.params[differ[0]]} (now "
+                f"{wanted[differ[0]]}); resume it with the same settings, or give a new --decisions-id"
+            )
     if env:
         run_id = env
     elif earlier:
@@ -120,7 +154,11 @@ def open_parent(client, cfg, decisions_id):
         print(f"decisions {decisions_id}: resuming (run {run_id})")
     else:
         run_id = client.create_run(exp_id, run_name=f"decisions-{decisions_id}").info.run_id
-    for k, v in {"decisions_id": decisions_id, "role": "decisions", "mlflow.runName": f"decisions-{decisions_id}"}.items():
+    for k, v in {
+        "decisions_id": decisions_id,
+        "role": "decisions",
+        "mlflow.runName": f"decisions-{decisions_id}",
+    }.items():
         client.set_tag(run_id, k, v)
     have = client.get_run(run_id).data.params
     for k, v in wanted.items():
@@ -143,15 +181,18 @@ def main(cfg):
     with tracking.interrupts_end_runs():
         try:
             jobs = todo(cfg, client, exp_id, decisions_id)
-            print(f"decisions {decisions_id}: {len(jobs)} trajectories to measure ({', '.join(j.name for j in jobs)}), "
-                  f"grid x{cfg.grid}, horizon {cfg.horizon}, {cfg.replicates} replicate(s); run {parent}", flush=True)
+            print(
+                f"decisions {decisions_id}: {len(jobs)} trajectories to measure ({', '.join(j.name for j in jobs)}), "
+                f"grid x{cfg.grid}, horizon {cfg.horizon}, {cfg.replicates} replicate(s); run {parent}",
+                flush=True,
+            )
             if int(cfg.parallel) == 1 and cfg.launcher == "local":
                 for job in jobs:  # in this process: no start-up per trajectory
                     run_id = Build(cfg, decisions_id, exp_id, parent, [], 1).create_child(job)
                     measure(cfg, job.arm, job.seed, run_id, client, exp_id, decisions_id)
             else:
                 build = Build(cfg, decisions_id, exp_id, parent, [], int(cfg.parallel))
-                results = getattr(launch, cfg.launcher)(jobs, build)
+                results = launch.launcher(cfg.launcher)(jobs, build)
                 failed = [j.name for j, r in results.items() if not r[0]]
                 if failed:
                     raise UsageError(f"trajectories failed: {', '.join(failed)}; the same command again resumes")
@@ -170,15 +211,24 @@ def main(cfg):
 def todo(cfg, client, exp_id, decisions_id):
     """The trajectories not finished yet, as the launcher's jobs."""
     from lradvisor.study.launch import Job
-    finished = {(r.data.tags.get("arm"), r.data.tags.get("seed")) for r in
-                runs_of(client, exp_id, decisions_id, "trajectory") if r.info.status == "FINISHED"}
-    return [Job(arm, cfg.train.dataset, seed, f"{arm}:{seed}") for arm in cfg.trajectories() for seed in cfg.seed_list()
-            if (arm, str(seed)) not in finished]
+
+    finished = {
+        (r.data.tags.get("arm"), r.data.tags.get("seed"))
+        for r in runs_of(client, exp_id, decisions_id, "trajectory")
+        if r.info.status == "FINISHED"
+    }
+    return [
+        Job(arm, cfg.train.dataset, seed, f"{arm}:{seed}")
+        for arm in cfg.trajectories()
+        for seed in cfg.seed_list()
+        if (arm, str(seed)) not in finished
+    ]
 
 
 def gather(cfg, client, exp_id, parent, decisions_id, seconds):
     """Every finished trajectory's states and outcomes into the benchmark's run, and its GenAI evaluation dataset."""
     import mlflow.genai.datasets
+
     states, rows = {}, []
     for r in runs_of(client, exp_id, decisions_id, "trajectory"):
         if r.info.status == "FINISHED" and r.data.tags.get("seed") in {str(s) for s in cfg.seed_list()}:
@@ -191,20 +241,36 @@ def gather(cfg, client, exp_id, parent, decisions_id, seconds):
         tracking.write_table(rows, OUTCOMES)
         best = [headroom(rows, s) for s in states]
         noise = [spread(rows, s) for s in states]
-        mlflow.log_metrics({"states": len(states), "branches": len(rows), "build_seconds": seconds,
-                            "headroom_mean": statistics.mean(best) if best else 0.0,
-                            "noise_floor": statistics.mean(noise) if noise else 0.0})
+        mlflow.log_metrics(
+            {
+                "states": len(states),
+                "branches": len(rows),
+                "build_seconds": seconds,
+                "headroom_mean": statistics.mean(best) if best else 0.0,
+                "noise_floor": statistics.mean(noise) if noise else 0.0,
+            }
+        )
     name = f"decisions-{decisions_id}"
     try:
         dataset = mlflow.genai.datasets.get_dataset(name=name)
     except Exception:
-        dataset = mlflow.genai.datasets.create_dataset(name=name, experiment_id=[exp_id],
-                                                       tags={"decisions_id": decisions_id})
-    dataset.merge_records([{"inputs": {"state": v["state"], "variables": json.dumps(v)},
-                            "expectations": {"outcomes": outcomes_of(rows, k)}} for k, v in states.items()])
-    print(f"decisions {decisions_id}: {len(states)} states, {len(rows)} branches in {seconds:.0f} s; headroom (best "
-          f"action − the scheduler's, validation accuracy, mean over states) {statistics.mean(best) if best else 0:+.2f} "
-          f"points; noise floor (replicate spread) {statistics.mean(noise) if noise else 0:.2f}")
+        dataset = mlflow.genai.datasets.create_dataset(
+            name=name, experiment_id=[exp_id], tags={"decisions_id": decisions_id}
+        )
+    dataset.merge_records(
+        [
+            {
+                "inputs": {"state": v["state"], "variables": json.dumps(v)},
+                "expectations": {"outcomes": outcomes_of(rows, k)},
+            }
+            for k, v in states.items()
+        ]
+    )
+    print(
+        f"decisions {decisions_id}: {len(states)} states, {len(rows)} branches in {seconds:.0f} s; headroom (best "
+        f"action − the scheduler's, validation accuracy, mean over states) {statistics.mean(best) if best else 0:+.2f} "
+        f"points; noise floor (replicate spread) {statistics.mean(noise) if noise else 0:.2f}"
+    )
 
 
 def outcomes_of(rows, state):

@@ -37,11 +37,17 @@ def benchmark(decisions_id):
     """(run, states, outcome rows) of a finished benchmark, from any experiment of the tracking server."""
     client = MlflowClient()
     exp_ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(exp_ids, f"tags.decisions_id = {tracking.quote(decisions_id)} and tags.role = 'decisions' "
-                              "and attributes.status = 'FINISHED'", max_results=10)
+    runs = client.search_runs(
+        exp_ids,
+        f"tags.decisions_id = {tracking.quote(decisions_id)} and tags.role = 'decisions' "
+        "and attributes.status = 'FINISHED'",
+        max_results=10,
+    )
     if not runs:
-        raise UsageError(f"no finished benchmark {decisions_id!r} on {mlflow.get_tracking_uri()}; build it first: "
-                         f"lradvisor decisions build --decisions-id {decisions_id}")
+        raise UsageError(
+            f"no finished benchmark {decisions_id!r} on {mlflow.get_tracking_uri()}; build it first: "
+            f"lradvisor decisions build --decisions-id {decisions_id}"
+        )
     run = runs[0]
     states = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{STATES}")
     table = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{OUTCOMES}")
@@ -76,9 +82,12 @@ def schedule_lr(cfg, arm, epoch, n_train):
     import torch
 
     from lradvisor.engine import schedules
+
     if arm.schedule not in schedules.PER_STEP + ("step", "constant"):
-        raise UsageError(f"arm {cfg.arm!r}: schedule {arm.schedule} depends on the run's losses and cannot be scored "
-                         "from a state; score its LLM or control arms, baseline or oracle")
+        raise UsageError(
+            f"arm {cfg.arm!r}: schedule {arm.schedule} depends on the run's losses and cannot be scored "
+            "from a state; score its LLM or control arms, baseline or oracle"
+        )
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
     steps = n_train // cfg.batch_size + (n_train % cfg.batch_size > 1)  # the loader's batches (it drops a last one)
     sched = schedules.build(arm.schedule, opt, cfg, steps)
@@ -93,14 +102,22 @@ class Chooser:
 
     def __init__(self, tcfg, run):
         from lradvisor.llm.advisor import Advisor
+
         self.cfg, self.arm = tcfg, resolve(tcfg.arm, tcfg.signals, tcfg.every, tcfg.advisor, tcfg.schedule)
         self.n_train = int(run.data.params.get("n_train", 0))
         self.advisor = Advisor(tcfg, self.arm) if self.arm.every else None
 
     def __call__(self, variables, means):
         lr, epoch = variables["scheduler_lr"], variables["epoch"]
-        out = {"scheduler_lr": lr, "reply": None, "accepted": None, "reason": "", "cost_usd": None, "latency_s": 0.0,
-               "tokens": 0}
+        out = {
+            "scheduler_lr": lr,
+            "reply": None,
+            "accepted": None,
+            "reason": "",
+            "cost_usd": None,
+            "latency_s": 0.0,
+            "tokens": 0,
+        }
         if self.arm.oracle:
             out.update(applied_lr=lr * float(max(means, key=means.get)), reason="the best action")
         elif self.advisor:
@@ -109,10 +126,17 @@ class Chooser:
             got = self.advisor.ask(epoch, text, state)
             decision = self.advisor.decide(got, lr)
             from lradvisor.llm import zoo
-            out.update(applied_lr=decision.applied, accepted=decision.accepted, reason=decision.reason,
-                       reply=got.get("reply"), prompt=text, cost_usd=zoo.cost_usd(self.advisor.llm, got),
-                       latency_s=got.get("latency_s") or 0.0,
-                       tokens=sum(got.get(k) or 0 for k in ("prompt_tokens", "output_tokens", "thought_tokens")))
+
+            out.update(
+                applied_lr=decision.applied,
+                accepted=decision.accepted,
+                reason=decision.reason,
+                reply=got.get("reply"),
+                prompt=text,
+                cost_usd=zoo.cost_usd(self.advisor.llm, got),
+                latency_s=got.get("latency_s") or 0.0,
+                tokens=sum(got.get(k) or 0 for k in ("prompt_tokens", "output_tokens", "thought_tokens")),
+            )
         elif self.arm.schedule != "step":
             out.update(applied_lr=schedule_lr(self.cfg, self.arm, epoch, self.n_train), reason=self.arm.schedule)
         else:
@@ -124,6 +148,7 @@ class Chooser:
 def main(cfg):
     import mlflow.genai
     from mlflow.genai.scorers import scorer
+
     run, states, rows = benchmark(cfg.decisions_id)
     tcfg = training_config(run, cfg)
     choose = Chooser(tcfg, run)
@@ -137,13 +162,25 @@ def main(cfg):
         out = choose(states[state], means[state])
         value, off, distance = outcome(means[state], out["multiplier"])
         best, scheduler = max(means[state].values()), means[state][1.0]
-        scored[state] = {"state": state, "epoch": states[state]["epoch"], "seed": states[state]["seed"],
-                         "trajectory": states[state]["trajectory"], **{k: v for k, v in out.items() if k != "prompt"},
-                         "outcome": value, "regret": best - value, "gain": value - scheduler, "off_grid": off,
-                         "grid_distance": distance, "changed": not math.isclose(out["multiplier"], 1.0),
-                         "seconds": time.perf_counter() - t0}
-        return {k: v for k, v in scored[state].items() if k in ("applied_lr", "multiplier", "accepted", "reply",
-                                                                  "reason", "off_grid")}
+        scored[state] = {
+            "state": state,
+            "epoch": states[state]["epoch"],
+            "seed": states[state]["seed"],
+            "trajectory": states[state]["trajectory"],
+            **{k: v for k, v in out.items() if k != "prompt"},
+            "outcome": value,
+            "regret": best - value,
+            "gain": value - scheduler,
+            "off_grid": off,
+            "grid_distance": distance,
+            "changed": not math.isclose(out["multiplier"], 1.0),
+            "seconds": time.perf_counter() - t0,
+        }
+        return {
+            k: v
+            for k, v in scored[state].items()
+            if k in ("applied_lr", "multiplier", "accepted", "reply", "reason", "off_grid")
+        }
 
     @scorer
     def regret(inputs, outputs, expectations):
@@ -157,8 +194,10 @@ def main(cfg):
     def accepted(outputs):
         return float(bool(outputs["accepted"])) if outputs["accepted"] is not None else 1.0
 
-    data = [{"inputs": {"state": s}, "expectations": {"outcomes": {f"{m:g}": v for m, v in means[s].items()}}}
-            for s in order]
+    data = [
+        {"inputs": {"state": s}, "expectations": {"outcomes": {f"{m:g}": v for m, v in means[s].items()}}}
+        for s in order
+    ]
     os.environ.setdefault("MLFLOW_GENAI_EVAL_MAX_WORKERS", "1")  # in order: the random control draws in sequence
     if not os.environ.get("MLFLOW_RUN_ID"):  # beside the benchmark (under `mlflow run`, in the run it made)
         mlflow.set_experiment(experiment_id=run.info.experiment_id)
@@ -167,8 +206,14 @@ def main(cfg):
         evaluation = tracking.open_run(None, run_name=name)
         try:
             mlflow.set_tags({"decisions_id": cfg.decisions_id, "arm": cfg.arm, "role": "score"})
-            tracking.log_params_once({"arm": cfg.arm, "decisions_id": cfg.decisions_id, "benchmark_run": run.info.run_id,
-                                      **{k: getattr(tcfg, k) for k in cfg.ADVISOR_SETTINGS}})
+            tracking.log_params_once(
+                {
+                    "arm": cfg.arm,
+                    "decisions_id": cfg.decisions_id,
+                    "benchmark_run": run.info.run_id,
+                    **{k: getattr(tcfg, k) for k in cfg.ADVISOR_SETTINGS},
+                }
+            )
             mlflow.genai.evaluate(data=data, predict_fn=predict_fn, scorers=[regret, gain, accepted])
             table = [scored[s] for s in order]
             summary = summarize(table, rows, states)
@@ -179,8 +224,9 @@ def main(cfg):
             if cfg.against != "none":
                 summary.update(paired(table, cfg.against))
         except BaseException as e:
-            tracking.end_failed("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}",
-                                e)
+            tracking.end_failed(
+                "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}", e
+            )
             raise
         tracking.end_finished()
     report(cfg, evaluation.info.run_id, summary)
@@ -195,10 +241,16 @@ def summarize(table, rows, states):
     """Mean regret and gain (points of validation accuracy) with t CIs over states; the benchmark's noise floor."""
     regret, low, high = stats.mean_ci([r["regret"] for r in table])
     gain, glow, ghigh = stats.mean_ci([r["gain"] for r in table])
-    out = {"regret_mean": regret, "gain_mean": gain, "states": len(table),
-           "off_grid": sum(r["off_grid"] for r in table), "changed": sum(r["changed"] for r in table),
-           "noise_floor": statistics.mean(spread(rows, s) for s in states),
-           "llm_seconds": sum(r["latency_s"] for r in table), "llm_tokens": sum(r["tokens"] for r in table)}
+    out = {
+        "regret_mean": regret,
+        "gain_mean": gain,
+        "states": len(table),
+        "off_grid": sum(r["off_grid"] for r in table),
+        "changed": sum(r["changed"] for r in table),
+        "noise_floor": statistics.mean(spread(rows, s) for s in states),
+        "llm_seconds": sum(r["latency_s"] for r in table),
+        "llm_tokens": sum(r["tokens"] for r in table),
+    }
     if low is not None:
         out.update(regret_ci_low=low, regret_ci_high=high, gain_ci_low=glow, gain_ci_high=ghigh)
     if all(r["cost_usd"] is not None for r in table) and any(r["cost_usd"] for r in table):
@@ -214,8 +266,13 @@ def paired(table, other_run):
     if len(both) < 2:
         raise UsageError(f"run {other_run} scored {len(both)} of these states: not the same benchmark")
     test = stats.paired([r["regret"] for r in both], [theirs[r["state"]] for r in both])
-    out = {"delta_regret": test["delta_vs_baseline"], "delta_regret_ci_low": test["delta_ci_low"],
-           "delta_regret_ci_high": test["delta_ci_high"], "delta_regret_p": test["p_value"], "paired_states": len(both)}
+    out = {
+        "delta_regret": test["delta_vs_baseline"],
+        "delta_regret_ci_low": test["delta_ci_low"],
+        "delta_regret_ci_high": test["delta_ci_high"],
+        "delta_regret_p": test["p_value"],
+        "paired_states": len(both),
+    }
     with tracking.writing():
         mlflow.log_metrics({k: v for k, v in out.items() if v is not None and math.isfinite(v)}, run_id=None)
         mlflow.set_tag("against", other_run)
@@ -225,9 +282,13 @@ def paired(table, other_run):
 def report(cfg, run_id, s):
     ci = f" [{s['regret_ci_low']:.2f}, {s['regret_ci_high']:.2f}]" if "regret_ci_low" in s else ""
     gci = f" [{s['gain_ci_low']:+.2f}, {s['gain_ci_high']:+.2f}]" if "gain_ci_low" in s else ""
-    print(f"score {cfg.arm} on decisions {cfg.decisions_id}: regret {s['regret_mean']:.2f}{ci} points, gain over the "
-          f"scheduler {s['gain_mean']:+.2f}{gci} over {s['states']} states (noise floor {s['noise_floor']:.2f}); "
-          f"{s['changed']} changed the LR, {s['off_grid']} off the grid; run {run_id}")
+    print(
+        f"score {cfg.arm} on decisions {cfg.decisions_id}: regret {s['regret_mean']:.2f}{ci} points, gain over the "
+        f"scheduler {s['gain_mean']:+.2f}{gci} over {s['states']} states (noise floor {s['noise_floor']:.2f}); "
+        f"{s['changed']} changed the LR, {s['off_grid']} off the grid; run {run_id}"
+    )
     if "delta_regret" in s:
-        print(f"  against {cfg.against}: Δ regret {s['delta_regret']:+.2f} [{s['delta_regret_ci_low']:+.2f}, "
-              f"{s['delta_regret_ci_high']:+.2f}], p {s['delta_regret_p']}, over {s['paired_states']} states")
+        print(
+            f"  against {cfg.against}: Δ regret {s['delta_regret']:+.2f} [{s['delta_regret_ci_low']:+.2f}, "
+            f"{s['delta_regret_ci_high']:+.2f}], p {s['delta_regret_p']}, over {s['paired_states']} states"
+        )

@@ -11,7 +11,7 @@ epoch could change nothing, so it is never done.
 """
 
 from lradvisor.engine import schedules
-from lradvisor.engine.state import Advised
+from lradvisor.engine.state import Advised, RunState
 
 
 def apply(s, exchange_epoch, row, new_lr, scheduler_lr):
@@ -30,7 +30,7 @@ class SyncAdvice:
     def __init__(self, advisor):
         self.advisor = advisor
 
-    def decision_point(self, s):
+    def decision_point(self, s: RunState) -> None:
         if not asks(s) or s.epoch >= s.cfg.epochs:
             return
         scheduler_lr = s.lr
@@ -41,29 +41,38 @@ class SyncAdvice:
 
 class AsyncAdvice:
     """One exchange in flight at a time: the next prompt carries what its reply did."""
+
     LAST = 2  # the last epoch asked after is this many before the end: a reply lands after the next epoch
 
     def __init__(self, advisor):
         self.advisor, self.asked = advisor, None  # asked: the exchange in flight
 
-    def decision_point(self, s):
+    def decision_point(self, s: RunState) -> None:
         if s.epoch >= s.cfg.epochs:
             return
         if self.asked and self.asked.ready(s.step + 1):  # arrived during this epoch: applied from the next one
             exchange, self.asked = self.asked, None
             scheduler_lr = s.lr
-            new_lr, row = self.advisor.answer(exchange, self.advisor.decide(exchange.got, scheduler_lr), s.history,
-                                              s.journal, (s.epoch + 1, s.step + 1))
+            new_lr, row = self.advisor.answer(
+                exchange,
+                self.advisor.decide(exchange.got, scheduler_lr),
+                s.history,
+                s.journal,
+                (s.epoch + 1, s.step + 1),
+            )
             s.emit("exchange", row)
             apply(s, exchange.epoch, row, new_lr, scheduler_lr)
         if asks(s) and s.epoch <= s.cfg.epochs - self.LAST:
             if self.asked:
-                print(f"  advisor: the reply to the prompt after epoch {self.asked.epoch} is still in flight; not "
-                      f"asking after epoch {s.epoch}", flush=True)
+                print(
+                    f"  advisor: the reply to the prompt after epoch {self.asked.epoch} is still in flight; not "
+                    f"asking after epoch {s.epoch}",
+                    flush=True,
+                )
             else:
                 self.asked = self.advisor.ask_in_background(s.epoch, s.history, s.lr)
 
-    def fit_end(self, s):
+    def fit_end(self, s: RunState) -> None:
         if self.asked:  # never waited for: recorded as not applied, with why
             s.emit("exchange", self.advisor.unapplied(self.asked, s.history, s.epoch, s.journal))
 
@@ -71,13 +80,14 @@ class AsyncAdvice:
 class AsyncStepAdvice(AsyncAdvice):
     """A reply lands at the first batch after it arrives; guard and credit, which start from an epoch's beginning,
     are refused with it (config.py)."""
+
     LAST = 1
 
     def __init__(self, advisor):
         super().__init__(advisor)
         self.landed = []  # (exchange, decision, (epoch, global batch)): applied, not yet recorded
 
-    def batch_start(self, s, i):
+    def batch_start(self, s: RunState, i: int) -> None:
         at = s.step + i + 1  # the global batch number of batch i of this epoch
         if self.asked and self.asked.ready(at):
             exchange, self.asked = self.asked, None
@@ -86,7 +96,7 @@ class AsyncStepAdvice(AsyncAdvice):
                 schedules.override(s.sched, s.opt, decision.applied)
             self.landed.append((exchange, decision, (s.epoch, at)))
 
-    def epoch_end(self, s):
+    def epoch_end(self, s: RunState) -> None:
         for exchange, decision, at in self.landed:
             s.emit("exchange", self.advisor.answer(exchange, decision, s.history, s.journal, at)[1])
         self.landed.clear()

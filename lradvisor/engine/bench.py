@@ -21,8 +21,17 @@ import torch.nn.functional as F
 
 TRAIN_FLOP, EVAL_FLOP = 3.3e9, 1.1e9
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, to put achieved numbers in context.
-PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0,
-               "A100": 312.0, "L40S": 362.0, "L4": 121.0, "RTX 4090": 165.0}
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "RTX 4090": 165.0,
+}
 
 
 def peak_tflops(device):
@@ -38,6 +47,7 @@ def cpu_model():
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         import platform
+
         return platform.processor() or platform.machine()
 
 
@@ -50,6 +60,7 @@ def get_data(cfg):
     """Real CIFAR-10 when data_dir holds it, else random CIFAR-shaped data (speed does not depend on it)."""
     from lradvisor.data.files import load
     from lradvisor.data.registry import FOLDER
+
     if os.path.isdir(os.path.join(cfg.data_dir, FOLDER)):
         x_tr, y_tr, x_te, y_te = load(cfg.data_dir)
         source = "cifar10"
@@ -59,15 +70,21 @@ def get_data(cfg):
         x_te = rng.integers(0, 256, (cfg.test_size, 3, 32, 32), dtype=np.uint8)
         y_tr, y_te = rng.integers(0, 10, cfg.train_size), rng.integers(0, 10, cfg.test_size)
         source = "synthetic"
-    return x_tr[:cfg.train_size], y_tr[:cfg.train_size], x_te[:cfg.test_size], y_te[:cfg.test_size], source
+    return x_tr[: cfg.train_size], y_tr[: cfg.train_size], x_te[: cfg.test_size], y_te[: cfg.test_size], source
 
 
 def time_ours(cfg, device, x_tr, y_tr, x_te, y_te):
     from lradvisor.config import TrainConfig
     from lradvisor.engine.loop import evaluate, train_epoch
     from lradvisor.engine.setup import setup
-    run = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, compile=cfg.compile, precision=cfg.precision,
-                      channels_last=cfg.channels_last)  # the published setup otherwise
+
+    run = TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        compile=cfg.compile,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+    )  # the published setup otherwise
     x_tr, y_tr = torch.from_numpy(x_tr).to(device), torch.from_numpy(y_tr).to(device)
     x_te, y_te = torch.from_numpy(x_te).to(device), torch.from_numpy(y_te).to(device)
     train_loader, test_loader, model, opt, sched, autocast = setup(run, x_tr, y_tr, x_te, y_te)
@@ -105,8 +122,14 @@ def time_reference(cfg, device, x_tr, y_tr, x_te, y_te):
     train_set = Cifar(x_tr, y_tr, T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *norm]))
     test_set = Cifar(x_te, y_te, T.Compose(norm))
     pin = device.type == "cuda"
-    train_loader = torch.utils.data.DataLoader(train_set, cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                                               pin_memory=pin, persistent_workers=cfg.workers > 0)
+    train_loader = torch.utils.data.DataLoader(
+        train_set,
+        cfg.batch_size,
+        shuffle=True,
+        num_workers=cfg.workers,
+        pin_memory=pin,
+        persistent_workers=cfg.workers > 0,
+    )
     test_loader = torch.utils.data.DataLoader(test_set, 1000, num_workers=cfg.workers, pin_memory=pin)
     torch.manual_seed(0)
     model = build_model("resnet18").to(device)
@@ -145,19 +168,32 @@ def summarize(loop, epochs, cfg, device, n_train, n_test, source):
     tflops = ips * TRAIN_FLOP / 1e12
     peak = peak_tflops(device)
     from lradvisor.engine.device import pick_channels_last, pick_precision
+
     ours = loop == "ours"
-    return {"loop": loop, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "cpu": cpu_model(), "threads": torch.get_num_threads(),
-            "precision": pick_precision(cfg.precision, device) if ours else "fp32",
-            "channels_last": pick_channels_last(cfg.channels_last, device) if ours else False,
-            "torch": torch.__version__, "data": source, "n_train": n_train, "n_test": n_test,
-            "batch_size": cfg.batch_size, "epochs": len(epochs), "compile": bool(cfg.compile) and loop == "ours",
-            "train_images_per_s": round(ips, 1), "seconds_per_epoch": round(train_s + eval_s, 3),
-            "train_seconds_per_epoch": round(train_s, 3), "eval_seconds": round(eval_s, 3),
-            "first_epoch_extra_s": round(epochs[0][0] + epochs[0][1] - train_s - eval_s, 3),
-            "achieved_tflops": round(tflops, 3), "peak_tflops_bf16": peak,
-            "fraction_of_peak": round(tflops / peak, 4) if peak else None,
-            "final_test_acc": round(epochs[-1][2], 2)}
+    return {
+        "loop": loop,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "precision": pick_precision(cfg.precision, device) if ours else "fp32",
+        "channels_last": pick_channels_last(cfg.channels_last, device) if ours else False,
+        "torch": torch.__version__,
+        "data": source,
+        "n_train": n_train,
+        "n_test": n_test,
+        "batch_size": cfg.batch_size,
+        "epochs": len(epochs),
+        "compile": bool(cfg.compile) and loop == "ours",
+        "train_images_per_s": round(ips, 1),
+        "seconds_per_epoch": round(train_s + eval_s, 3),
+        "train_seconds_per_epoch": round(train_s, 3),
+        "eval_seconds": round(eval_s, 3),
+        "first_epoch_extra_s": round(epochs[0][0] + epochs[0][1] - train_s - eval_s, 3),
+        "achieved_tflops": round(tflops, 3),
+        "peak_tflops_bf16": peak,
+        "fraction_of_peak": round(tflops / peak, 4) if peak else None,
+        "final_test_acc": round(epochs[-1][2], 2),
+    }
 
 
 def concurrent(cfg):
@@ -166,17 +202,27 @@ def concurrent(cfg):
     import sys
 
     from lradvisor.config import to_flags
+
     cmd = [sys.executable, "-m", "lradvisor", "bench", *to_flags(dataclasses.replace(cfg, loops="ours", processes=1))]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(cfg.processes)]
     lines = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     if any(p.returncode for p in procs):
         raise SystemExit("benchmark: a concurrent process failed")
     total = sum(r["train_images_per_s"] for r in lines)
-    print(json.dumps({"loop": f"ours x{cfg.processes} concurrent", "device": lines[0]["device"],
-                      "torch": lines[0]["torch"], "processes": cfg.processes,
-                      "total_train_images_per_s": round(total, 1),
-                      "per_process_train_images_per_s": [r["train_images_per_s"] for r in lines],
-                      "achieved_tflops": round(total * TRAIN_FLOP / 1e12, 3)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "loop": f"ours x{cfg.processes} concurrent",
+                "device": lines[0]["device"],
+                "torch": lines[0]["torch"],
+                "processes": cfg.processes,
+                "total_train_images_per_s": round(total, 1),
+                "per_process_train_images_per_s": [r["train_images_per_s"] for r in lines],
+                "achieved_tflops": round(total * TRAIN_FLOP / 1e12, 3),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 
@@ -184,6 +230,7 @@ def main(cfg):
     if cfg.processes > 1:
         return concurrent(cfg)
     from lradvisor.engine.device import pick_device
+
     device = pick_device(cfg.device)
     loops = [s.strip() for s in cfg.loops.split(",") if s.strip()]
     if not loops or any(s not in ("ours", "reference") for s in loops) or cfg.epochs < 1:
@@ -192,11 +239,13 @@ def main(cfg):
     results = {}
     for loop in loops:
         timer = time_ours if loop == "ours" else time_reference
-        results[loop] = summarize(loop, timer(cfg, device, x_tr, y_tr, x_te, y_te), cfg, device,
-                                  len(y_tr), len(y_te), source)
+        results[loop] = summarize(
+            loop, timer(cfg, device, x_tr, y_tr, x_te, y_te), cfg, device, len(y_tr), len(y_te), source
+        )
     if len(results) == 2:
         results["ours"]["speedup_vs_reference"] = round(
-            results["ours"]["train_images_per_s"] / results["reference"]["train_images_per_s"], 2)
+            results["ours"]["train_images_per_s"] / results["reference"]["train_images_per_s"], 2
+        )
     for r in results.values():
         print(json.dumps(r), flush=True)
     return 0

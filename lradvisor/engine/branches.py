@@ -20,6 +20,7 @@ from lradvisor import tracking
 from lradvisor.engine import schedules
 from lradvisor.engine.loop import evaluate, train_epoch
 from lradvisor.engine.setup import restore, snapshot
+from lradvisor.engine.state import RunState
 
 GRID = (0.1, 0.3, 1.0, 3.0, 10.0)  # actions: multiples of the scheduler's LR
 ORACLE_HORIZON = 1  # epochs the oracle arm looks ahead
@@ -68,7 +69,7 @@ class Measure:
         self.name, self.grid, self.horizon, self.replicates = name, grid, horizon, replicates
         self.done, self.record, self.like_baseline = done, record, like_baseline
 
-    def decision_point(self, s):
+    def decision_point(self, s: RunState) -> None:
         state = f"{self.name}-s{s.cfg.seed}-e{s.epoch}"
         if s.epoch >= s.cfg.epochs or state in self.done:
             return
@@ -80,12 +81,28 @@ class Measure:
             order = 1_000_003 * s.cfg.seed + 1_009 * s.epoch + r  # the same for every action: outcomes pair
             for m in self.grid:
                 val, test = branch(s, k, m * scheduler_lr, order, test=True)
-                rows.append({"state": state, "multiplier": m, "lr": m * scheduler_lr, "replicate": r,
-                             "val_acc": val.acc, "val_loss": val.loss, "test_acc": test.acc, "test_loss": test.loss,
-                             "horizon_epochs": k})
-        variables = {"state": state, "trajectory": self.name, "seed": s.cfg.seed, "epoch": s.epoch,
-                     "epochs": s.cfg.epochs, "scheduler_lr": scheduler_lr,
-                     "history": {key: list(v) for key, v in s.history.items()}}
+                rows.append(
+                    {
+                        "state": state,
+                        "multiplier": m,
+                        "lr": m * scheduler_lr,
+                        "replicate": r,
+                        "val_acc": val.acc,
+                        "val_loss": val.loss,
+                        "test_acc": test.acc,
+                        "test_loss": test.loss,
+                        "horizon_epochs": k,
+                    }
+                )
+        variables = {
+            "state": state,
+            "trajectory": self.name,
+            "seed": s.cfg.seed,
+            "epoch": s.epoch,
+            "epochs": s.cfg.epochs,
+            "scheduler_lr": scheduler_lr,
+            "history": {key: list(v) for key, v in s.history.items()},
+        }
         self.record(state, variables, rows, time.perf_counter() - t0)
 
 
@@ -97,20 +114,32 @@ class Oracle:
     def __init__(self):
         self.rows = []
 
-    def decision_point(self, s):
+    def decision_point(self, s: RunState) -> None:
         if s.epoch >= s.cfg.epochs:
             return
         t0, scheduler_lr = time.perf_counter(), s.lr
         k = horizon_of(s, ORACLE_HORIZON)
         outcomes = [(branch(s, k, m * scheduler_lr)[0], m) for m in GRID]
         best = max(outcomes, key=lambda o: (o[0].acc, -o[0].loss if math.isfinite(o[0].loss) else -math.inf))[1]
-        self.rows += [{"epoch": s.epoch, "multiplier": m, "lr": m * scheduler_lr, "val_acc": e.acc, "val_loss": e.loss,
-                       "chosen": m == best} for e, m in outcomes]
+        self.rows += [
+            {
+                "epoch": s.epoch,
+                "multiplier": m,
+                "lr": m * scheduler_lr,
+                "val_acc": e.acc,
+                "val_loss": e.loss,
+                "chosen": m == best,
+            }
+            for e, m in outcomes
+        ]
         schedules.override(s.sched, s.opt, best * scheduler_lr)
         s.budget["oracle_seconds"] = s.budget.get("oracle_seconds", 0.0) + time.perf_counter() - t0
-        s.journal.append({"epoch": s.epoch, "oracle": self.rows[-len(GRID):]})
+        s.journal.append({"epoch": s.epoch, "oracle": self.rows[-len(GRID) :]})
         with tracking.writing():
             tracking.write_table(self.rows, ORACLE_TABLE)
             mlflow.log_metric("oracle_multiplier", best, step=s.epoch)
-        print(f"  oracle after epoch {s.epoch}: x{best:g} (lr {best * scheduler_lr:.4g}) of "
-              + ", ".join(f"x{m:g} {e.acc:.1f}%" for e, m in outcomes), flush=True)
+        print(
+            f"  oracle after epoch {s.epoch}: x{best:g} (lr {best * scheduler_lr:.4g}) of "
+            + ", ".join(f"x{m:g} {e.acc:.1f}%" for e, m in outcomes),
+            flush=True,
+        )

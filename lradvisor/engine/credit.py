@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from lradvisor.engine.branches import branch
 from lradvisor.llm import records
+from lradvisor.engine.state import RunState
 
 
 class Due(NamedTuple):
@@ -20,7 +21,7 @@ class Credit:
     def __init__(self, advisor):
         self.advisor, self.due = advisor, []
 
-    def decision(self, s, exchange_epoch, row):
+    def decision(self, s: RunState, exchange_epoch: int, row: dict) -> None:
         """Before the decision's LR is applied: the branch keeps the scheduler's."""
         if not row.get("credit_epochs"):
             return
@@ -28,8 +29,7 @@ class Credit:
         self.due.append(Due(exchange_epoch, s.epoch + row["credit_epochs"], branch(s, row["credit_epochs"])[0]))
         s.budget["credit_seconds"] += time.perf_counter() - t0
 
-    def epoch_end(self, s):
+    def epoch_end(self, s: RunState) -> None:
         for due in [d for d in self.due if d.epoch == s.epoch]:
             records.credit(self.advisor, due.decision, s.epoch, s.current.decided, due.branch, s.journal)
             self.due.remove(due)
-

@@ -37,8 +37,10 @@ def native_bf16(device):
             return torch.cuda.is_bf16_supported()
     if platform.machine() in ("x86_64", "AMD64"):  # AVX512-BF16 (Cooper Lake, Zen 4+) or AMX (Sapphire Rapids+)
         cpu = torch.cpu
-        has = bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                   or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+        has = bool(
+            getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+            or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+        )
         return has and _isa_allows_bf16()
     if platform.machine() in ("aarch64", "arm64"):  # Armv8.6 BF16 (Graviton 3+, Neoverse V1/N2)
         try:

@@ -20,14 +20,16 @@ train_epoch and evaluate read back from the device once each: nothing syncs per 
 import math
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from lradvisor.data.loader import Loader
 from lradvisor.data.registry import DATASETS
 from lradvisor.engine import schedules
 from lradvisor.engine.optimizers import effective_lr
-from lradvisor.engine.state import Epoch, Evaluation, Trained
+from lradvisor.engine.state import Epoch, Evaluation, RunState, Trained
 from lradvisor.errors import TrainingError
 from lradvisor.tracking import CLASS_METRICS
 
@@ -36,7 +38,7 @@ class StopRun(Exception):
     """A handler ends the run after this epoch (a pruned trial); its tag stopped_early says why."""
 
 
-def fit(s):
+def fit(s: RunState) -> None:
     """Train the run in `s` (engine/state.py) from its first epoch to its last, or until a handler stops it."""
     try:
         for epoch in range(1, s.cfg.epochs + 1):
@@ -51,7 +53,7 @@ def fit(s):
     s.emit("fit_end")
 
 
-def train_and_evaluate(s):
+def train_and_evaluate(s: RunState) -> None:
     """One epoch of `s`: trained (the guard may train it again), evaluated, recorded in s.current, the history and the
     step counter; what a PBT member runs for each of its epochs too. TrainingError when the training loss is not
     finite."""
@@ -65,12 +67,20 @@ def train_and_evaluate(s):
     train_s = time.perf_counter() - t0
     lr = s.trained.lrs[0]  # the LR the epoch started at (under async_step a reply may land at its first batch)
     if not math.isfinite(s.trained.loss):
-        raise TrainingError(f"training loss became non-finite ({s.trained.loss}) in epoch {s.epoch} at lr {lr:g}; "
-                            "lower --lr, or set --max-factor or --guard rollback")
+        raise TrainingError(
+            f"training loss became non-finite ({s.trained.loss}) in epoch {s.epoch} at lr {lr:g}; "
+            "lower --lr, or set --max-factor or --guard rollback"
+        )
     test = evaluate(s.model, s.test_loader, s.autocast)
     val = evaluate(s.model, s.val_loader, s.autocast) if s.val_loader else None
-    metrics = {"lr": lr, "train_loss": s.trained.loss, "train_acc": s.trained.acc, "test_loss": test.loss,
-               "test_acc": test.acc, "grad_norm": s.trained.grad_norm}
+    metrics = {
+        "lr": lr,
+        "train_loss": s.trained.loss,
+        "train_acc": s.trained.acc,
+        "test_loss": test.loss,
+        "test_acc": test.acc,
+        "grad_norm": s.trained.grad_norm,
+    }
     if val:
         metrics.update(val_loss=val.loss, val_acc=val.acc)
     if len(test.per_class) <= CLASS_METRICS:  # one metric per class; else rows of a table (engine/observers.py)
@@ -82,19 +92,31 @@ def train_and_evaluate(s):
     metrics.update(epoch_seconds=seconds, images_per_second=len(s.train_loader.y) / train_s)
     s.current = Epoch(s.epoch, s.step + 1, s.trained, test, val, train_s, seconds, metrics)
     s.step += len(s.trained.lrs)
-    for key, value in (("lr", lr), ("train_loss", s.trained.loss), ("grad_norm", s.trained.grad_norm),
-                       ("class_acc", s.current.decided.per_class)):
+    for key, value in (
+        ("lr", lr),
+        ("train_loss", s.trained.loss),
+        ("grad_norm", s.trained.grad_norm),
+        ("class_acc", s.current.decided.per_class),
+    ):
         s.history[key].append(value)
     s.emit("epoch_end")
 
 
-def total_grad_norm(params):
+def total_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     """L2 norm of all gradients together, as a device tensor (no sync)."""
     grads = [p.grad for p in params if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-def train_epoch(model, opt, loader, autocast, sched=None, live="", before_step=None):
+def train_epoch(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    loader: Loader,
+    autocast: Callable,
+    sched=None,
+    live: str = "",
+    before_step: Callable[[int], None] | None = None,
+) -> Trained:
     """One epoch; `sched` is stepped after every batch (per-step schedules). Returns loss, accuracy, mean
     gradient norm and the LR of every step. `live` (a prefix) shows a step counter on a terminal.
     `before_step(i)` is called before batch i (from 0): where advice async_step lands a reply (host-side only)."""
@@ -127,7 +149,7 @@ def train_epoch(model, opt, loader, autocast, sched=None, live="", before_step=N
 
 
 @torch.no_grad()
-def evaluate(model, loader, autocast):
+def evaluate(model: torch.nn.Module, loader: Loader, autocast: Callable) -> Evaluation:
     """(loss, accuracy, {class name: accuracy}) over the loader's data set, read back in one sync."""
     model.eval()
     dev = loader.x.device
@@ -142,5 +164,7 @@ def evaluate(model, loader, autocast):
         right.index_add_(0, yb, (out.argmax(1) == yb).float())
         total.index_add_(0, yb, torch.ones_like(yb, dtype=torch.float))
     per_class = 100 * right / total.clamp(min=1)
-    loss_sum, n, n_right, *per_class = torch.cat([torch.stack([loss_sum, total.sum(), right.sum()]), per_class]).tolist()
+    loss_sum, n, n_right, *per_class = torch.cat(
+        [torch.stack([loss_sum, total.sum(), right.sum()]), per_class]
+    ).tolist()
     return Evaluation(loss_sum / n, 100 * n_right / n, dict(zip(classes, per_class)))

@@ -6,6 +6,7 @@ import mlflow
 from lradvisor import tracking
 from lradvisor.llm import zoo
 from lradvisor.tracking import CLASS_METRICS, CLASS_TABLE
+from lradvisor.engine.state import RunState
 
 
 class Recorder:
@@ -16,12 +17,14 @@ class Recorder:
     def __init__(self):
         self.class_rows = []
 
-    def epoch_end(self, s):
+    def epoch_end(self, s: RunState) -> None:
         e = s.current
         few = len(e.test.per_class) <= CLASS_METRICS
         if not few:
-            self.class_rows += [{"epoch": s.epoch, "class": c, "test_acc": a,
-                                 **({"val_acc": e.val.per_class[c]} if e.val else {})} for c, a in e.test.per_class.items()]
+            self.class_rows += [
+                {"epoch": s.epoch, "class": c, "test_acc": a, **({"val_acc": e.val.per_class[c]} if e.val else {})}
+                for c, a in e.test.per_class.items()
+            ]
         s.journal.append({"epoch": s.epoch, "metrics": e.metrics})
         with tracking.writing():
             mlflow.log_metrics(e.metrics, step=s.epoch)
@@ -32,11 +35,15 @@ class Recorder:
 
 
 class Console:
-    def epoch_end(self, s):
+    def epoch_end(self, s: RunState) -> None:
         e = s.current
-        print(f"{chr(13) if s.live else ''}epoch {s.epoch:3d}/{s.cfg.epochs}  lr {e.metrics['lr']:.4g}  train_loss "
-              f"{e.trained.loss:.4f}  test_acc {e.test.acc:6.2f}%" + (f"  val_acc {e.val.acc:6.2f}%" if e.val else "")
-              + f"  {e.seconds:6.1f}s", flush=True)
+        print(
+            f"{chr(13) if s.live else ''}epoch {s.epoch:3d}/{s.cfg.epochs}  lr {e.metrics['lr']:.4g}  train_loss "
+            f"{e.trained.loss:.4f}  test_acc {e.test.acc:6.2f}%"
+            + (f"  val_acc {e.val.acc:6.2f}%" if e.val else "")
+            + f"  {e.seconds:6.1f}s",
+            flush=True,
+        )
 
 
 class Budget:
@@ -46,7 +53,7 @@ class Budget:
     def __init__(self, advisor):
         self.advisor, self.unpriced = advisor, []  # unpriced: exchanges whose cost is unknown (no token counts)
 
-    def exchange(self, s, row):
+    def exchange(self, s: RunState, row: dict) -> None:
         b = s.budget
         b["llm_calls"] += 1
         b["llm_failed_calls"] += row["reply"] is None and row["latency_s"] is not None  # every attempt failed
@@ -58,14 +65,17 @@ class Budget:
         if row["cost_usd"] is None:
             self.unpriced.append(row["epoch"])
 
-    def fit_end(self, s):
+    def fit_end(self, s: RunState) -> None:
         if self.advisor and s.arm.asks_llm:
             if not zoo.priced(self.advisor.llm):  # no price known: the cost is left empty, never 0
                 del s.budget["llm_cost_usd"]
             elif self.unpriced:  # priced, but some exchanges never said their tokens: the sum is of the others
                 with tracking.writing():
-                    mlflow.set_tag("llm_cost_unknown", "llm_cost_usd leaves out the exchange(s) after epoch(s) "
-                                   f"{', '.join(map(str, self.unpriced))}: no token counts (no reply, or none yet)")
+                    mlflow.set_tag(
+                        "llm_cost_unknown",
+                        "llm_cost_usd leaves out the exchange(s) after epoch(s) "
+                        f"{', '.join(map(str, self.unpriced))}: no token counts (no reply, or none yet)",
+                    )
         s.journal[:] = [{"budget": s.budget}]
         with tracking.writing():
             mlflow.log_metrics(s.budget)

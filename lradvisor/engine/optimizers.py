@@ -28,25 +28,39 @@ WARMUP = 0.05  # schedulefree: the share of steps warmed up
 
 def settings(name, cfg, steps_per_epoch):
     """An optimizer's settings beyond the run's params (logged as optimizer.<key>): its library's recommended ones."""
-    return {"sgd": {},
-            "schedulefree": {"lr": 10 * cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
-                             "warmup_steps": round(WARMUP * cfg.epochs * steps_per_epoch)},
-            "prodigy": {"lr": 1.0, "weight_decay": cfg.weight_decay},
-            "dadapt_sgd": {"lr": 1.0, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}}[name]
+    return {
+        "sgd": {},
+        "schedulefree": {
+            "lr": 10 * cfg.lr,
+            "momentum": cfg.momentum,
+            "weight_decay": cfg.weight_decay,
+            "warmup_steps": round(WARMUP * cfg.epochs * steps_per_epoch),
+        },
+        "prodigy": {"lr": 1.0, "weight_decay": cfg.weight_decay},
+        "dadapt_sgd": {"lr": 1.0, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay},
+    }[name]
 
 
 def build(name, params, cfg, steps_per_epoch, cuda=False):
     kw = settings(name, cfg, steps_per_epoch)
     if name == "sgd":  # fused: one kernel for all parameters on CUDA; on CPU the foreach path is as fast
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               **({"fused": True} if cuda else {"foreach": True}))
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            **({"fused": True} if cuda else {"foreach": True}),
+        )
     if name == "schedulefree":
         import schedulefree
+
         return schedulefree.SGDScheduleFree(params, **kw)
     if name == "prodigy":
         import prodigyopt
+
         return prodigyopt.Prodigy(params, **kw)
     import dadaptation
+
     return dadaptation.DAdaptSGD(params, **kw)
 
 
@@ -67,14 +81,21 @@ class ScheduleFreeModes:
     and is evaluated (and its weights recorded) at x, with batch-norm statistics recomputed at x from up to 50
     batches of the training images, unaugmented, so that the training data order is not touched."""
 
-    def epoch_start(self, s):
+    def epoch_start(self, s) -> None:  # s: the RunState (engine/state.py imports this module)
         s.opt.train()
 
-    def epoch_trained(self, s):
+    def epoch_trained(self, s) -> None:  # s: the RunState (engine/state.py imports this module)
         s.opt.eval()
         loader = s.train_loader
-        images = Loader(loader.x, loader.y, loader.batch_size, train=False, seed=0, channels_last=loader.channels_last,
-                        dataset=loader.dataset)
+        images = Loader(
+            loader.x,
+            loader.y,
+            loader.batch_size,
+            train=False,
+            seed=0,
+            channels_last=loader.channels_last,
+            dataset=loader.dataset,
+        )
         s.model.train()
         with torch.no_grad(), s.autocast():
             for i, (xb, _) in enumerate(images):

@@ -5,13 +5,14 @@ import mlflow
 
 from lradvisor import tracking
 from lradvisor.engine.loop import StopRun
+from lradvisor.engine.state import RunState
 
 
 class Pruner:
     def __init__(self, on_epoch):
         self.on_epoch = on_epoch
 
-    def epoch_end(self, s):
+    def epoch_end(self, s: RunState) -> None:
         stop = self.on_epoch(s.epoch, s.current.metrics)
         if stop:
             with tracking.writing():

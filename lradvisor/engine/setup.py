@@ -23,10 +23,10 @@ def setup(cfg, x_tr, y_tr, x_te, y_te, schedule="step", optimizer="sgd"):
     cuda = dev.type == "cuda"
     bf16 = pick_precision(cfg.precision, dev) == "bf16"
     channels_last = pick_channels_last(cfg.channels_last, dev)
-    train_loader = Loader(x_tr, y_tr, cfg.batch_size, train=True, seed=cfg.seed, channels_last=channels_last,
-                          dataset=cfg.dataset)
-    test_loader = Loader(x_te, y_te, 1000, train=False, seed=cfg.seed, channels_last=channels_last,
-                         dataset=cfg.dataset)
+    train_loader = Loader(
+        x_tr, y_tr, cfg.batch_size, train=True, seed=cfg.seed, channels_last=channels_last, dataset=cfg.dataset
+    )
+    test_loader = Loader(x_te, y_te, 1000, train=False, seed=cfg.seed, channels_last=channels_last, dataset=cfg.dataset)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(DATASETS[cfg.dataset]["classes"])).to(dev)
     if channels_last:
@@ -45,15 +45,28 @@ def prepare(cfg, arm, device, data=None):
     like the test set: no augmentation) and the test set on the device, and what setup builds on them. `data`: the
     data set as files.load returns it, when the caller has it already (a PBT actor set up again)."""
     x_all, y_all, x_te, y_te = data or load(cfg.data_dir, cfg.dataset)
-    keep, held = holdout_split(y_all, stratified_subset(y_all, cfg.subset_ratio, cfg.seed), cfg.holdout, cfg.seed,
-                               DATASETS[cfg.dataset]["classes"])
+    keep, held = holdout_split(
+        y_all,
+        stratified_subset(y_all, cfg.subset_ratio, cfg.seed),
+        cfg.holdout,
+        cfg.seed,
+        DATASETS[cfg.dataset]["classes"],
+    )
     put = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    train_loader, test_loader, model, opt, sched, autocast = setup(cfg, put(x_all[keep]), put(y_all[keep]),
-                                                                   put(x_te), put(y_te), arm.schedule, arm.optimizer)
+    train_loader, test_loader, model, opt, sched, autocast = setup(
+        cfg, put(x_all[keep]), put(y_all[keep]), put(x_te), put(y_te), arm.schedule, arm.optimizer
+    )
     val_loader = None
     if len(held):
-        val_loader = Loader(put(x_all[held]), put(y_all[held]), 1000, train=False, seed=cfg.seed,
-                            channels_last=test_loader.channels_last, dataset=cfg.dataset)
+        val_loader = Loader(
+            put(x_all[held]),
+            put(y_all[held]),
+            1000,
+            train=False,
+            seed=cfg.seed,
+            channels_last=test_loader.channels_last,
+            dataset=cfg.dataset,
+        )
     return RunState(cfg, arm, model, opt, sched, autocast, train_loader, val_loader, test_loader)
 
 
@@ -64,8 +77,12 @@ def sizes(s):
 
 def snapshot(model, opt, sched, loader):
     """Everything an epoch changes, kept on the device, so that the epoch can be trained again (guard)."""
-    return {"model": {k: v.clone() for k, v in model.state_dict().items()}, "opt": copy.deepcopy(opt.state_dict()),
-            "sched": copy.deepcopy(sched.state_dict()), "rng": loader.generator.get_state()}
+    return {
+        "model": {k: v.clone() for k, v in model.state_dict().items()},
+        "opt": copy.deepcopy(opt.state_dict()),
+        "sched": copy.deepcopy(sched.state_dict()),
+        "rng": loader.generator.get_state(),
+    }
 
 
 def restore(snap, model, opt, sched, loader):

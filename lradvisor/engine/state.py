@@ -12,6 +12,7 @@ from lradvisor.engine.schedules import PER_STEP
 
 class Trained(NamedTuple):
     """One epoch's training, as train_epoch returns it: mean loss and accuracy, mean gradient norm, every step's LR."""
+
     loss: float
     acc: float
     grad_norm: float
@@ -20,6 +21,7 @@ class Trained(NamedTuple):
 
 class Evaluation(NamedTuple):
     """A split after an epoch: loss, accuracy, and {class name: accuracy} (accuracies in %)."""
+
     loss: float
     acc: float
     per_class: dict
@@ -28,6 +30,7 @@ class Evaluation(NamedTuple):
 @dataclass
 class Epoch:
     """What an epoch gave, for the observers and the handlers after it."""
+
     number: int
     first_step: int  # global batch number of its first batch
     trained: Trained
@@ -45,6 +48,7 @@ class Epoch:
 
 class Advised(NamedTuple):
     """The advisor set this epoch's LR: after which epoch it was asked, and the scheduler's LR it replaced."""
+
     exchange_epoch: int
     scheduler_lr: float
 
@@ -58,8 +62,17 @@ def empty_budget():
     """What the run cost, for compare's budget columns: LLM calls (and how many failed), tokens (prompt + output +
     thinking), USD (from the models file's prices), seconds in requests and seconds waited between attempts, seconds of
     training + evaluation, seconds of credit branches; and how often the advisor's answer changed the LR."""
-    return {"llm_calls": 0, "llm_failed_calls": 0, "llm_tokens": 0, "llm_cost_usd": 0.0, "llm_seconds": 0.0,
-            "llm_retry_seconds": 0.0, "train_seconds": 0.0, "credit_seconds": 0.0, "advisor_changes": 0}
+    return {
+        "llm_calls": 0,
+        "llm_failed_calls": 0,
+        "llm_tokens": 0,
+        "llm_cost_usd": 0.0,
+        "llm_seconds": 0.0,
+        "llm_retry_seconds": 0.0,
+        "train_seconds": 0.0,
+        "credit_seconds": 0.0,
+        "advisor_changes": 0,
+    }
 
 
 @dataclass

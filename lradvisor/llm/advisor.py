@@ -26,6 +26,7 @@ from lradvisor.llm.askers import ASKERS
 class Decision(NamedTuple):
     """A reply parsed (`proposed`, None if no number) and the rule applied against the scheduler's LR of the moment
     (`scheduler_lr`): `applied` (None: never applied), `accepted`, and why."""
+
     proposed: float | None
     applied: float | None
     accepted: bool
@@ -80,9 +81,10 @@ class Advisor:
 
     def question(self, epoch, history, scheduler_lr):
         """The prompt after `epoch`, and what the controls read instead of it."""
-        text = P.build_prompt(self.arm.signals, history, scheduler_lr, self.cfg.window, template=self.template,
-                              epochs=self.cfg.epochs)
-        return text, {"scheduler_lr": scheduler_lr, "losses": history["train_loss"][-self.cfg.window:]}
+        text = P.build_prompt(
+            self.arm.signals, history, scheduler_lr, self.cfg.window, template=self.template, epochs=self.cfg.epochs
+        )
+        return text, {"scheduler_lr": scheduler_lr, "losses": history["train_loss"][-self.cfg.window :]}
 
     def decide(self, got, scheduler_lr):
         """The reply parsed and the published rule applied against the scheduler's LR of the moment it is applied."""
@@ -93,7 +95,9 @@ class Advisor:
         if proposed is None:
             reason = why if got["reply"] else f"no reply text (finish_reason {got.get('finish_reason') or 'none'})"
         if str(got.get("finish_reason")).lower() in ("length", "max_tokens"):
-            reason += "; reply cut at llm_max_tokens" if self.cfg.llm_max_tokens else "; reply cut by the server's limit"
+            reason += (
+                "; reply cut at llm_max_tokens" if self.cfg.llm_max_tokens else "; reply cut by the server's limit"
+            )
         return Decision(proposed, applied, accepted, reason, scheduler_lr)
 
     def consult(self, epoch, history, scheduler_lr, journal=None, step=0):
@@ -117,8 +121,10 @@ class Advisor:
         row = records.exchange(self, exchange, got, decision, changed, applied_at, journal)
         history.setdefault("proposals", []).append((exchange.epoch, decision.proposed, decision.accepted))  # feedback
         if "error" in got and self.cfg.on_advisor_error == "fail" and self.arm.advisor in LLMS:
-            raise AdvisorError(f"{self.arm.advisor} exchange after epoch {exchange.epoch} failed ({decision.reason}) "
-                               "and on_advisor_error is fail")
+            raise AdvisorError(
+                f"{self.arm.advisor} exchange after epoch {exchange.epoch} failed ({decision.reason}) "
+                "and on_advisor_error is fail"
+            )
         if applied_at is None:
             outcome = decision.reason
         elif self.cfg.advice == "sync":
@@ -137,9 +143,11 @@ class Advisor:
         now.got = exchange.got if arrived else {"model": self.model}
         now.arrived = exchange.arrived or time.time_ns()
         proposed = self.decide(now.got, now.scheduler_lr).proposed if arrived else None
-        reason = (f"not applied: arrived after the last epoch boundary it could change (training ended after epoch "
-                  f"{epoch})" if arrived else f"not applied: still in flight when training ended after epoch {epoch}; "
-                  "not waited for")
+        reason = (
+            f"not applied: arrived after the last epoch boundary it could change (training ended after epoch {epoch})"
+            if arrived
+            else f"not applied: still in flight when training ended after epoch {epoch}; not waited for"
+        )
         return self.answer(now, Decision(proposed, None, False, reason, now.scheduler_lr), history, journal, None)[1]
 
 
@@ -182,12 +190,15 @@ def load_template(cfg, arm):
     version = None
     if cfg.prompt.startswith("prompts:/"):
         import mlflow.genai
+
         try:
             version = mlflow.genai.load_prompt(cfg.prompt)
         except Exception as e:
-            raise UsageError(f"cannot load prompt {cfg.prompt!r} from the registry at {mlflow.get_tracking_uri()} "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); register it first, "
-                             "e.g. `lradvisor prompts register`") from None
+            raise UsageError(
+                f"cannot load prompt {cfg.prompt!r} from the registry at {mlflow.get_tracking_uri()} "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); register it first, "
+                "e.g. `lradvisor prompts register`"
+            ) from None
         if not isinstance(version.template, str):
             raise UsageError(f"prompt {cfg.prompt!r} is a chat template; use a text prompt")
         template = version.template
@@ -196,11 +207,15 @@ def load_template(cfg, arm):
             with open(cfg.prompt, encoding="utf-8") as f:
                 template = f.read()
         except OSError as e:
-            raise UsageError(f"cannot read prompt file {cfg.prompt!r} ({e.strerror}); give a text file, "
-                             "prompts:/NAME/VERSION, prompts:/NAME@ALIAS or published") from None
+            raise UsageError(
+                f"cannot read prompt file {cfg.prompt!r} ({e.strerror}); give a text file, "
+                "prompts:/NAME/VERSION, prompts:/NAME@ALIAS or published"
+            ) from None
         except UnicodeDecodeError as e:
-            raise UsageError(f"prompt file {cfg.prompt!r} is not UTF-8 text (byte {e.start}: "
-                             f"{e.object[e.start:e.start + 1]!r}); save it as UTF-8") from None
+            raise UsageError(
+                f"prompt file {cfg.prompt!r} is not UTF-8 text (byte {e.start}: "
+                f"{e.object[e.start : e.start + 1]!r}); save it as UTF-8"
+            ) from None
         if "\0" in template:
             raise UsageError(f"prompt file {cfg.prompt!r} holds NUL bytes: it is not a text file") from None
     P.check_template(template, f"prompt {cfg.prompt}")
@@ -213,11 +228,13 @@ def register_builtin(prefix):
     import mlflow.genai
 
     from lradvisor.arms import ARMS
+
     check_id(prefix, "name")
     out = []
     for arm in ("losses", "lr_history", "grad_norms", "per_class", "feedback"):
         template = P.builtin_template(ARMS[arm]["signals"])
-        version = mlflow.genai.register_prompt(f"{prefix}-{arm}", template, commit_message=f"lradvisor built-in, arm {arm}",
-                                               tags={"source": "lradvisor"})
+        version = mlflow.genai.register_prompt(
+            f"{prefix}-{arm}", template, commit_message=f"lradvisor built-in, arm {arm}", tags={"source": "lradvisor"}
+        )
         out.append((version.name, version.version))
     return out

@@ -17,9 +17,11 @@ import statistics
 from lradvisor.errors import UsageError
 
 HEAD = "Based on the following training loss trajectory, what would be a recommended new learning rate?"
-TAIL = ('Consider if the learning rate should be increased, decreased, or kept the same, and suggest\n'
-        'a specific value or a strategy (e.g., "reduce by factor of 10"). Also, explain your reasoning\n'
-        'briefly.')
+TAIL = (
+    "Consider if the learning rate should be increased, decreased, or kept the same, and suggest\n"
+    'a specific value or a strategy (e.g., "reduce by factor of 10"). Also, explain your reasoning\n'
+    "briefly."
+)
 JSON_TAIL = 'Answer in JSON with the fields "learning_rate" (a number) and "reasoning" (a string).'
 RECENT = 3
 # Structured output for parser=json, sent as the SDK's response schema.
@@ -62,7 +64,7 @@ VARIABLES = {  # name: what it holds (the README shows an example of each)
     "grad_norms": "per-epoch mean gradient norms of the window, a Python list",
     "grad_norm_trend": "overall trend of those norms",
     "per_class": "per-class accuracy after the epoch: on the validation split with holdout > 0, else the test set; "
-                 "above 20 classes the mean, the 5 worst and the 5 best, and it says so",
+    "above 20 classes the mean, the 5 worst and the 5 best, and it says so",
     "worst_classes": "the three worst classes (of the same split)",
     "feedback": "the advisor's earlier proposals in this run and the training loss after each",
 }
@@ -73,8 +75,9 @@ def check_template(text, where):
     """Refuse placeholders we cannot fill, before any training."""
     unknown = sorted(set(PLACEHOLDER.findall(text)) - set(VARIABLES))
     if unknown:
-        raise UsageError(f"{where}: unknown placeholder {', '.join('{{' + u + '}}' for u in unknown)}; "
-                         f"valid: {', '.join(VARIABLES)}")
+        raise UsageError(
+            f"{where}: unknown placeholder {', '.join('{{' + u + '}}' for u in unknown)}; valid: {', '.join(VARIABLES)}"
+        )
     return text
 
 
@@ -91,12 +94,16 @@ def builtin_template(signals, json_reply=False, split="test"):
     if "lr_history" in signals:
         lines.append("- Learning rate history (per-epoch, last {{window_epochs}} epochs): {{lr_history}}")
     if "losses" in signals:
-        lines += ["- Loss values (last {{window_epochs}} epochs): {{losses}}",
-                  "- Overall trend of losses: {{loss_trend}}",
-                  "- Recent trend (last {{recent_epochs}} epochs): {{recent_trend}}"]
+        lines += [
+            "- Loss values (last {{window_epochs}} epochs): {{losses}}",
+            "- Overall trend of losses: {{loss_trend}}",
+            "- Recent trend (last {{recent_epochs}} epochs): {{recent_trend}}",
+        ]
     if "grad_norms" in signals:
-        lines += ["- Gradient norms (per-epoch mean, last {{window_epochs}} epochs): {{grad_norms}}",
-                  "- Overall trend of gradient norms: {{grad_norm_trend}}"]
+        lines += [
+            "- Gradient norms (per-epoch mean, last {{window_epochs}} epochs): {{grad_norms}}",
+            "- Overall trend of gradient norms: {{grad_norm_trend}}",
+        ]
     if "per_class" in signals:
         lines += [f"- Per-class {split} accuracy: {{{{per_class}}}}", "- Worst three classes: {{worst_classes}}"]
     if "feedback" in signals:
@@ -112,8 +119,10 @@ def feedback(history):
     for epoch, proposed, applied in history.get("proposals", []):
         after = history["train_loss"][epoch] if len(history["train_loss"]) > epoch else None
         what = "no number" if proposed is None else f"{proposed:g}"
-        items.append(f"epoch {epoch}: {what} ({'applied' if applied else 'not applied'}"
-                     + (f", next loss {after:.4g})" if after is not None else ")"))
+        items.append(
+            f"epoch {epoch}: {what} ({'applied' if applied else 'not applied'}"
+            + (f", next loss {after:.4g})" if after is not None else ")")
+        )
     return ", ".join(items) or "none yet"
 
 
@@ -127,8 +136,10 @@ def per_class(acc):
     if len(acc) <= SHOWN:
         return line(acc)
     ranked = sorted(acc, key=acc.get)
-    return (f"mean {statistics.mean(acc.values()):.1f}% over {len(acc)} classes; worst 5: {line(ranked[:5])}; "
-            f"best 5: {line(ranked[::-1][:5])}")
+    return (
+        f"mean {statistics.mean(acc.values()):.1f}% over {len(acc)} classes; worst 5: {line(ranked[:5])}; "
+        f"best 5: {line(ranked[::-1][:5])}"
+    )
 
 
 def variables(history, current_lr, window, epochs):
@@ -139,13 +150,22 @@ def variables(history, current_lr, window, epochs):
     norms = [float(x) for x in history["grad_norm"][-n:]]
     acc = history["class_acc"][-1] if history["class_acc"] else {}
     worst = sorted(acc, key=lambda c: acc[c])[:3]
-    return {"epoch": len(history["train_loss"]), "epochs": epochs, "window_epochs": n, "recent_epochs": min(n, RECENT),
-            "current_lr": current_lr, "losses": losses,
-            "loss_trend": overall_trend(losses), "recent_trend": recent_trend(losses),
-            "lr_history": [float(x) for x in history["lr"][-n:]], "grad_norms": norms,
-            "grad_norm_trend": overall_trend(norms),
-            "per_class": per_class(acc),
-            "worst_classes": ", ".join(f"{c}: {acc[c]:.1f}%" for c in worst), "feedback": feedback(history)}
+    return {
+        "epoch": len(history["train_loss"]),
+        "epochs": epochs,
+        "window_epochs": n,
+        "recent_epochs": min(n, RECENT),
+        "current_lr": current_lr,
+        "losses": losses,
+        "loss_trend": overall_trend(losses),
+        "recent_trend": recent_trend(losses),
+        "lr_history": [float(x) for x in history["lr"][-n:]],
+        "grad_norms": norms,
+        "grad_norm_trend": overall_trend(norms),
+        "per_class": per_class(acc),
+        "worst_classes": ", ".join(f"{c}: {acc[c]:.1f}%" for c in worst),
+        "feedback": feedback(history),
+    }
 
 
 def render(template, values):

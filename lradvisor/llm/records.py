@@ -15,30 +15,68 @@ def exchange(advisor, ex, got, decision, changed, applied_at, journal=None):
     """Record an exchange (llm/advisor.py's Exchange, with `got` as it is recorded) and return its row."""
     cfg = advisor.cfg
     # The trace list shows span names: say which run and epoch each exchange belongs to; its time is the request's.
-    span = mlflow.start_span_no_context(name=f"{cfg.arm} s{cfg.seed} epoch {ex.epoch}", span_type="LLM",
-                                        start_time_ns=ex.sent,
-                                        inputs={"arm": cfg.arm, "seed": cfg.seed, "epoch": ex.epoch,
-                                                "model": advisor.model, "prompt": ex.text})
-    span.end(outputs={"parsed_lr": decision.proposed, "applied_lr": decision.applied, "accepted": decision.accepted,
-                      "changed": changed, "reason": decision.reason, "applied_epoch": applied_at and applied_at[0],
-                      **{k: v for k, v in got.items() if k not in ("model", "error_body")}}, end_time_ns=ex.arrived)
+    span = mlflow.start_span_no_context(
+        name=f"{cfg.arm} s{cfg.seed} epoch {ex.epoch}",
+        span_type="LLM",
+        start_time_ns=ex.sent,
+        inputs={"arm": cfg.arm, "seed": cfg.seed, "epoch": ex.epoch, "model": advisor.model, "prompt": ex.text},
+    )
+    span.end(
+        outputs={
+            "parsed_lr": decision.proposed,
+            "applied_lr": decision.applied,
+            "accepted": decision.accepted,
+            "changed": changed,
+            "reason": decision.reason,
+            "applied_epoch": applied_at and applied_at[0],
+            **{k: v for k, v in got.items() if k not in ("model", "error_body")},
+        },
+        end_time_ns=ex.arrived,
+    )
     credit = {}
     if cfg.credit_epochs:  # which decisions get a counterfactual branch (engine/credit.py trains it), and why not
         # It starts where the decision is applied: after `epoch` under sync, where the reply landed under async.
-        k = min(cfg.credit_epochs, cfg.epochs - applied_at[0] + 1) if applied_at and decision.accepted and changed else 0
-        credit = {"credit_acc": None, "credit_loss": None, "credit_epochs": k,
-                  "credit_note": f"pending: against {k} epoch(s) at the scheduler's lr {decision.scheduler_lr:g}" if k else
-                  "no branch: the scheduler's LR was applied" if applied_at else "no branch: never applied"}
+        k = (
+            min(cfg.credit_epochs, cfg.epochs - applied_at[0] + 1)
+            if applied_at and decision.accepted and changed
+            else 0
+        )
+        credit = {
+            "credit_acc": None,
+            "credit_loss": None,
+            "credit_epochs": k,
+            "credit_note": f"pending: against {k} epoch(s) at the scheduler's lr {decision.scheduler_lr:g}"
+            if k
+            else "no branch: the scheduler's LR was applied"
+            if applied_at
+            else "no branch: never applied",
+        }
     # applied_epoch / applied_step: the first epoch and global batch trained at the decision (empty: never applied).
-    row = {"epoch": ex.epoch, "applied_epoch": applied_at and applied_at[0],
-           "applied_step": applied_at and applied_at[1], "parsed_lr": decision.proposed,
-           "scheduler_lr": decision.scheduler_lr, "applied_lr": decision.applied, "accepted": decision.accepted,
-           "changed": changed, "reason": decision.reason, **credit, "model": got.get("model"),
-           "model_version": got.get("model_version"), "response_format": got.get("response_format"),
-           "attempts": got.get("attempts"), "latency_s": got.get("latency_s"), "retry_wait_s": got.get("retry_wait_s"),
-           "prompt_tokens": got.get("prompt_tokens"), "output_tokens": got.get("output_tokens"),
-           "thought_tokens": got.get("thought_tokens"), "cost_usd": got.get("cost_usd"),
-           "finish_reason": got.get("finish_reason"), "prompt": ex.text, "reply": got.get("reply")}
+    row = {
+        "epoch": ex.epoch,
+        "applied_epoch": applied_at and applied_at[0],
+        "applied_step": applied_at and applied_at[1],
+        "parsed_lr": decision.proposed,
+        "scheduler_lr": decision.scheduler_lr,
+        "applied_lr": decision.applied,
+        "accepted": decision.accepted,
+        "changed": changed,
+        "reason": decision.reason,
+        **credit,
+        "model": got.get("model"),
+        "model_version": got.get("model_version"),
+        "response_format": got.get("response_format"),
+        "attempts": got.get("attempts"),
+        "latency_s": got.get("latency_s"),
+        "retry_wait_s": got.get("retry_wait_s"),
+        "prompt_tokens": got.get("prompt_tokens"),
+        "output_tokens": got.get("output_tokens"),
+        "thought_tokens": got.get("thought_tokens"),
+        "cost_usd": got.get("cost_usd"),
+        "finish_reason": got.get("finish_reason"),
+        "prompt": ex.text,
+        "reply": got.get("reply"),
+    }
     if journal is not None:
         journal.append({"epoch": ex.epoch, "advisor": row})
     folder = f"advisor/epoch_{ex.epoch:02d}"
@@ -58,10 +96,12 @@ def exchange(advisor, ex, got, decision, changed, applied_at, journal=None):
     return row
 
 
-PAGE = ("<!doctype html><meta charset='utf-8'><style>body{{font:13px/1.45 ui-monospace,monospace;margin:8px}}"
-        "pre{{white-space:pre-wrap;overflow-wrap:anywhere;margin:0 0 12px}}h3{{font:600 13px sans-serif;margin:10px 0 4px}}"
-        "</style><h3>epoch {epoch}: {decision}</h3><h3>prompt (sent)</h3><pre>{prompt}</pre>"
-        "<h3>reply (received)</h3><pre>{reply}</pre>")
+PAGE = (
+    "<!doctype html><meta charset='utf-8'><style>body{{font:13px/1.45 ui-monospace,monospace;margin:8px}}"
+    "pre{{white-space:pre-wrap;overflow-wrap:anywhere;margin:0 0 12px}}h3{{font:600 13px sans-serif;margin:10px 0 4px}}"
+    "</style><h3>epoch {epoch}: {decision}</h3><h3>prompt (sent)</h3><pre>{prompt}</pre>"
+    "<h3>reply (received)</h3><pre>{reply}</pre>"
+)
 
 
 def exchange_page(row, sync=True):
@@ -73,10 +113,16 @@ def exchange_page(row, sync=True):
     elif sync:
         decision = f"parsed {lr}, next lr {row['applied_lr']:g} ({row['reason']})"
     else:
-        decision = (f"parsed {lr}, lr {row['applied_lr']:g} from epoch {row['applied_epoch']}, step "
-                    f"{row['applied_step']} ({row['reason']})")
-    return PAGE.format(epoch=row["epoch"], decision=html.escape(decision), prompt=html.escape(row["prompt"]),
-                       reply=html.escape(row["reply"]) if row["reply"] is not None else "(none)")
+        decision = (
+            f"parsed {lr}, lr {row['applied_lr']:g} from epoch {row['applied_epoch']}, step "
+            f"{row['applied_step']} ({row['reason']})"
+        )
+    return PAGE.format(
+        epoch=row["epoch"],
+        decision=html.escape(decision),
+        prompt=html.escape(row["prompt"]),
+        reply=html.escape(row["reply"]) if row["reply"] is not None else "(none)",
+    )
 
 
 def credit(advisor, decision, epoch, run, branch, journal=None):
@@ -86,24 +132,41 @@ def credit(advisor, decision, epoch, run, branch, journal=None):
     split = advisor.cfg.decision_split
     row = next(r for r in advisor.calls if r["epoch"] == decision and r["model"] != "guard")
     acc, loss = run.acc - branch.acc, run.loss - branch.loss
-    row.update(credit_acc=acc, credit_loss=loss, credit_note=f"run − branch on {split} after epoch {epoch} (branch: "
-               f"accuracy {branch.acc:.2f}%, loss {branch.loss:.4g})")
+    row.update(
+        credit_acc=acc,
+        credit_loss=loss,
+        credit_note=f"run − branch on {split} after epoch {epoch} (branch: "
+        f"accuracy {branch.acc:.2f}%, loss {branch.loss:.4g})",
+    )
     if journal is not None:
         journal.append({"epoch": epoch, "credit": {"decision": decision, "credit_acc": acc, "credit_loss": loss}})
     with tracking.writing():
         tracking.write_table(advisor.calls, TABLE)
         mlflow.log_metrics({"credit_acc": acc, "credit_loss": loss}, step=decision)
-    print(f"  credit of the decision after epoch {decision} (lr {row['applied_lr']:.4g} instead of "
-          f"{row['scheduler_lr']:.4g}), on {split} after epoch {epoch}: {acc:+.2f} points, loss {loss:+.4g}", flush=True)
+    print(
+        f"  credit of the decision after epoch {decision} (lr {row['applied_lr']:.4g} instead of "
+        f"{row['scheduler_lr']:.4g}), on {split} after epoch {epoch}: {acc:+.2f} points, loss {loss:+.4g}",
+        flush=True,
+    )
 
 
 def rollback(advisor, exchange_epoch, epoch, lr, loss, previous, scheduler_lr, journal=None):
     """guard=rollback undid epoch `epoch` (trained at the advisor's `lr`): a note under its exchange in the calls
     table (model "guard"; replay skips it) and the metric advisor_rollback."""
-    reason = (f"rolled back: epoch {epoch} at lr {lr:g} ended with training loss {loss:.4g} (limit "
-              f"{advisor.cfg.guard_factor:g} x {previous:.4g}); trained again at the scheduler's lr {scheduler_lr:g}")
-    row = {"epoch": exchange_epoch, "parsed_lr": None, "scheduler_lr": scheduler_lr, "applied_lr": scheduler_lr,
-           "accepted": False, "changed": False, "reason": reason, "model": "guard"}
+    reason = (
+        f"rolled back: epoch {epoch} at lr {lr:g} ended with training loss {loss:.4g} (limit "
+        f"{advisor.cfg.guard_factor:g} x {previous:.4g}); trained again at the scheduler's lr {scheduler_lr:g}"
+    )
+    row = {
+        "epoch": exchange_epoch,
+        "parsed_lr": None,
+        "scheduler_lr": scheduler_lr,
+        "applied_lr": scheduler_lr,
+        "accepted": False,
+        "changed": False,
+        "reason": reason,
+        "model": "guard",
+    }
     if journal is not None:
         journal.append({"epoch": epoch, "rollback": row})
     advisor.calls.append(row)

@@ -2,7 +2,7 @@
 
     fast-flash:                        # the name given to --llm-model / --llm-models, and shown in compare's rows
       provider: gemini                 # gemini (google-genai) or openai (any OpenAI-compatible server)
-      base_url: https://...            # default: the provider's (GOOGLE_GEMINI_BASE_URL / OPENAI_BASE_URL, else its API)
+      base_url: https://...            # default: the provider's (GOOGLE_GEMINI_BASE_URL / OPENAI_BASE_URL, or its API)
       model: gemini-3.5-flash          # the name sent on the wire; default: the entry's name
       key_env: MY_GEMINI_KEY           # the NAME of the environment variable holding the key, never a key;
                                        # default: the provider's usual (GOOGLE_API_KEY / GEMINI_API_KEY, OPENAI_API_KEY)
@@ -34,12 +34,14 @@ def read(path):
     if path in ("", "none"):
         return {}
     import yaml
+
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except OSError as e:
-        raise UsageError(f"cannot read models file {path!r} ({e.strerror}); give a YAML file (see "
-                         "scripts/models.example.yaml)") from None
+        raise UsageError(
+            f"cannot read models file {path!r} ({e.strerror}); give a YAML file (see scripts/models.example.yaml)"
+        ) from None
     except yaml.YAMLError as e:
         raise UsageError(f"models file {path!r} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict) or not data:
@@ -54,8 +56,10 @@ def _entry(path, name, fields):
         raise UsageError(f"{where}: give its fields as a mapping (provider, base_url, model, key_env, prices)")
     unknown = [k for k in fields if k not in FIELDS]
     if unknown:
-        raise UsageError(f"{where}: unknown field {unknown[0]!r}; valid: {', '.join(FIELDS)} (a key goes in the "
-                         "environment variable that key_env names, never in this file)")
+        raise UsageError(
+            f"{where}: unknown field {unknown[0]!r}; valid: {', '.join(FIELDS)} (a key goes in the "
+            "environment variable that key_env names, never in this file)"
+        )
     e = {k: fields.get(k) for k in FIELDS}
     if e["provider"] not in PROVIDERS:
         raise UsageError(f"{where}: provider must be one of {', '.join(PROVIDERS)}")
@@ -65,8 +69,10 @@ def _entry(path, name, fields):
     if e["base_url"] is not None and not re.match(r"^https?://", e["base_url"]):
         raise UsageError(f"{where}: base_url must start with http:// or https://")
     if e["key_env"] is not None and not (isinstance(e["key_env"], str) and ENV_NAME.match(e["key_env"])):
-        raise UsageError(f"{where}: key_env must be the name of an environment variable (A-Z, 0-9, _), e.g. "
-                         "GEMINI_API_KEY; put the key itself in that variable, never in this file")
+        raise UsageError(
+            f"{where}: key_env must be the name of an environment variable (A-Z, 0-9, _), e.g. "
+            "GEMINI_API_KEY; put the key itself in that variable, never in this file"
+        )
     for k in PRICES:
         v = e[k]
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
@@ -88,17 +94,23 @@ def pick(llm_model, path, advisor, arm):
     elif ":" in llm_model:
         provider, model = llm_model.split(":", 1)
         if provider not in PROVIDERS or not model:
-            raise UsageError(f"llm_model {llm_model!r}: give provider:model with provider one of {', '.join(PROVIDERS)}"
-                             + (f", or a name from {path!r}: {', '.join(entries)}" if entries else ""))
+            raise UsageError(
+                f"llm_model {llm_model!r}: give provider:model with provider one of {', '.join(PROVIDERS)}"
+                + (f", or a name from {path!r}: {', '.join(entries)}" if entries else "")
+            )
         e = {k: None for k in FIELDS} | {"name": llm_model, "provider": provider, "model": model}
     elif entries and llm_model != "auto":
-        raise UsageError(f"llm_model {llm_model!r} is not in models file {path!r} (it has: {', '.join(entries)}); "
-                         "give one of those, or provider:model for a model not in it")
+        raise UsageError(
+            f"llm_model {llm_model!r} is not in models file {path!r} (it has: {', '.join(entries)}); "
+            "give one of those, or provider:model for a model not in it"
+        )
     else:
         return None
     if advisor not in ("", "preset") and advisor != e["provider"]:
-        raise UsageError(f"arm {arm!r}: llm_model {llm_model!r} is served by provider {e['provider']}, but advisor is "
-                         f"{advisor}; leave {flag('advisor', 'preset')} (the model picks its provider)")
+        raise UsageError(
+            f"arm {arm!r}: llm_model {llm_model!r} is served by provider {e['provider']}, but advisor is "
+            f"{advisor}; leave {flag('advisor', 'preset')} (the model picks its provider)"
+        )
     return e
 
 
@@ -112,15 +124,19 @@ def cost_usd(entry, got):
     if not priced(entry) or got.get("prompt_tokens") is None or got.get("output_tokens") is None:
         return None
     thinking = entry["price_thinking"] if entry["price_thinking"] is not None else entry["price_output"]
-    return (got["prompt_tokens"] * entry["price_input"] + got["output_tokens"] * entry["price_output"]
-            + (got.get("thought_tokens") or 0) * thinking) / 1e6
+    return (
+        got["prompt_tokens"] * entry["price_input"]
+        + got["output_tokens"] * entry["price_output"]
+        + (got.get("thought_tokens") or 0) * thinking
+    ) / 1e6
 
 
 def public(entry):
     """What a run records of its model entry (the artifact advisor/model.json): every field (key_env is a name), the
     base URL without user:password@ or a query string."""
-    from lradvisor.llm.servers import _public
+    from lradvisor.llm.compatible import public_url
+
     out = {k: entry[k] for k in ("name", *FIELDS)}
     if out["base_url"]:
-        out["base_url"] = _public(out["base_url"])
+        out["base_url"] = public_url(out["base_url"])
     return out

@@ -37,22 +37,24 @@ which epoch), gives the LR of every epoch, which the winners follow (--schedule-
 PopulationBasedTrainingReplay reads the same from its policy file as a cross-check (see pbt_search).
 """
 
-
 import os
 
 
 def main(cfg):
     """A checked SearchConfig in: the search (tpe.py or pbt.py), then its winner on the final seeds. 0 when all of it
     finished."""
-    from lradvisor import tracking
+    from lradvisor import launcher, tracking
     from lradvisor.search.common import Search, end_stray_runs
+
     if cfg.method == "pbt":
         from lradvisor.search.pbt import pbt_search as search
     else:
         from lradvisor.search.tpe import optuna_search as search
     s = Search(cfg)
-    print(f"search {s.id}: {cfg.method} on {cfg.train.dataset}, budget {s.allowed} epochs of trials, winner on seeds "
-          f"{cfg.seeds}; parent run {s.parent}")
+    print(
+        f"search {s.id}: {cfg.method} on {cfg.train.dataset}, budget {s.allowed} epochs of trials, winner on seeds "
+        f"{cfg.seeds}; parent run {s.parent}"
+    )
     with tracking.interrupts_end_runs():
         try:
             knobs, used, key = search(s)
@@ -62,13 +64,17 @@ def main(cfg):
             with tracking.signals_held():
                 status = "KILLED" if killed else "FAILED"
                 end_stray_runs(s.client, s.exp_id, s.id, status, f"the search ended {status}")
-                s.client.set_tag(s.parent, "failure_reason", str(e) or "interrupted" if killed else f"{type(e).__name__}: {e}")
+                s.client.set_tag(
+                    s.parent, "failure_reason", str(e) or "interrupted" if killed else f"{type(e).__name__}: {e}"
+                )
                 s.client.set_terminated(s.parent, status)
-                if killed and tracking.UNDER_MLFLOW_RUN and s.parent == os.environ.get("MLFLOW_RUN_ID"):
-                    tracking._outlast_launcher(status, s.parent)  # `mlflow run` would mark it FAILED after us
+                if killed and launcher.UNDER_MLFLOW_RUN and s.parent == os.environ.get("MLFLOW_RUN_ID"):
+                    launcher.outlast(status, s.parent)  # `mlflow run` would mark it FAILED after us
             raise
     s.client.set_terminated(s.parent, "FINISHED")
     name = s.client.get_experiment(s.exp_id).name
-    print(f"search {s.id}: done; compare: lradvisor compare --experiment {name}\n"
-          f"  view: {tracking.ui_link(s.exp_id, s.parent)}")
+    print(
+        f"search {s.id}: done; compare: lradvisor compare --experiment {name}\n"
+        f"  view: {tracking.ui_link(s.exp_id, s.parent)}"
+    )
     return 0

@@ -12,12 +12,15 @@ def budget_from_sweep(client, sweep_id):
     """(epochs, seconds, runs) of a sweep's LLM arms: every epoch of every finished run whose advisor is an LLM
     (gemini or openai), their training seconds, and how many runs."""
     exp_ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(exp_ids, f"tags.sweep_id = '{sweep_id}' and attributes.status = 'FINISHED'",
-                              max_results=5000)
+    runs = client.search_runs(
+        exp_ids, f"tags.sweep_id = '{sweep_id}' and attributes.status = 'FINISHED'", max_results=5000
+    )
     llm = [r for r in runs if r.data.params.get("arm.advisor") in LLMS]
     if not llm:
-        raise UsageError(f"sweep {sweep_id!r} has no finished LLM-arm runs on {mlflow_uri()} to take a budget from; "
-                         "give --budget-epochs N instead")
+        raise UsageError(
+            f"sweep {sweep_id!r} has no finished LLM-arm runs on {mlflow_uri()} to take a budget from; "
+            "give --budget-epochs N instead"
+        )
     epochs = sum(len(client.get_metric_history(r.info.run_id, "train_loss")) for r in llm)
     seconds = sum(r.data.metrics.get("train_seconds", 0.0) for r in llm)
     return epochs, seconds, len(llm)
@@ -25,6 +28,7 @@ def budget_from_sweep(client, sweep_id):
 
 def mlflow_uri():
     import mlflow
+
     return mlflow.get_tracking_uri()
 
 
@@ -35,8 +39,11 @@ def search_runs(client, exp_id, search_id, role=None):
 
 def budget_used(client, exp_id, search_id):
     """Epochs trained by this search's trials and members, from their records."""
-    return sum(len(client.get_metric_history(r.info.run_id, "train_loss"))
-               for r in search_runs(client, exp_id, search_id) if r.data.tags.get("role") in ("trial", "member"))
+    return sum(
+        len(client.get_metric_history(r.info.run_id, "train_loss"))
+        for r in search_runs(client, exp_id, search_id)
+        if r.data.tags.get("role") in ("trial", "member")
+    )
 
 
 def end_stray_runs(client, exp_id, search_id, status, why):
@@ -54,13 +61,16 @@ class Search:
     def __init__(self, cfg):
         import mlflow
         from mlflow.tracking import MlflowClient
+
         self.cfg, self.client = cfg, MlflowClient()
         self.id = uuid.uuid4().hex[:8] if cfg.search_id == "new" else cfg.search_id
         self.arm = "search_" + cfg.method
         if cfg.budget_from != "none":
             self.allowed, self.seconds_ref, n = budget_from_sweep(self.client, cfg.budget_from.partition("=")[2])
-            print(f"search {self.id}: budget {self.allowed} epochs, what the {n} LLM-arm runs of "
-                  f"{cfg.budget_from} trained ({self.seconds_ref:.0f} s of training)")
+            print(
+                f"search {self.id}: budget {self.allowed} epochs, what the {n} LLM-arm runs of "
+                f"{cfg.budget_from} trained ({self.seconds_ref:.0f} s of training)"
+            )
         else:
             self.allowed, self.seconds_ref = cfg.budget_epochs, None
         cfg.check_budget(self.allowed)
@@ -69,10 +79,19 @@ class Search:
         else:
             self.exp_id = mlflow.set_experiment(cfg.experiment).experiment_id
         # What makes it this search: a resume must match. The budget and the final seeds may grow (tags).
-        self.params = {"method": cfg.method, "search_id": self.id, "dataset": cfg.train.dataset,
-                       "epochs": cfg.train.epochs, "holdout": cfg.train.holdout, "search_seed": cfg.search_seed,
-                       **({"population": cfg.population, "perturb_every": cfg.perturb_every} if cfg.method == "pbt"
-                          else {"pruner": cfg.pruner, "tune_momentum": cfg.tune_momentum})}
+        self.params = {
+            "method": cfg.method,
+            "search_id": self.id,
+            "dataset": cfg.train.dataset,
+            "epochs": cfg.train.epochs,
+            "holdout": cfg.train.holdout,
+            "search_seed": cfg.search_seed,
+            **(
+                {"population": cfg.population, "perturb_every": cfg.perturb_every}
+                if cfg.method == "pbt"
+                else {"pruner": cfg.pruner, "tune_momentum": cfg.tune_momentum}
+            ),
+        }
         self.parent = self.open_parent()
 
     def open_parent(self):
@@ -81,17 +100,29 @@ class Search:
         env = os.environ.get("MLFLOW_RUN_ID")
         earlier = [r for r in search_runs(self.client, self.exp_id, self.id, "search") if r.info.run_id != env]
         for r in earlier:
-            differ = {k: (r.data.params[k], str(v)) for k, v in self.params.items()
-                      if k in r.data.params and k != "search_id" and not same(r.data.params[k], v)}
+            differ = {
+                k: (r.data.params[k], str(v))
+                for k, v in self.params.items()
+                if k in r.data.params and k != "search_id" and not same(r.data.params[k], v)
+            }
             if differ:
                 k, (was, now) = next(iter(differ.items()))
-                raise UsageError(f"search {self.id!r} already ran with {k}={was} (now {now}); resume it with the same "
-                                 "parameters, or give a new --search-id")
+                raise UsageError(
+                    f"search {self.id!r} already ran with {k}={was} (now {now}); resume it with the same "
+                    "parameters, or give a new --search-id"
+                )
         if self.cfg.method == "pbt" and search_runs(self.client, self.exp_id, self.id, "member"):
-            raise UsageError(f"PBT search {self.id!r} already has members: a population cannot resume; give a new "
-                             "--search-id")
-        tags = {"search_id": self.id, "role": "search", "method": self.cfg.method, "budget_from": self.cfg.budget_from,
-                "seeds": self.cfg.seeds, "mlflow.runName": f"search-{self.id}"}
+            raise UsageError(
+                f"PBT search {self.id!r} already has members: a population cannot resume; give a new --search-id"
+            )
+        tags = {
+            "search_id": self.id,
+            "role": "search",
+            "method": self.cfg.method,
+            "budget_from": self.cfg.budget_from,
+            "seeds": self.cfg.seeds,
+            "mlflow.runName": f"search-{self.id}",
+        }
         if env:
             run_id = env
         elif earlier:
@@ -114,13 +145,22 @@ class Search:
 
     def log(self, metrics, run_id=None, step=0):
         from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
-        self.client.log_batch(run_id or self.parent, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self.client.log_batch(
+            run_id or self.parent, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
+        )
 
     def new_run(self, name, role, seed, **tags):
         """A run nested under the parent, for engine/run.py (or a PBT member) to fill."""
-        tags = {"mlflow.parentRunId": self.parent, "search_id": self.id, "method": self.cfg.method, "role": role,
-                "seed": str(seed), **{k: str(v) for k, v in tags.items()}}
+        tags = {
+            "mlflow.parentRunId": self.parent,
+            "search_id": self.id,
+            "method": self.cfg.method,
+            "role": role,
+            "seed": str(seed),
+            **{k: str(v) for k, v in tags.items()},
+        }
         return self.client.create_run(self.exp_id, run_name=name, tags=tags).info.run_id
 
     def retrain(self, knobs, used, key):
@@ -129,8 +169,12 @@ class Search:
         winner trains every seed with it."""
         from lradvisor.arms import run_name
         from lradvisor.engine import run
-        done = {r.data.tags.get("seed") for r in search_runs(self.client, self.exp_id, self.id, "arm")
-                if r.info.status == "FINISHED" and r.data.tags.get("search_winner") == key}
+
+        done = {
+            r.data.tags.get("seed")
+            for r in search_runs(self.client, self.exp_id, self.id, "arm")
+            if r.info.status == "FINISHED" and r.data.tags.get("search_winner") == key
+        }
         for seed in self.cfg.seed_list():
             if str(seed) in done:
                 print(f"search {self.id}: seed {seed} already trained with the winner, not again")
@@ -158,4 +202,5 @@ def same(recorded, value):
 
 def param(k, v):
     from mlflow.entities import Param
+
     return Param(k, str(v))

@@ -33,6 +33,7 @@ class Member:
         from lradvisor.engine.device import pick_device
         from lradvisor.engine.run import params_of
         from lradvisor.engine.setup import prepare
+
         os.environ.update(job["env"])
         quiet_ray()
         mlflow.set_tracking_uri(job["env"]["MLFLOW_TRACKING_URI"])
@@ -44,15 +45,26 @@ class Member:
         cfg = dataclasses.replace(job["cfg"], seed=seed, lr=config["lr"])
         arm = resolve("search_pbt", schedule="constant")  # PBT sets the LR of every epoch itself
         self.state = prepare(cfg, arm, device, self.data)
-        found = [r for r in search_runs(self.client, job["exp_id"], job["search_id"], "member")
-                 if r.data.tags.get("trial") == self.trial_id]
+        found = [
+            r
+            for r in search_runs(self.client, job["exp_id"], job["search_id"], "member")
+            if r.data.tags.get("trial") == self.trial_id
+        ]
         if found:  # a member paused or exploited and started again: the same run goes on
             self.run_id = found[0].info.run_id
         else:
-            tags = {"mlflow.parentRunId": job["parent"], "search_id": job["search_id"], "method": "pbt",
-                    "role": "member", "seed": str(seed), "trial": self.trial_id, "arm": "search_pbt"}
-            self.run_id = self.client.create_run(job["exp_id"], run_name=f"search_pbt-member{config['member']}",
-                                                 tags=tags).info.run_id
+            tags = {
+                "mlflow.parentRunId": job["parent"],
+                "search_id": job["search_id"],
+                "method": "pbt",
+                "role": "member",
+                "seed": str(seed),
+                "trial": self.trial_id,
+                "arm": "search_pbt",
+            }
+            self.run_id = self.client.create_run(
+                job["exp_id"], run_name=f"search_pbt-member{config['member']}", tags=tags
+            ).info.run_id
             p = params_of(cfg, arm, None, device, self.state)
             self.client.log_batch(self.run_id, params=[param(k, v) for k, v in p.items()])
 
@@ -68,6 +80,7 @@ class Member:
         from lradvisor.engine import schedules
         from lradvisor.engine.loop import train_and_evaluate
         from lradvisor.errors import TrainingError
+
         s = self.state
         s.epoch = self.iteration + 1
         schedules.override(s.sched, s.opt, self.config["lr"])
@@ -76,9 +89,16 @@ class Member:
             train_and_evaluate(s)
             m = {k: s.current.metrics[k] for k in MEMBER_METRICS}
         except TrainingError:  # diverged: the worst member, to be replaced at the next perturbation
-            m = {"lr": self.config["lr"], "train_loss": s.trained.loss, "train_acc": s.trained.acc,
-                 "grad_norm": s.trained.grad_norm, "val_loss": math.inf, "val_acc": 0.0, "test_loss": math.inf,
-                 "test_acc": 0.0}
+            m = {
+                "lr": self.config["lr"],
+                "train_loss": s.trained.loss,
+                "train_acc": s.trained.acc,
+                "grad_norm": s.trained.grad_norm,
+                "val_loss": math.inf,
+                "val_acc": 0.0,
+                "test_loss": math.inf,
+                "test_acc": 0.0,
+            }
         m["epoch_seconds"] = time.perf_counter() - t0
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, s.epoch) for k, v in m.items()])
@@ -88,20 +108,29 @@ class Member:
         import torch
 
         from lradvisor.engine.setup import snapshot
+
         s = self.state
         state = snapshot(s.model, s.opt, s.sched, s.train_loader)
-        torch.save({**state, "run_name": self.client.get_run(self.run_id).info.run_name, "run_id": self.run_id,
-                    "trial": self.trial_id},
-                   os.path.join(checkpoint_dir, "state.pt"))
+        torch.save(
+            {
+                **state,
+                "run_name": self.client.get_run(self.run_id).info.run_name,
+                "run_id": self.run_id,
+                "trial": self.trial_id,
+            },
+            os.path.join(checkpoint_dir, "state.pt"),
+        )
 
     def load_checkpoint(self, checkpoint_dir):
         """Our own state after a pause, or a donor's (exploit): the run's tag `pbt_exploits` says whose, when."""
         import torch
 
         from lradvisor.engine.setup import restore
+
         s = self.state
-        state = torch.load(os.path.join(checkpoint_dir, "state.pt"), map_location=s.train_loader.x.device,
-                           weights_only=False)
+        state = torch.load(
+            os.path.join(checkpoint_dir, "state.pt"), map_location=s.train_loader.x.device, weights_only=False
+        )
         state["rng"] = state["rng"].cpu()  # a generator's state is a CPU tensor, whatever the device
         restore(state, s.model, s.opt, s.sched, s.train_loader)
         if state["trial"] != self.trial_id:  # said for people (pbt_exploits) and for lineage() (pbt_cloned)
@@ -129,6 +158,7 @@ def replay_schedule(policy_file, lr, epochs):
     """The LR of every epoch as Ray Tune's PopulationBasedTrainingReplay reads a member's policy file (the member's
     own constant LR when it never took another's state)."""
     from ray.tune.schedulers import PopulationBasedTrainingReplay
+
     changes = []
     if os.path.exists(policy_file):
         replay = PopulationBasedTrainingReplay(policy_file)
@@ -145,6 +175,7 @@ def quiet_ray():
     """Ray Tune's INFO lines (every checkpoint, every file written) would bury ours; PBT's own exploit and explore
     lines stay: they are the search's decisions."""
     import logging
+
     for name in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.INFO)
@@ -157,27 +188,39 @@ def pbt_search(s):
     import ray
 
     from lradvisor import tracking
-    from lradvisor.study import launch
+    from lradvisor.study import ray_launch
+
     cfg = s.cfg
     if not ray.is_initialized():  # the CLI connected before any run existed (cli.check_resources)
-        launch.ray_connect(cfg.ray_address, cfg.cpus_per_run, cfg.gpus_per_run)
+        ray_launch.ray_connect(cfg.ray_address, cfg.cpus_per_run, cfg.gpus_per_run)
     from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
+
     random.seed(cfg.search_seed)  # PBT draws its exploits and perturbations from Python's random
     quiet_ray()
     n = cfg.population
     lrs = [cfg.train.lr * 10 ** (-1 + 2 * (i + 0.5) / n) for i in range(n)]  # even in log scale over [lr/10, 10 lr]
-    pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=cfg.perturb_every,
-                                  hyperparam_mutations={"lr": tune.loguniform(cfg.train.lr / 10, cfg.train.lr * 10)},
-                                  synch=True)  # synchronous: every member trains exactly --epochs epochs
+    pbt = PopulationBasedTraining(
+        time_attr="training_iteration",
+        perturbation_interval=cfg.perturb_every,
+        hyperparam_mutations={"lr": tune.loguniform(cfg.train.lr / 10, cfg.train.lr * 10)},
+        synch=True,
+    )  # synchronous: every member trains exactly --epochs epochs
     member = type("PBTMember", (Member, tune.Trainable), {})
-    # The tracking server's address and credentials (no LLM's: members ask none), as an argument: in no config Ray shows.
-    env = {k: os.environ[k] for k in launch.FORWARD if k in os.environ and k.startswith("MLFLOW_")}
+    # The tracking server's address and credentials (no LLM's: members ask none), as an argument: in no config Ray
+    # shows.
+    env = {k: os.environ[k] for k in ray_launch.FORWARD if k in os.environ and k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = mlflow_uri()
-    job = {"cfg": cfg.trial(s.arm, TRIAL_SEEDS, schedule="constant", data_dir=os.path.abspath(cfg.train.data_dir)),
-           "env": env, "exp_id": s.exp_id, "search_id": s.id, "parent": s.parent}
-    trainable = tune.with_resources(tune.with_parameters(member, job=job),
-                                    {"cpu": cfg.cpus_per_run, "gpu": float(cfg.gpus_per_run)})
+    job = {
+        "cfg": cfg.trial(s.arm, TRIAL_SEEDS, schedule="constant", data_dir=os.path.abspath(cfg.train.data_dir)),
+        "env": env,
+        "exp_id": s.exp_id,
+        "search_id": s.id,
+        "parent": s.parent,
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(member, job=job), {"cpu": cfg.cpus_per_run, "gpu": float(cfg.gpus_per_run)}
+    )
     folder = tempfile.mkdtemp(prefix=f"lradvisor-pbt-{s.id}-")
     # Ctrl-C: Tune's own handler would stop the population "gracefully" and return as if it had finished; ours
     # raises, the runs end KILLED, and no winner is trained from half a search.
@@ -185,16 +228,28 @@ def pbt_search(s):
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no banner tables, no TensorBoard hint
     tracking.sqlite_for_many_writers()  # members write to a local sqlite store at once
     try:
-        tuner = tune.Tuner(trainable, param_space={"member": tune.grid_search(list(range(n))),
-                                                   "lr": tune.sample_from(lambda config: lrs[config["member"]])},
-                           tune_config=tune.TuneConfig(scheduler=pbt, metric="val_acc", mode="max", reuse_actors=True),
-                           run_config=tune.RunConfig(name=f"pbt-{s.id}", storage_path=folder, verbose=0,
-                                                     stop={"training_iteration": cfg.train.epochs},
-                                                     # a member that fails ends the search: synchronous PBT would
-                                                     # otherwise wait for it forever
-                                                     failure_config=tune.FailureConfig(fail_fast=True)))
-        print(f"search {s.id}: PBT, {n} members from LR " + ", ".join(f"{x:.3g}" for x in lrs)
-              + f", perturbing every {cfg.perturb_every} epochs")
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "member": tune.grid_search(list(range(n))),
+                "lr": tune.sample_from(lambda config: lrs[config["member"]]),
+            },
+            tune_config=tune.TuneConfig(scheduler=pbt, metric="val_acc", mode="max", reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=f"pbt-{s.id}",
+                storage_path=folder,
+                verbose=0,
+                stop={"training_iteration": cfg.train.epochs},
+                # a member that fails ends the search: synchronous PBT would
+                # otherwise wait for it forever
+                failure_config=tune.FailureConfig(fail_fast=True),
+            ),
+        )
+        print(
+            f"search {s.id}: PBT, {n} members from LR "
+            + ", ".join(f"{x:.3g}" for x in lrs)
+            + f", perturbing every {cfg.perturb_every} epochs"
+        )
         grid = tuner.fit()
         for r in search_runs(s.client, s.exp_id, s.id, "member"):  # members never end their own runs (see Member)
             steps = [m.step for m in s.client.get_metric_history(r.info.run_id, "train_loss")]
@@ -215,18 +270,27 @@ def winner(s, grid, folder):
     the winner is trained again with: (knobs, epochs used, the winner's key)."""
     cfg = s.cfg
     best = grid.get_best_result(metric="val_acc", mode="max", scope="last")
-    policy = [os.path.join(grid.experiment_path, f) for f in os.listdir(grid.experiment_path)
-              if f.startswith("pbt_") and f.endswith(".txt")]
+    policy = [
+        os.path.join(grid.experiment_path, f)
+        for f in os.listdir(grid.experiment_path)
+        if f.startswith("pbt_") and f.endswith(".txt")
+    ]
     runs = {r.data.tags["trial"]: r for r in search_runs(s.client, s.exp_id, s.id, "member")}
     schedule = lineage(s.client, runs[best.metrics["trial_id"]], cfg.train.epochs)
     # Ray Tune's replay of the same member, as a cross-check: under synchronous PBT with paused members its
     # policy log has recorded a clone's iteration one epoch short (seen here), and its replay then moves an
     # LR change by an epoch. The members' own records decide; a disagreement is said and tagged.
-    ray_said = replay_schedule(os.path.join(grid.experiment_path, f"pbt_policy_{best.metrics['trial_id']}.txt"),
-                               best.config["lr"], cfg.train.epochs)
+    ray_said = replay_schedule(
+        os.path.join(grid.experiment_path, f"pbt_policy_{best.metrics['trial_id']}.txt"),
+        best.config["lr"],
+        cfg.train.epochs,
+    )
     if not all(math.isclose(a, b) for a, b in zip(schedule, ray_said)):
-        print(f"search {s.id}: Ray Tune's PopulationBasedTrainingReplay reads the winner's LRs as "
-              + ", ".join(f"{x:.3g}" for x in ray_said) + "; its members' records say otherwise and are followed")
+        print(
+            f"search {s.id}: Ray Tune's PopulationBasedTrainingReplay reads the winner's LRs as "
+            + ", ".join(f"{x:.3g}" for x in ray_said)
+            + "; its members' records say otherwise and are followed"
+        )
         s.client.set_tag(s.parent, "pbt_replay_disagrees", json.dumps(ray_said))
     with open(os.path.join(folder, "schedule.json"), "w") as f:
         json.dump({"lr": schedule}, f)
@@ -234,8 +298,10 @@ def winner(s, grid, folder):
         s.client.log_artifact(s.parent, path, "pbt")
     s.client.log_artifact(s.parent, os.path.join(folder, "schedule.json"), "pbt")
     used = budget_used(s.client, s.exp_id, s.id)
-    print(f"search {s.id}: best member {best.metrics['trial_id']} (val_acc {best.metrics['val_acc']:.2f}%), "
-          f"{used} of {s.allowed} epochs; its LR by epoch: " + ", ".join(f"{x:.3g}" for x in schedule))
+    print(
+        f"search {s.id}: best member {best.metrics['trial_id']} (val_acc {best.metrics['val_acc']:.2f}%), "
+        f"{used} of {s.allowed} epochs; its LR by epoch: " + ", ".join(f"{x:.3g}" for x in schedule)
+    )
     s.finish(used, best.metrics["val_acc"], {"member": best.metrics["trial_id"], "lr_schedule": schedule})
     keep = os.path.join(tempfile.gettempdir(), f"lradvisor-pbt-{s.id}-schedule.json")
     shutil.copy(os.path.join(folder, "schedule.json"), keep)

@@ -36,8 +36,16 @@ NOT_CONFIG = {"seed", "device_name", "torch_version", "replay_run_id", "models"}
 # What follows from llm_model (which provider serves it, the name sent on the wire): not repeated in row labels.
 FROM_LLM_MODEL = {"arm.advisor", "llm_model_used"}
 # The files a compare writes; an earlier compare's are removed from output_dir first, nothing else is touched.
-OURS = ("results.md", "results.csv", "overview.png", "class_heatmap.png", "forest.png", "credit.png", "pareto.png",
-        "overlay_*.png")
+OURS = (
+    "results.md",
+    "results.csv",
+    "overview.png",
+    "class_heatmap.png",
+    "forest.png",
+    "credit.png",
+    "pareto.png",
+    "overlay_*.png",
+)
 
 
 def find_runs(run_ids="", sweep_id="", experiment=""):
@@ -54,8 +62,9 @@ def find_runs(run_ids="", sweep_id="", experiment=""):
     elif sweep_id:
         check_id(sweep_id, "sweep_id")
         exp_ids = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(exp_ids, f"tags.sweep_id = {tracking.quote(sweep_id)} and {finished}",
-                                  max_results=5000)
+        runs = client.search_runs(
+            exp_ids, f"tags.sweep_id = {tracking.quote(sweep_id)} and {finished}", max_results=5000
+        )
     elif experiment:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
@@ -66,7 +75,9 @@ def find_runs(run_ids="", sweep_id="", experiment=""):
     # Training runs only: not sweep, search or compare runs, nor a decision benchmark's trajectories (they train the
     # baseline's schedule of another benchmark's settings), nor a search's trials and PBT members (they select the
     # winner on a validation split; the winner's own runs, role arm, are the row).
-    return [r for r in runs if "arm" in r.data.tags and r.data.tags.get("role") not in ("trial", "member", "trajectory")]
+    return [
+        r for r in runs if "arm" in r.data.tags and r.data.tags.get("role") not in ("trial", "member", "trajectory")
+    ]
 
 
 def config_of(run):
@@ -100,20 +111,33 @@ def group(runs):
     groups = {}
     for arm in order:
         configs = by_arm[arm]
-        varying = sorted({k for c in configs for k, v in c
-                          if k not in tied and any(dict(o).get(k) != v for o in configs)})
+        varying = sorted(
+            {k for c in configs for k, v in c if k not in tied and any(dict(o).get(k) != v for o in configs)}
+        )
         if "llm_model" in varying:  # `losses [fake-a]`: the model by its name, first
             varying = ["llm_model"] + [k for k in varying if k not in FROM_LLM_MODEL | {"llm_model"}]
         for config, members in sorted(configs.items()):
             d = dict(config)
             shown = [d.get(k, "") if k == "llm_model" else f"{k}={d.get(k, '')}" for k in varying]
             label = arm + (" [" + ", ".join(shown) + "]" if varying else "")
-            groups[label] = {"arm": arm, "dataset": d["dataset"], "config": d, "runs": members,
-                             # what the pooled row matches across data sets: all but the data set's own settings
-                             "pool_key": (arm, tuple((k, v) for k, v in config if k not in tied | {"dataset"}))}
+            groups[label] = {
+                "arm": arm,
+                "dataset": d["dataset"],
+                "config": d,
+                "runs": members,
+                # what the pooled row matches across data sets: all but the data set's own settings
+                "pool_key": (arm, tuple((k, v) for k, v in config if k not in tied | {"dataset"})),
+            }
     order = list(DATASETS)  # rows of one data set together, in the registry's order
-    return dict(sorted(groups.items(), key=lambda kv: (order.index(kv[1]["dataset"]) if kv[1]["dataset"] in order
-                                                        else len(order), kv[1]["dataset"])))
+    return dict(
+        sorted(
+            groups.items(),
+            key=lambda kv: (
+                order.index(kv[1]["dataset"]) if kv[1]["dataset"] in order else len(order),
+                kv[1]["dataset"],
+            ),
+        )
+    )
 
 
 def collect(groups):
@@ -135,13 +159,18 @@ def collect(groups):
                 hist = sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)
                 curves[key] = [m.value for m in hist]
                 curves[key + "_steps"] = [m.step for m in hist]
-            g["seeds"].append({
-                "seed": seed, "run_id": r.info.run_id, "curves": curves,
-                "class_acc": class_acc_of(r, g["dataset"]),
-                "budget": {k: r.data.metrics.get(k) for k in BUDGET},
-                "cost_partial": "llm_cost_unknown" in r.data.tags,
-                "saw_test": r.data.tags.get("decisions_saw_test", "?"),  # "?": recorded before the tag existed
-                "credits": credits_of(r)})
+            g["seeds"].append(
+                {
+                    "seed": seed,
+                    "run_id": r.info.run_id,
+                    "curves": curves,
+                    "class_acc": class_acc_of(r, g["dataset"]),
+                    "budget": {k: r.data.metrics.get(k) for k in BUDGET},
+                    "cost_partial": "llm_cost_unknown" in r.data.tags,
+                    "saw_test": r.data.tags.get("decisions_saw_test", "?"),  # "?": recorded before the tag existed
+                    "credits": credits_of(r),
+                }
+            )
     return notes
 
 
@@ -167,26 +196,34 @@ def credits_of(run):
         return []
     table = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{TABLE}")  # log_table's "split" layout
     rows = [dict(zip(table["columns"], values)) for values in table["data"]]
-    return [{k: r[k] for k in ("epoch", "credit_acc", "credit_loss")} for r in rows
-            if r.get("credit_acc") is not None and math.isfinite(r["credit_acc"])]
+    return [
+        {k: r[k] for k in ("epoch", "credit_acc", "credit_loss")}
+        for r in rows
+        if r.get("credit_acc") is not None and math.isfinite(r["credit_acc"])
+    ]
 
 
 def pick_baselines(groups, baseline):
     """label -> label of the baseline group it is measured against (None if there is none). `baseline` names an
     arm or a row label; with several baseline configurations each row gets the one differing from it least."""
     if baseline in groups:  # one row: the baseline of its own data set's rows
-        return {label: baseline if g["dataset"] == groups[baseline]["dataset"] else None
-                for label, g in groups.items()}, []
+        return {
+            label: baseline if g["dataset"] == groups[baseline]["dataset"] else None for label, g in groups.items()
+        }, []
     pairs, notes = {}, []
     for label, g in groups.items():
         candidates = [b for b, h in groups.items() if h["arm"] == baseline and h["dataset"] == g["dataset"]]
+
         def distance(b):
             base = groups[b]["config"]
             return sum(1 for k in base if k in g["config"] and g["config"][k] != base[k])
+
         ranked = sorted(candidates, key=distance)
         if len(ranked) > 1 and distance(ranked[0]) == distance(ranked[1]) and label not in candidates:
-            notes.append(f"{label}: several {baseline!r} configurations fit equally; give --baseline one of: "
-                         + "; ".join(candidates))
+            notes.append(
+                f"{label}: several {baseline!r} configurations fit equally; give --baseline one of: "
+                + "; ".join(candidates)
+            )
             pairs[label] = None
         else:
             pairs[label] = ranked[0] if ranked else None
@@ -239,16 +276,19 @@ def main(cfg):
         if not math.isfinite(getattr(cfg, key)) or getattr(cfg, key) < 0:
             raise UsageError(f"{key} must be a finite number >= 0 (points), got {getattr(cfg, key)}")
     runs = find_runs(run_ids, sweep_id, experiment)
-    what = (f"sweep {sweep_id}" if sweep_id else f"experiment {experiment}" if experiment
-            else "the given runs")
+    what = f"sweep {sweep_id}" if sweep_id else f"experiment {experiment}" if experiment else "the given runs"
     if not runs:
-        print(f"lradvisor compare: no finished training runs in {what} on {mlflow.get_tracking_uri()}; nothing to compare",
-              file=sys.stderr)
+        print(
+            f"lradvisor compare: no finished training runs in {what} on {mlflow.get_tracking_uri()}; "
+            "nothing to compare",
+            file=sys.stderr,
+        )
         return 1
     groups = group(runs)
     if cfg.baseline not in groups and cfg.baseline not in ARMS:  # a typo, not an arm that is merely absent
-        raise UsageError(f"unknown baseline {cfg.baseline!r}: neither an arm nor a row of {what}; rows: "
-                         + "; ".join(groups))
+        raise UsageError(
+            f"unknown baseline {cfg.baseline!r}: neither an arm nor a row of {what}; rows: " + "; ".join(groups)
+        )
     notes = collect(groups)
     pairs, more = pick_baselines(groups, cfg.baseline)
     notes += more
@@ -256,16 +296,21 @@ def main(cfg):
         notes.append(f"no finished {cfg.baseline!r} run in {what}: no Δ column and no overlays against it")
     epochs = {label: sorted({len(s["curves"]["test_acc"]) for s in g["seeds"]}) for label, g in groups.items()}
     if len({e for es in epochs.values() for e in es}) > 1:
-        notes.append("the runs trained for different numbers of epochs ("
-                     + ", ".join(f"{a}: {'/'.join(map(str, e))}" for a, e in epochs.items())
-                     + "); final accuracies are not like for like")
+        notes.append(
+            "the runs trained for different numbers of epochs ("
+            + ", ".join(f"{a}: {'/'.join(map(str, e))}" for a, e in epochs.items())
+            + "); final accuracies are not like for like"
+        )
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     seen = {saw_test(g) for g in groups.values()}
     if "mixed" in seen or {"0", "1"} <= seen:
-        print("warning: this comparison mixes runs whose decisions saw the test set (marked †, decisions_saw_test=1) "
-              "with runs whose decisions did not; the first have no held-out score: rerun them with --holdout 0.1 "
-              "for a like-for-like table", file=sys.stderr)
+        print(
+            "warning: this comparison mixes runs whose decisions saw the test set (marked †, decisions_saw_test=1) "
+            "with runs whose decisions did not; the first have no held-out score: rerun them with --holdout 0.1 "
+            "for a like-for-like table",
+            file=sys.stderr,
+        )
 
     rows = table(groups, pairs, cfg.margin, cfg.credit_margin, cfg.alpha)
     written = write_outputs(groups, rows, pairs, cfg)
@@ -277,17 +322,21 @@ def main(cfg):
     name = f"compare-{sweep_id or experiment or 'runs'}"
     run = tracking.open_run(None, run_name=name)
     try:
-        mlflow.set_tags({"role": "compare", "sweep_id": sweep_id, "compared_runs": len(runs),
-                         "mlflow.runName": name})
-        tracking.log_params_once({"baseline": cfg.baseline, "margin": cfg.margin, "credit_margin": cfg.credit_margin,
-                                  "alpha": cfg.alpha})
+        mlflow.set_tags({"role": "compare", "sweep_id": sweep_id, "compared_runs": len(runs), "mlflow.runName": name})
+        tracking.log_params_once(
+            {"baseline": cfg.baseline, "margin": cfg.margin, "credit_margin": cfg.credit_margin, "alpha": cfg.alpha}
+        )
         for path in written:
             mlflow.log_artifact(path)
-        mlflow.log_table({"row": [label for label, g in groups.items() for _ in g["seeds"]],
-                          "arm": [g["arm"] for g in groups.values() for _ in g["seeds"]],
-                          "seed": [s["seed"] for g in groups.values() for s in g["seeds"]],
-                          "run_id": [s["run_id"] for g in groups.values() for s in g["seeds"]]},
-                         artifact_file="compared_runs.json")
+        mlflow.log_table(
+            {
+                "row": [label for label, g in groups.items() for _ in g["seeds"]],
+                "arm": [g["arm"] for g in groups.values() for _ in g["seeds"]],
+                "seed": [s["seed"] for g in groups.values() for s in g["seeds"]],
+                "run_id": [s["run_id"] for g in groups.values() for s in g["seeds"]],
+            },
+            artifact_file="compared_runs.json",
+        )
     except BaseException as e:
         tracking.end_failed("FAILED", f"{type(e).__name__}: {e}", e)
         raise

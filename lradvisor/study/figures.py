@@ -8,14 +8,20 @@ import statistics
 
 from lradvisor.data.registry import DATASETS
 
-CURVES = [("lr", "learning rate", True), ("train_loss", "training loss", False),
-          ("test_acc", "test accuracy (%)", False), ("grad_norm", "gradient norm", False)]
+CURVES = [
+    ("lr", "learning rate", True),
+    ("train_loss", "training loss", False),
+    ("test_acc", "test accuracy (%)", False),
+    ("grad_norm", "gradient norm", False),
+]
 
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -32,9 +38,12 @@ def _band(ax, seeds, key, label, color, log, dash="-"):
 
 def _rejected(ax, seeds, color):
     """Proposals the rule turned down, at the epoch they were meant for (the one after the exchange)."""
-    pts = [(step + 1, lr) for s in seeds
-           for step, lr in zip(s["curves"]["advisor_proposed_lr_steps"], s["curves"]["advisor_proposed_lr"])
-           if lr > 0 and dict(zip(s["curves"]["advisor_accepted_steps"], s["curves"]["advisor_accepted"])).get(step) == 0]
+    pts = [
+        (step + 1, lr)
+        for s in seeds
+        for step, lr in zip(s["curves"]["advisor_proposed_lr_steps"], s["curves"]["advisor_proposed_lr"])
+        if lr > 0 and dict(zip(s["curves"]["advisor_accepted_steps"], s["curves"]["advisor_accepted"])).get(step) == 0
+    ]
     if pts:
         ax.scatter(*zip(*pts), marker="x", color=color, s=30, zorder=3, label="rejected proposal")
 
@@ -46,6 +55,7 @@ def styles(labels, baselines):
     """label -> (colour, dash): baselines black and solid; the others a colour and a dash each, so that two
     curves that coincide (cosine and linear do, early) still both show."""
     import matplotlib
+
     cmap = matplotlib.colormaps["tab10"]
     others = [label for label in labels if label not in baselines]
     out = {label: ("black", "-") for label in labels if label in baselines}
@@ -65,6 +75,7 @@ def curves_figure(groups, labels, path, title, style):
     """The four curves of each row: 2 x 2 panels for one data set, a row of four panels per data set for more."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
+
     facets = by_dataset(groups, labels)
     if len(facets) == 1:
         fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
@@ -110,19 +121,26 @@ def forest(rows, path, margin):
     """Δ with its 95 % CI per row: how a difference of a few points should be read."""
     plt = _plt()
     from matplotlib.lines import Line2D
+
     rows = [r for r in rows if r["delta_vs_baseline"] is not None]
     fig, ax = plt.subplots(figsize=(10, 2.0 + 0.45 * len(rows)), dpi=100)
     for i, r in enumerate(rows):
         color = VERDICT_COLORS.get(r["verdict"], "tab:gray")
         if r["delta_ci_low"] is not None:
             ax.plot([r["delta_ci_low"], r["delta_ci_high"]], [i, i], color=color, lw=2)
-        ax.plot(r["delta_vs_baseline"], i, "D" if r.get("dataset") == "pooled" else "o", color=color,
-                ms=8 if r.get("dataset") == "pooled" else 6)
+        ax.plot(
+            r["delta_vs_baseline"],
+            i,
+            "D" if r.get("dataset") == "pooled" else "o",
+            color=color,
+            ms=8 if r.get("dataset") == "pooled" else 6,
+        )
         if i and r.get("dataset") != rows[i - 1].get("dataset"):  # between data sets, and before the pooled rows
             ax.axhline(i - 0.5, color="black", lw=0.8, alpha=0.5)
         p = "" if r["p_value"] is None or math.isnan(r["p_value"]) else f"p={r['p_value']:.2g}"
-        ax.annotate(f"n={r['pairs']} {p} {r['verdict']}", (1.01, i), xycoords=("axes fraction", "data"),
-                    va="center", fontsize=8)
+        ax.annotate(
+            f"n={r['pairs']} {p} {r['verdict']}", (1.01, i), xycoords=("axes fraction", "data"), va="center", fontsize=8
+        )
     ax.axvline(0, color="black", lw=1)
     legend = [Line2D([], [], color=c, marker="o", lw=2, label=v) for v, c in VERDICT_COLORS.items()]
     if margin:  # a verdict needs the whole interval beyond one of these lines
@@ -130,9 +148,14 @@ def forest(rows, path, margin):
         for x in (-margin, margin):
             ax.axvline(x, color="black", lw=1, ls="--")
         legend.append(Line2D([], [], color="black", ls="--", label=f"±margin ({margin:g} points)"))
-    ax.legend(handles=legend, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(legend), frameon=False)
-    ax.set(yticks=range(len(rows)), yticklabels=[_forest_label(r) for r in rows],
-           xlabel="Δ final test accuracy vs baseline (points), mean and 95 % CI over paired seeds")
+    ax.legend(
+        handles=legend, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(legend), frameon=False
+    )
+    ax.set(
+        yticks=range(len(rows)),
+        yticklabels=[_forest_label(r) for r in rows],
+        xlabel="Δ final test accuracy vs baseline (points), mean and 95 % CI over paired seeds",
+    )
     ax.invert_yaxis()
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
@@ -158,16 +181,23 @@ def pareto(rows, path):
     plt = _plt()
     rows = [r for r in rows if r["delta_vs_baseline"] is not None and r.get("llm_calls")]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), dpi=100)
-    for ax, key, xlabel in ((axes[0], "llm_cost_usd", "LLM cost per run (USD, from the models file's prices)"),
-                            (axes[1], "llm_seconds", "LLM seconds per run (in requests)")):
+    for ax, key, xlabel in (
+        (axes[0], "llm_cost_usd", "LLM cost per run (USD, from the models file's prices)"),
+        (axes[1], "llm_seconds", "LLM seconds per run (in requests)"),
+    ):
         shown = [r for r in rows if r[key] is not None]
         for r in shown:
             color = VERDICT_COLORS.get(r["verdict"], "tab:gray")
             low, high = r["delta_ci_low"], r["delta_ci_high"]
             err = None if low is None else [[r["delta_vs_baseline"] - low], [high - r["delta_vs_baseline"]]]
             ax.errorbar(r[key], r["delta_vs_baseline"], yerr=err, fmt="o", color=color, capsize=3, ms=6)
-            ax.annotate(("≥ " if key == "llm_cost_usd" and r.get("llm_cost_partial") else "") + r["arm"],
-                        (r[key], r["delta_vs_baseline"]), xytext=(5, 4), textcoords="offset points", fontsize=8)
+            ax.annotate(
+                ("≥ " if key == "llm_cost_usd" and r.get("llm_cost_partial") else "") + r["arm"],
+                (r[key], r["delta_vs_baseline"]),
+                xytext=(5, 4),
+                textcoords="offset points",
+                fontsize=8,
+            )
         best = front([(r[key], r["delta_vs_baseline"]) for r in shown])
         if best:
             xs, ys = zip(*best)
@@ -175,8 +205,11 @@ def pareto(rows, path):
             ax.legend(fontsize=8, loc="best")
         ax.axhline(0, color="black", lw=1, ls=":")
         missing = len(rows) - len(shown)
-        ax.set(xlabel=xlabel, ylabel="Δ final test accuracy vs baseline (points)",
-               title=f"{len(shown)} rows" + (f"; {missing} without a price not shown" if missing else ""))
+        ax.set(
+            xlabel=xlabel,
+            ylabel="Δ final test accuracy vs baseline (points)",
+            title=f"{len(shown)} rows" + (f"; {missing} without a price not shown" if missing else ""),
+        )
         ax.grid(alpha=0.3)
     fig.suptitle("accuracy gained against what the advisor cost")
     fig.tight_layout()
@@ -192,15 +225,25 @@ def heatmap(groups, path):
     facets = by_dataset(groups, list(groups))
     wide = max(len(DATASETS[ds]["classes"]) if ds in DATASETS else 10 for ds in facets) > 20
     heights = [1.2 + 0.5 * len(labels) + (1.0 if wide else 0) for labels in facets.values()]
-    fig, axes = plt.subplots(len(facets), 1, figsize=(22 if wide else 10, sum(heights)), dpi=100, squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        len(facets),
+        1,
+        figsize=(22 if wide else 10, sum(heights)),
+        dpi=100,
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
     for ax, (ds, labels) in zip(axes[:, 0], facets.items()):
         classes = list(groups[labels[0]]["seeds"][0]["class_acc"])
         grid = [[statistics.mean(s["class_acc"][c] for s in groups[a]["seeds"]) for c in classes] for a in labels]
         im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
         few = len(classes) <= 20
-        ax.set(xticks=range(len(classes)), yticks=range(len(labels)), yticklabels=labels,
-               title=f"final per-class test accuracy (%), {ds}")
+        ax.set(
+            xticks=range(len(classes)),
+            yticks=range(len(labels)),
+            yticklabels=labels,
+            title=f"final per-class test accuracy (%), {ds}",
+        )
         ax.set_xticklabels(classes, rotation=0 if few else 90, fontsize=None if few else 6)
         for i, row in enumerate(grid):
             for j, v in enumerate(row if few else []):
@@ -217,20 +260,30 @@ def credit(groups, path, style, margin):
     within an epoch so that equal values stay visible."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
+
     labels = [label for label, g in groups.items() if any(s["credits"] for s in g["seeds"])]
     fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
     for i, label in enumerate(labels):
         pts = [(c["epoch"], c["credit_acc"]) for s in groups[label]["seeds"] for c in s["credits"]]
         shift = 0.25 * ((i + 0.5) / len(labels) - 0.5)
         color, _ = style[label]
-        ax.scatter([e + shift for e, _ in pts], [v for _, v in pts], color=color, s=28, alpha=0.8,
-                   label=f"{label} (n={len(pts)})")
+        ax.scatter(
+            [e + shift for e, _ in pts],
+            [v for _, v in pts],
+            color=color,
+            s=28,
+            alpha=0.8,
+            label=f"{label} (n={len(pts)})",
+        )
     ax.axhline(0, color="black", lw=1)
     if margin:
         ax.axhspan(-margin, margin, color="gray", alpha=0.15, lw=0, label=f"neutral (±{margin:g} points)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch of the decision", ylabel="credit: run − branch accuracy (points)",
-           title="what each decision was worth against the schedule's LR from the same state")
+    ax.set(
+        xlabel="epoch of the decision",
+        ylabel="credit: run − branch accuracy (points)",
+        title="what each decision was worth against the schedule's LR from the same state",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -8,9 +8,9 @@ where the child ran.
 
     local  N children at once as processes of this machine (one GPU each when there are several)
     ray    one Ray task per child, on the cluster at ray_address; the task starts the child on its node
+           (ray_launch.py)
 """
 
-import dataclasses
 import os
 import re
 import shutil
@@ -22,18 +22,16 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import mlflow
 from mlflow.tracking import MlflowClient
 
 from lradvisor import tracking
 from lradvisor.arms import run_name
-from lradvisor.config import SweepConfig, to_flags
 from lradvisor.data.files import QUIET_MD5  # the sweep said it once; its children only record it
-from lradvisor.errors import UsageError
 
 
 class Job(NamedTuple):
     """One child of a sweep."""
+
     arm: str
     dataset: str
     seed: int
@@ -52,23 +50,44 @@ class Job(NamedTuple):
 
 @dataclass
 class Sweep:
-    cfg: object        # the sweep's SweepConfig
+    cfg: object  # the sweep's SweepConfig
     sweep_id: str
     experiment_id: str
     parent_id: str
-    flags: list        # the shared training flags of every child
+    flags: list  # the shared training flags of every child
     parallel: int = 1  # children at once (local launcher)
     client: MlflowClient = field(default_factory=MlflowClient)
 
     def create_child(self, job):
         with tracking.writing():
-            return self.client.create_run(self.experiment_id, run_name=job.name, tags={
-                "mlflow.parentRunId": self.parent_id, "sweep_id": self.sweep_id, "sweep_key": job.key,
-                "arm": job.arm, "seed": str(job.seed), "role": "arm"}).info.run_id
+            return self.client.create_run(
+                self.experiment_id,
+                run_name=job.name,
+                tags={
+                    "mlflow.parentRunId": self.parent_id,
+                    "sweep_id": self.sweep_id,
+                    "sweep_key": job.key,
+                    "arm": job.arm,
+                    "seed": str(job.seed),
+                    "role": "arm",
+                },
+            ).info.run_id
 
     def command(self, job, flags=None):
-        return [sys.executable, "-m", "lradvisor", "train", "--arm", job.arm, "--dataset", job.dataset,
-                "--seed", str(job.seed), *(flags or self.flags), *job.llm_flags]
+        return [
+            sys.executable,
+            "-m",
+            "lradvisor",
+            "train",
+            "--arm",
+            job.arm,
+            "--dataset",
+            job.dataset,
+            "--seed",
+            str(job.seed),
+            *(flags or self.flags),
+            *job.llm_flags,
+        ]
 
     def settle(self, run_id, code, status_if_running="FAILED", reason=None):
         """The child's result as the tracking server has it; a run its child could not end is ended here."""
@@ -85,6 +104,7 @@ class Sweep:
 
 # ----------------------------------------------------------------------------------------------------------
 # local: processes on this machine
+
 
 def _pump(proc, prefix, log):
     """Copy a child's console to ours, each line prefixed with its arm and seed, and to its log file."""
@@ -112,13 +132,15 @@ def parallel_auto(device):
     run peaked at on an H200 (2026-11-26, nvidia-smi, CUDA context included: ResNet-18, batch 128, bf16, CIFAR-10
     resident). There 4 runs at once already trained as many images a second as 8; more still overlap LLM waits."""
     import torch
+
     if device == "cpu" or not torch.cuda.is_available():
         return 1, "1 (CPU)"
     n = torch.cuda.device_count()
     free = min(torch.cuda.mem_get_info(i)[0] for i in range(n)) / 2**30
     per_gpu = max(1, min(MAX_PER_GPU, int(free // RUN_GIB)))
-    return n * per_gpu, (f"{n * per_gpu} ({per_gpu} per GPU x {n}: {free:.0f} GiB free / {RUN_GIB} GiB per run, "
-                         f"capped at {MAX_PER_GPU})")
+    return n * per_gpu, (
+        f"{n * per_gpu} ({per_gpu} per GPU x {n}: {free:.0f} GiB free / {RUN_GIB} GiB per run, capped at {MAX_PER_GPU})"
+    )
 
 
 RUN_GIB, MAX_PER_GPU = 3.0, 8
@@ -126,6 +148,7 @@ RUN_GIB, MAX_PER_GPU = 3.0, 8
 
 def local(jobs, sw):
     import torch
+
     n = torch.cuda.device_count()
     # GPU slots: with several GPUs each child gets one of its own, `parallel / n` children per GPU.
     gpus = [g for g in range(n) for _ in range(max(1, -(-sw.parallel // n)))] if n > 1 else []
@@ -143,8 +166,9 @@ def local(jobs, sw):
                     env["CUDA_VISIBLE_DEVICES"] = str(gpu)
                 log = open(os.path.join(logdir, f"{job.file}.log"), "w")
                 logs.append((run_id, log))
-                proc = subprocess.Popen(sw.command(job), env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
+                proc = subprocess.Popen(
+                    sw.command(job), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                )
                 pump = threading.Thread(target=_pump, args=(proc, job.name, log), daemon=True)
                 pump.start()
                 running.append((proc, run_id, job, gpu, pump))
@@ -170,159 +194,10 @@ def local(jobs, sw):
     return results
 
 
-# ----------------------------------------------------------------------------------------------------------
-# ray: one task per child on a Ray cluster
+def launcher(name):
+    """The launcher a sweep's or a build's `launcher` setting names: local (here) or ray (ray_launch.py)."""
+    if name == "ray":
+        from lradvisor.study.ray_launch import ray
 
-# What a child on another node needs from this environment. Passed as the task's argument, so it is in no
-# param, tag, or Ray job metadata (runtime_env) that Ray's dashboard shows.
-FORWARD = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-           "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-           "MLFLOW_HTTP_REQUEST_TIMEOUT", "GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GEMINI_BASE_URL",
-           "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION", "GOOGLE_GENAI_API_VERSION",
-           "OPENAI_API_KEY", "OPENAI_BASE_URL")
-
-
-def _ray_child(command, env, prefix, file):
-    """Runs on a Ray worker: start the child, stream its console (Ray forwards it to the sweep's terminal), and
-    stop it with SIGTERM if the task is cancelled, so that it ends its run KILLED. Returns (exit code, console)."""
-    proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            print(f"[{prefix}] {line}", end="", flush=True)
-        return proc.wait(), "".join(lines)
-    except BaseException:  # ray.cancel raises KeyboardInterrupt here
-        proc.terminate()
-        lines += proc.stdout.readlines()
-        proc.wait()
-        try:  # the console goes with the run from here: the sweep gets no return value from a cancelled task
-            MlflowClient(env["MLFLOW_TRACKING_URI"]).log_text(env["MLFLOW_RUN_ID"], "".join(lines), f"{file}.log")
-        except Exception:
-            pass
-        raise
-
-
-RAY_TIMEOUT = "LRADVISOR_RAY_TIMEOUT"  # seconds to wait for Ray to start or answer (default 30)
-
-
-def ray_connect(address, cpus_per_run, gpus_per_run):
-    """Connect to (or, for `local`, start) Ray within a bounded time, and check that some node can hold one run:
-    before any run exists, in one line. Ray itself waits forever for a GCS that is not there, and binds a local
-    instance to this machine's own address whatever it is asked (traffic stays on this machine). Sets
-    Returns the GPUs per run (auto: 1 where the cluster has GPUs, else 0)."""
-    limit = float(os.environ.get(RAY_TIMEOUT, 30))
-    if address not in ("auto", "local") and "RAY_AUTH_MODE" not in os.environ and (
-            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-            or os.path.isfile(os.path.expanduser("~/.ray/auth_token"))):
-        # Ray sends the token only for clusters it finds itself ("auto"); `ray start --head` requires it once a
-        # token exists on the machine, and a cluster without token auth accepts a client that sends one. Ray
-        # reads this when it is imported, so before that.
-        os.environ["RAY_AUTH_MODE"] = "token"
-    import ray
-    kwargs = {"address": "local", "include_dashboard": False} if address == "local" else \
-        {"address": None if address == "auto" and os.environ.get("RAY_ADDRESS") else address}
-    done, answered = {}, threading.Event()
-
-    def connect():
-        try:
-            ray.init(log_to_driver=True, **kwargs)
-            done["ok"] = True
-        except BaseException as e:  # reported below, on the main thread
-            done["error"] = e
-        answered.set()
-        if address == "local":
-            # The local instance's processes die with the *thread* that started them (Linux's parent-death signal
-            # follows the thread): this one stays, asleep, as long as the process does. Returning here killed the
-            # GCS and, 60 s later, the whole sweep ("Failed to connect to GCS").
-            threading.Event().wait()
-
-    worker = threading.Thread(target=connect, daemon=True)  # a hung connect must not keep the process alive
-    # Ray's C++ side logs a line every few seconds while it cannot reach the cluster: keep that (fd 2) aside
-    # and quote its last line if connecting fails.
-    saved = os.dup(2)
-    log = tempfile.TemporaryFile(mode="w+")
-    os.dup2(log.fileno(), 2)
-    try:
-        worker.start()
-        answered.wait(limit)
-    finally:
-        if "ok" in done or "error" in done:
-            os.dup2(saved, 2)
-            os.close(saved)
-        else:  # Ray goes on trying in the background until we exit: its lines stay aside, ours go out
-            sys.stderr = os.fdopen(saved, "w", buffering=1)
-    with log:  # fd 2 keeps the file open where Ray goes on writing
-        log.seek(0)
-        said = [re.sub(r"^(\[[^\]]*\]|\d{4}-\d\d-\d\d [\d:,]+\s+\w+ \S+ --) ", "", line).strip()
-                for line in log.read().splitlines() if line.strip()]
-    if "ok" not in done:
-        why = f"{type(done['error']).__name__}: {str(done['error']).splitlines()[0]}" if "error" in done else \
-            f"no answer within {limit:g} s ({RAY_TIMEOUT} sets the limit)"
-        why += f"; Ray said: {said[-1][:200]}" if said else ""
-        what = "could not start a local Ray instance" if address == "local" else f"no Ray cluster at {address!r}"
-        raise UsageError(f"{what} ({why}); start one (`ray start --head`), give --ray-address HOST:PORT, "
-                         "or use --ray-address local")
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    if gpus_per_run in ("", "auto"):  # one GPU per run where the cluster has GPUs
-        gpus_per_run = 1.0 if any(n.get("GPU", 0) > 0 for n in nodes) else 0.0
-    gpus = float(gpus_per_run)
-    if gpus > 1 and gpus != int(gpus):
-        raise UsageError(f"gpus_per_run above 1 must be a whole number (Ray's rule), got {gpus:g}")
-    fits = [n for n in nodes if n.get("CPU", 0) >= cpus_per_run and n.get("GPU", 0) >= gpus]
-    if not fits:
-        have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes) or "no live node"
-        raise UsageError(f"no node of the Ray cluster can hold a run of {cpus_per_run:g} CPUs and "
-                         f"{gpus:g} GPUs (nodes: {have}); lower --cpus-per-run / --gpus-per-run")
-    return gpus
-
-
-def ray(jobs, sw):
-    import ray as ray_
-    if not ray_.is_initialized():  # the sweep connected before making any run (ray_connect)
-        ray_connect(sw.cfg.ray_address, sw.cfg.cpus_per_run, sw.cfg.gpus_per_run)
-    try:
-        task = ray_.remote(_ray_child).options(num_cpus=sw.cfg.cpus_per_run, num_gpus=float(sw.cfg.gpus_per_run),
-                                               max_retries=0)
-        # Other nodes do not share our working directory: the data folder goes as an absolute path.
-        t = sw.cfg.train  # ... and the models file; with the variables its entries read their keys from
-        flags = to_flags(dataclasses.replace(t, data_dir=os.path.abspath(t.data_dir), models=os.path.abspath(t.models)
-                                             if t.models != "none" else "none"), skip=SweepConfig.PER_CHILD)
-        from lradvisor.llm.zoo import read
-        keys = [e["key_env"] for e in read(t.models).values() if e["key_env"]]
-        forward = {k: os.environ[k] for k in (*FORWARD, *keys) if k in os.environ}
-        forward["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()  # the resolved one, not only what the env said
-        pending, results = {}, {}
-        for job in jobs:
-            run_id = sw.create_child(job)
-            env = {**forward, "MLFLOW_RUN_ID": run_id, "PYTHONUNBUFFERED": "1", QUIET_MD5: "1"}
-            pending[task.remote(sw.command(job, flags), env, job.name, job.file)] = (job, run_id)
-        try:
-            while pending:
-                (ref,), _ = ray_.wait(list(pending), num_returns=1)
-                job, run_id = pending.pop(ref)
-                try:
-                    code, console = ray_.get(ref)
-                    reason = None
-                except ray_.exceptions.RayError as e:  # the worker or its node died: the child went with it
-                    code, console, reason = -1, "", f"ray: {type(e).__name__}: {str(e).splitlines()[0]}"
-                sw.client.log_text(run_id, console, f"{job.file}.log")
-                results[job] = sw.settle(run_id, code, "FAILED", reason)
-        except BaseException:
-            with tracking.signals_held():
-                for ref in pending:
-                    ray_.cancel(ref)  # KeyboardInterrupt in the task, which SIGTERMs its child
-                for ref, (job, run_id) in pending.items():
-                    try:
-                        code, console = ray_.get(ref, timeout=120)
-                    except Exception:  # cancelled (as it should be) or gone
-                        code, console = -1, ""
-                    if console:
-                        sw.client.log_text(run_id, console, f"{job.file}.log")
-                    sw.settle(run_id, code, "KILLED", "the sweep was interrupted")
-            raise
-        return results
-    finally:
-        ray_.shutdown()
-
+        return ray
+    return local

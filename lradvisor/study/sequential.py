@@ -27,8 +27,11 @@ TABLE = "sequential.json"
 
 def accuracies(sw):
     """{sweep_key: final test accuracy} of this sweep's finished children."""
-    runs = MlflowClient().search_runs([sw.experiment_id], f"tags.sweep_id = {tracking.quote(sw.sweep_id)} and "
-                                      "attributes.status = 'FINISHED'", max_results=5000)
+    runs = MlflowClient().search_runs(
+        [sw.experiment_id],
+        f"tags.sweep_id = {tracking.quote(sw.sweep_id)} and attributes.status = 'FINISHED'",
+        max_results=5000,
+    )
     return {r.data.tags.get("sweep_key"): r.data.metrics["test_acc"] for r in runs if "test_acc" in r.data.metrics}
 
 
@@ -37,9 +40,16 @@ def judge(cfg, row, base, acc, n, level, job):
     keys = [(job(row, s).key, job(base, s).key) for s in range(n)]
     deltas = [acc[a] - acc[b] for a, b in keys if a in acc and b in acc]
     low, high = stats.confidence_sequence(deltas, level)
-    return {"arm": row.label, "dataset": row.dataset, "seeds": len(deltas),
-            "delta": sum(deltas) / len(deltas) if deltas else None, "cs_low": low, "cs_high": high,
-            "e_value": stats.e_value(deltas), "verdict": stats.anytime_verdict(low, high, cfg.margin)}
+    return {
+        "arm": row.label,
+        "dataset": row.dataset,
+        "seeds": len(deltas),
+        "delta": sum(deltas) / len(deltas) if deltas else None,
+        "cs_low": low,
+        "cs_high": high,
+        "e_value": stats.e_value(deltas),
+        "verdict": stats.anytime_verdict(low, high, cfg.margin),
+    }
 
 
 def rounds(cfg, sw, rows, launcher, job):
@@ -55,13 +65,19 @@ def rounds(cfg, sw, rows, launcher, job):
         tracking.declare_tables([TABLE])
     for number, n in enumerate(range(cfg.min_seeds, cfg.max_seeds + 1), start=1):
         open_rows = [r for r in arms if r not in decided]
-        wanted = [job(r, s) for r in open_rows + [base[d] for d in dict.fromkeys(r.dataset for r in open_rows)]
-                  for s in range(n)]
+        wanted = [
+            job(r, s)
+            for r in open_rows + [base[d] for d in dict.fromkeys(r.dataset for r in open_rows)]
+            for s in range(n)
+        ]
         done = accuracies(sw)
         todo = [j for j in wanted if j.key not in done]
         skipped.update((j.key, j) for j in wanted if j.key in before)
-        print(f"\nsweep {sw.sweep_id}: round {number}, seeds 0..{n - 1}: {len(open_rows)} arm(s) open, "
-              f"{len(todo)} run(s) to train", flush=True)
+        print(
+            f"\nsweep {sw.sweep_id}: round {number}, seeds 0..{n - 1}: {len(open_rows)} arm(s) open, "
+            f"{len(todo)} run(s) to train",
+            flush=True,
+        )
         results.update(launcher(todo, sw))
         acc = accuracies(sw)
         for row in open_rows:
@@ -69,21 +85,32 @@ def rounds(cfg, sw, rows, launcher, job):
             table.append(said)
             if said["verdict"] != "inconclusive" or n == cfg.max_seeds:
                 decided[row] = said
-                print(f"  {row.label} on {row.dataset}: {said['verdict']} after {said['seeds']} seeds "
-                      f"(CS [{said['cs_low']:+.2f}, {said['cs_high']:+.2f}], e = {said['e_value']:.3g})", flush=True)
+                print(
+                    f"  {row.label} on {row.dataset}: {said['verdict']} after {said['seeds']} seeds "
+                    f"(CS [{said['cs_low']:+.2f}, {said['cs_high']:+.2f}], e = {said['e_value']:.3g})",
+                    flush=True,
+                )
         with tracking.writing():
-            mlflow.log_metrics({"round_seeds": n, "arms_open": len(open_rows), "arms_decided": len(decided)},
-                               step=number)
+            mlflow.log_metrics(
+                {"round_seeds": n, "arms_open": len(open_rows), "arms_decided": len(decided)}, step=number
+            )
             tracking.write_table(table, TABLE)
-            mlflow.set_tags({f"verdict.{tag_key(r)}": f"{v['verdict']} at round {v['round']} ({v['seeds']} seeds): CS "
-                             f"[{v['cs_low']:.3g}, {v['cs_high']:.3g}], e = {v['e_value']:.3g}"
-                             for r, v in decided.items()})
+            mlflow.set_tags(
+                {
+                    f"verdict.{tag_key(r)}": f"{v['verdict']} at round {v['round']} ({v['seeds']} seeds): CS "
+                    f"[{v['cs_low']:.3g}, {v['cs_high']:.3g}], e = {v['e_value']:.3g}"
+                    for r, v in decided.items()
+                }
+            )
         if len(decided) == len(arms):
             break
     full = len(arms) * cfg.max_seeds  # every arm to max_seeds
     used = sum(v["seeds"] for v in decided.values())
-    print(f"sweep {sw.sweep_id}: every arm decided; {used} arm seeds trained of the {full} that max_seeds "
-          f"{cfg.max_seeds} would take", flush=True)
+    print(
+        f"sweep {sw.sweep_id}: every arm decided; {used} arm seeds trained of the {full} that max_seeds "
+        f"{cfg.max_seeds} would take",
+        flush=True,
+    )
     with tracking.writing():
         mlflow.log_metrics({"arm_seeds_used": used, "arm_seeds_at_max": full})
     return results, list(skipped.values())

@@ -38,9 +38,16 @@ import statistics
 def paired(arm, base, margin=0.0):
     """arm, base: final accuracies (points) of the same seeds in the same order."""
     from scipy import stats
+
     n = len(arm)
-    out = {"delta_vs_baseline": None, "delta_se": None, "delta_ci_low": None, "delta_ci_high": None, "p_value": None,
-           "verdict": ""}
+    out = {
+        "delta_vs_baseline": None,
+        "delta_se": None,
+        "delta_ci_low": None,
+        "delta_ci_high": None,
+        "p_value": None,
+        "verdict": "",
+    }
     if n == 0:
         return out
     d = [a - b for a, b in zip(arm, base)]
@@ -52,14 +59,19 @@ def paired(arm, base, margin=0.0):
     _, low, high = mean_ci(d)
     # Every pair differing by the same amount (Δ = 0 exactly, from identical runs) has no t statistic.
     p = float(stats.ttest_rel(arm, base).pvalue) if statistics.stdev(d) > 0 else math.nan
-    out.update(delta_ci_low=low, delta_ci_high=high, p_value=None if math.isnan(p) else p,
-               verdict="better" if low > margin else "worse" if high < -margin else "inconclusive")
+    out.update(
+        delta_ci_low=low,
+        delta_ci_high=high,
+        p_value=None if math.isnan(p) else p,
+        verdict="better" if low > margin else "worse" if high < -margin else "inconclusive",
+    )
     return out
 
 
 def mean_ci(values):
     """(mean, 95 % CI low, high) of independent-looking values by the t distribution; no CI below 2 values."""
     from scipy import stats
+
     n = len(values)
     if n == 0:
         return None, None, None
@@ -74,21 +86,28 @@ def pooled(deltas, ses, margin=0.0):
     """Random-effects pool of per-data-set Δ_i with standard errors SE_i (all > 0): DerSimonian–Laird τ² and
     weights, Hartung–Knapp interval (module docstring)."""
     from scipy import stats
+
     k = len(deltas)
-    v = [se ** 2 for se in ses]
+    v = [se**2 for se in ses]
     w = [1 / x for x in v]
     fixed = sum(wi * d for wi, d in zip(w, deltas)) / sum(w)
     q = sum(wi * (d - fixed) ** 2 for wi, d in zip(w, deltas))
-    c = sum(w) - sum(wi ** 2 for wi in w) / sum(w)
+    c = sum(w) - sum(wi**2 for wi in w) / sum(w)
     tau2 = max(0.0, (q - (k - 1)) / c) if c > 0 else 0.0
     ws = [1 / (x + tau2) for x in v]
     delta = sum(wi * d for wi, d in zip(ws, deltas)) / sum(ws)
     spread = sum(wi * (d - delta) ** 2 for wi, d in zip(ws, deltas)) / (k - 1)
     se = math.sqrt(max(1.0, spread) / sum(ws))  # never narrower than the weights alone say
     half = stats.t.ppf(0.975, k - 1) * se
-    return {"delta_vs_baseline": delta, "delta_se": se, "delta_ci_low": delta - half, "delta_ci_high": delta + half,
-            "p_value": float(2 * stats.t.sf(abs(delta) / se, k - 1)), "tau2": tau2,
-            "verdict": "better" if delta - half > margin else "worse" if delta + half < -margin else "inconclusive"}
+    return {
+        "delta_vs_baseline": delta,
+        "delta_se": se,
+        "delta_ci_low": delta - half,
+        "delta_ci_high": delta + half,
+        "p_value": float(2 * stats.t.sf(abs(delta) / se, k - 1)),
+        "tau2": tau2,
+        "verdict": "better" if delta - half > margin else "worse" if delta + half < -margin else "inconclusive",
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -37,13 +37,18 @@ def finished_keys(experiment_id, sweep_id):
     from mlflow.tracking import MlflowClient
 
     from lradvisor import tracking
+
     runs = MlflowClient().search_runs(
-        [experiment_id], f"tags.sweep_id = {tracking.quote(sweep_id)} and attributes.status = 'FINISHED'", max_results=5000)
+        [experiment_id],
+        f"tags.sweep_id = {tracking.quote(sweep_id)} and attributes.status = 'FINISHED'",
+        max_results=5000,
+    )
     return {r.data.tags.get("sweep_key") for r in runs}
 
 
 class Row(NamedTuple):
     """What a sweep compares: an arm (an LLM arm once per model and temperature) on a data set, over seeds."""
+
     arm: str
     dataset: str
     llm_flags: tuple = ()  # an LLM arm's --llm-model and --temperature
@@ -67,8 +72,15 @@ def rows(cfg):
 
 def job(cfg, row, seed):
     from lradvisor.study import launch
-    return launch.Job(row.arm, row.dataset, seed, sweep_key(row.arm, row.dataset, seed, shared_flags(cfg)
-                                                            + list(row.llm_flags)), row.llm_flags, row.tag)
+
+    return launch.Job(
+        row.arm,
+        row.dataset,
+        seed,
+        sweep_key(row.arm, row.dataset, seed, shared_flags(cfg) + list(row.llm_flags)),
+        row.llm_flags,
+        row.tag,
+    )
 
 
 def jobs(cfg, sweep_id, exp_id, wanted):
@@ -81,19 +93,52 @@ def jobs(cfg, sweep_id, exp_id, wanted):
     return todo, skipped
 
 
+def plan(cfg, arms, datasets, seeds):
+    """The sweep's first line: what it will train."""
+    seeds = (
+        f"0.. until decided ({cfg.min_seeds} to {cfg.max_seeds})" if cfg.until_decided else ",".join(map(str, seeds))
+    )
+    models = f"; LLM arms x models {cfg.llm_models} x temperatures {cfg.temperatures}"
+    return f"arms {','.join(arms)} x data sets {','.join(datasets)} x seeds {seeds}" + (
+        models if any(asks_llm(a, cfg) for a in arms) else ""
+    )
+
+
+def check_advisors(cfg, asking, dataset):
+    """Build each arm's advisor once before any run starts, so a missing key fails here, once."""
+    from lradvisor.llm.advisor import Advisor
+
+    for name, extra in dict.fromkeys(asking):
+        child = cfg.child(name, dataset, 0, *((extra[1], float(extra[3])) if extra else ()))
+        arm = resolve(name, child.signals, child.every, child.advisor, child.schedule)
+        if arm.every:
+            Advisor(child, arm)
+
+
+def report(sweep_id, results, skipped, many_datasets):
+    """Print one line per run; return the runs that failed."""
+    failed = [k for k, v in results.items() if not v[0]]
+    print(f"\nsweep {sweep_id}: {len(results) - len(failed)} finished, {len(failed)} failed, {len(skipped)} skipped")
+    for child, (ok, run_id, acc, code) in results.items():
+        state = f"test_acc {acc:.2f}%" if ok and acc is not None else f"FAILED (exit {code})"
+        print(
+            f"  {child.arm + (f' [{child.tag}]' if child.tag else ''):24s} "
+            + (f"{child.dataset:9s}" if many_datasets else "")
+            + f"seed {child.seed:<3d} {state:24s} run {run_id}"
+        )
+    return failed
+
+
 def main(cfg):
     import mlflow
     from mlflow.tracking import MlflowClient
 
     from lradvisor import tracking
-    from lradvisor.llm.advisor import Advisor
     from lradvisor.study import launch, sequential
+
     arms, datasets, seeds = cfg.arm_list(), cfg.dataset_list(), cfg.seed_list()
     sweep_id = uuid.uuid4().hex[:8] if cfg.sweep_id in ("", "new") else cfg.sweep_id
-    print(f"sweep {sweep_id}: arms {','.join(arms)} x data sets {','.join(datasets)} x seeds "
-          + (f"0.. until decided ({cfg.min_seeds} to {cfg.max_seeds})" if cfg.until_decided else ','.join(map(str, seeds)))
-          + (f"; LLM arms x models {cfg.llm_models} x temperatures {cfg.temperatures}"
-             if any(asks_llm(a, cfg) for a in arms) else ""))
+    print(f"sweep {sweep_id}: {plan(cfg, arms, datasets, seeds)}")
 
     client = MlflowClient()
     if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`, whose run is our parent
@@ -102,22 +147,26 @@ def main(cfg):
         exp = client.get_experiment_by_name(cfg.experiment)
         exp_id = exp.experiment_id if exp else None
     sweep_rows = rows(cfg)
-    todo, skipped = jobs(cfg, sweep_id, exp_id, [(r, seed) for r in sweep_rows for seed in seeds]) \
-        if not cfg.until_decided else ([], [])
+    todo, skipped = (
+        jobs(cfg, sweep_id, exp_id, [(r, seed) for r in sweep_rows for seed in seeds])
+        if not cfg.until_decided
+        else ([], [])
+    )
     if skipped:
-        print(f"sweep {sweep_id}: {len(skipped)} already finished with these parameters, not run again: "
-              + ", ".join(j.name for j in skipped))
+        print(
+            f"sweep {sweep_id}: {len(skipped)} already finished with these parameters, not run again: "
+            + ", ".join(j.name for j in skipped)
+        )
     asking = [(r.arm, r.llm_flags) for r in sweep_rows] if cfg.until_decided else [(j.arm, j.llm_flags) for j in todo]
-    for name, extra in dict.fromkeys(asking):  # a missing key fails here, once
-        child = cfg.child(name, datasets[0], 0, *((extra[1], float(extra[3])) if extra else ()))
-        arm = resolve(name, child.signals, child.every, child.advisor, child.schedule)
-        if arm.every:
-            Advisor(child, arm)
+    check_advisors(cfg, asking, datasets[0])
 
     parallel, why = launch.parallel_auto(cfg.train.device) if cfg.parallel == "auto" else (int(cfg.parallel), "")
-    print(f"sweep {sweep_id}: " + ("rounds of seeds until every arm is decided" if cfg.until_decided else
-                                   f"{len(todo)} runs") + f" with the {cfg.launcher} launcher"
-          + (f", {why} at a time" if cfg.launcher == "local" and why else ""))
+    print(
+        f"sweep {sweep_id}: "
+        + ("rounds of seeds until every arm is decided" if cfg.until_decided else f"{len(todo)} runs")
+        + f" with the {cfg.launcher} launcher"
+        + (f", {why} at a time" if cfg.launcher == "local" and why else "")
+    )
 
     # Ctrl-C or SIGTERM: stop the children (they end KILLED), keep their logs, end the parent KILLED.
     with tracking.interrupts_end_runs():
@@ -126,29 +175,33 @@ def main(cfg):
         # mlflow.runName also under `mlflow run`, which names its run at random
         with tracking.writing():
             mlflow.set_tags({"sweep_id": sweep_id, "role": "sweep", "mlflow.runName": f"sweep-{sweep_id}"})
-        tracking.log_params_once({"arms": ",".join(arms), "datasets": ",".join(datasets), "llm_models": cfg.llm_models,
-                                  "temperatures": cfg.temperatures,
-                                  "seeds": ",".join(map(str, seeds)), "sweep_id": sweep_id,
-                                  "parallel": cfg.parallel, "launcher": cfg.launcher,
-                                  **({k: getattr(cfg, k) for k in sequential.SETTINGS} if cfg.until_decided else {})})
+        tracking.log_params_once(
+            {
+                "arms": ",".join(arms),
+                "datasets": ",".join(datasets),
+                "llm_models": cfg.llm_models,
+                "temperatures": cfg.temperatures,
+                "seeds": ",".join(map(str, seeds)),
+                "sweep_id": sweep_id,
+                "parallel": cfg.parallel,
+                "launcher": cfg.launcher,
+                **({k: getattr(cfg, k) for k in sequential.SETTINGS} if cfg.until_decided else {}),
+            }
+        )
         sw = launch.Sweep(cfg, sweep_id, parent.info.experiment_id, parent.info.run_id, shared_flags(cfg), parallel)
         try:
             if cfg.until_decided:
-                results, skipped = sequential.rounds(cfg, sw, sweep_rows, getattr(launch, cfg.launcher),
-                                                     lambda row, seed: job(cfg, row, seed))
+                results, skipped = sequential.rounds(
+                    cfg, sw, sweep_rows, launch.launcher(cfg.launcher), lambda row, seed: job(cfg, row, seed)
+                )
             else:
-                results = getattr(launch, cfg.launcher)(todo, sw)
+                results = launch.launcher(cfg.launcher)(todo, sw)
         except BaseException as e:  # SystemExit too: what a library's own SIGTERM handler raises
             killed = isinstance(e, (KeyboardInterrupt, SystemExit))
             tracking.end_failed("KILLED" if killed else "FAILED", str(e) if killed else f"{type(e).__name__}: {e}", e)
             raise
 
-        failed = [k for k, v in results.items() if not v[0]]
-        print(f"\nsweep {sweep_id}: {len(results) - len(failed)} finished, {len(failed)} failed, {len(skipped)} skipped")
-        for child, (ok, run_id, acc, code) in results.items():
-            state = f"test_acc {acc:.2f}%" if ok and acc is not None else f"FAILED (exit {code})"
-            print(f"  {child.arm + (f' [{child.tag}]' if child.tag else ''):24s} "
-                  + (f"{child.dataset:9s}" if len(datasets) > 1 else "") + f"seed {child.seed:<3d} {state:24s} run {run_id}")
+        failed = report(sweep_id, results, skipped, len(datasets) > 1)
         with tracking.writing():
             mlflow.set_tags({"finished": len(results) - len(failed), "failed": len(failed), "skipped": len(skipped)})
         if failed:
