@@ -56,7 +56,7 @@ ARMS = {
 # fmt: on
 SEARCH_ARMS = ("search_tpe", "search_random", "search_pbt")
 SIGNALS = ("losses", "lr_history", "grad_norms", "per_class", "feedback")
-LLMS = ("gemini", "openai")  # the advisors that are LLMs (llm/servers.py); the others answer without one
+LLMS = ("gemini", "openai")  # the LLM advisors (llm/gemini.py, llm/compatible.py); the others answer without one
 ADVISORS = (*LLMS, "random", "textbook", "replay")
 # built in schedules.py; `file` follows --schedule-file (a PBT winner's LR per epoch)
 SCHEDULES = ("step", "cosine", "onecycle", "linear", "plateau", "constant", "file")

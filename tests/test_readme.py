@@ -1,4 +1,5 @@
-"""The README's commands, as a newcomer types them. Every ```bash block carries a marker comment before it:
+"""The commands of the README and of the manual (docs/), as a newcomer types them. Every ```bash block carries a
+marker comment before it:
 
     <!-- test: run -->              run with bash, as one script, in a fresh folder holding the project's MLproject,
                                     conda.yaml and scripts/ and the data/ the offline try-out leaves there, with
@@ -15,6 +16,7 @@
 A block without a marker fails the test, so none is added untested by accident.
 """
 
+import glob
 import os
 import re
 import shlex
@@ -32,9 +34,18 @@ from fake_openai import FakeOpenAI, chat
 BLOCK = re.compile(r"(?:<!-- test: (\w+)(?: \(([^)]*)\))? -->\n)?```bash\n(.*?)```", re.S)
 
 
+PAGES = ["README.md"] + sorted(
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)
+)
+
+
 def blocks():
-    with open(os.path.join(ROOT, "README.md")) as f:
-        return [(m.group(1), m.group(2), m.group(3)) for m in BLOCK.finditer(f.read())]
+    """(mode, why, text) of every bash block of the README and the manual's pages, in order."""
+    out = []
+    for page in PAGES:
+        with open(os.path.join(ROOT, page)) as f:
+            out += [(m.group(1), m.group(2), m.group(3)) for m in BLOCK.finditer(f.read())]
+    return out
 
 
 def commands(text):
@@ -71,6 +82,7 @@ def _argv(cmd):
 @pytest.mark.parametrize("index", [i for i, (mode, _, _) in enumerate(blocks()) if mode == "check"])
 def test_check_blocks_parse_and_agree(index, monkeypatch):
     from lradvisor.cli import parse
+
     monkeypatch.chdir(ROOT)  # files the commands name (scripts/models.example.yaml) are read, nothing is written
     text = blocks()[index][2]
     ids, written, parsed = {}, set(), 0
@@ -91,8 +103,9 @@ def test_check_blocks_parse_and_agree(index, monkeypatch):
             ids.setdefault(command, set()).add(cfg.sweep_id)
     assert parsed, f"a check block holds no lradvisor or mlflow run command to check: {text[:80]!r}"
     if "sweep" in ids:  # a compare after a sweep in one block reads what that sweep made
-        assert ids.get("compare", set()) <= ids["sweep"], \
+        assert ids.get("compare", set()) <= ids["sweep"], (
             f"compare reads sweep ids {ids.get('compare')}, the block's sweep makes {ids['sweep']}"
+        )
 
 
 @pytest.mark.slow  # starts a process
@@ -103,8 +116,21 @@ def test_run_blocks_run_as_written(index, tmp_path):
     for name in ("MLproject", "conda.yaml", "scripts"):
         src = os.path.join(ROOT, name)
         (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, tmp_path / name)
-    subprocess.run([sys.executable, "scripts/make_fake_cifar.py", "--out", "data", "--train-per-class", "2",
-                    "--test-per-class", "2"], cwd=tmp_path, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "scripts/make_fake_cifar.py",
+            "--out",
+            "data",
+            "--train-per-class",
+            "2",
+            "--test-per-class",
+            "2",
+        ],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "OPENAI_", "GOOGLE_", "GEMINI_"))}
     with FakeGemini([reply("The learning rate should be 0.05.")]) as g, FakeOpenAI([chat("LR 0.05")]) as o:
         env.update(g.env(), **o.env(), MLFLOW_DISABLE_TELEMETRY="true")
@@ -116,11 +142,12 @@ def test_run_blocks_run_as_written(index, tmp_path):
 
 
 def test_the_parameter_table_is_the_configs():
-    """The README's table of parameters names every setting of a run (config.TrainConfig) with its default."""
+    """The manual's table of parameters names every setting of a run (config.TrainConfig) with its default."""
     from lradvisor.config import TrainConfig, settings
-    with open(os.path.join(ROOT, "README.md")) as f:
+
+    with open(os.path.join(ROOT, "docs", "reference", "parameters.md")) as f:
         text = f.read()
-    table = text[text.index("| parameter | default | meaning |"):].split("\n\n")[0].splitlines()[2:]
+    table = text[text.index("| parameter | default | meaning |") :].split("\n\n")[0].splitlines()[2:]
     shown = {}
     for row in table:
         cells = row.split("|")
@@ -132,3 +159,21 @@ def test_the_parameter_table_is_the_configs():
     for name, default in defaults.items():
         same = float(shown[name]) == default if isinstance(default, (int, float)) else shown[name] == default
         assert same, f"{name}: the README says {shown[name]}, the default is {default!r}"
+
+
+def test_the_manual_generates_every_setting_of_every_command():
+    """docs/hooks.py writes the reference of every setting from lradvisor/config/ where a page asks for it."""
+    import importlib.util
+    from lradvisor.config import BenchConfig, CompareConfig, SearchConfig, SweepConfig, TrainConfig, settings
+    from lradvisor.config.decisions import DecisionsConfig, ScoreConfig
+
+    spec = importlib.util.spec_from_file_location("hooks", os.path.join(ROOT, "docs", "hooks.py"))
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    page = hooks.on_page_markdown("before\n" + hooks.MARK + "\nafter", None, None, None)
+    assert hooks.MARK not in page and page.startswith("before") and page.endswith("after")
+    for cls in (TrainConfig, SweepConfig, SearchConfig, DecisionsConfig, ScoreConfig, CompareConfig, BenchConfig):
+        for f in settings(cls):
+            assert f"| `{f.name}` |" in page, (cls.__name__, f.name)
+    with open(os.path.join(ROOT, "docs", "reference", "parameters.md")) as f:
+        assert hooks.MARK in f.read()

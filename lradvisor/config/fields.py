@@ -9,7 +9,7 @@ from lradvisor.errors import UsageError
 
 DEVICES = "auto, cpu, cuda or cuda:N"
 ADVICE = ("sync", "async", "async_step")
-LAUNCHERS = ("local", "ray")  # the functions of study/launch.py by these names
+LAUNCHERS = ("local", "ray")  # study/launch.py's local, study/ray_launch.py's ray
 METHODS, PRUNERS = ("tpe", "random", "pbt"), ("none", "median", "asha")
 TRIAL_SEEDS = 1000  # a search's trial n trains with seed 1000 + n; the winner's final seeds lie below
 TRAINING, ADVISOR = "training (the published setup)", "LLM advisor (arms other than baseline)"
