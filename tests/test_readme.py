@@ -177,3 +177,17 @@ def test_the_manual_generates_every_setting_of_every_command():
             assert f"| `{f.name}` |" in page, (cls.__name__, f.name)
     with open(os.path.join(ROOT, "docs", "reference", "parameters.md")) as f:
         assert hooks.MARK in f.read()
+
+
+def test_the_readmes_links_reach_pages_and_headings_that_exist():
+    """mkdocs --strict checks the manual's links; this checks the front door's, which mkdocs does not build."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        links = re.findall(r"\]\(((?:docs|scripts|tests|lradvisor)/[^)#\s]+)(?:#([^)\s]+))?\)", f.read())
+    assert len(links) >= 8
+    for path, anchor in links:
+        assert os.path.exists(os.path.join(ROOT, path)), f"README links to {path}, which does not exist"
+        if anchor:
+            with open(os.path.join(ROOT, path)) as f:
+                headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", f.read(), flags=re.S), re.M)
+            slugs = {re.sub(r"[^\w\- ]", "", h.lower()).strip().replace(" ", "-") for h in headings}
+            assert anchor in slugs, f"README links to {path}#{anchor}; its headings give {sorted(slugs)}"
