@@ -269,3 +269,22 @@ def test_the_oracle_arm_applies_the_best_action_on_whole_runs(bench, experiment)
         assert lrs[epoch + 1] == pytest.approx(best["lr"])  # applied from the next epoch
     assert run.data.metrics["oracle_seconds"] > 0 and run.data.params["oracle.grid"] == "0.1,0.3,1,3,10"
     assert run.data.params["oracle.horizon"] == "1"
+
+
+def test_a_resume_ends_the_trajectory_runs_a_build_killed_outright_left_running(bench):
+    """kill -9 leaves a trajectory's run RUNNING (nothing in the process runs); the next build of the id ends it
+    KILLED, saying why, and reuses what it measured: no run is left RUNNING, nothing is measured again."""
+    client = mlflow.MlflowClient()
+    (parent,) = runs("decisions")
+    states = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/decisions/states.json")
+    tags = {"mlflow.parentRunId": parent.info.run_id, "decisions_id": "t", "role": "trajectory", "arm": "baseline"}
+    left = client.create_run(parent.info.experiment_id, run_name="baseline-s0", tags={**tags, "seed": "0"})
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli(*BUILD, "--data-dir", bench["data"], "--experiment", EXPERIMENT) == 0
+    assert "0 trajectories to measure" in out.getvalue() and "measured " not in out.getvalue()
+    run = client.get_run(left.info.run_id)
+    assert run.info.status == "KILLED" and "its build stopped before ending it" in run.data.tags["failure_reason"]
+    assert [r.info.status for r in runs("decisions")] == ["FINISHED"]
+    assert "RUNNING" not in {r.info.status for r in runs("trajectory")}
+    assert mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/decisions/states.json") == states

@@ -152,6 +152,7 @@ def open_parent(client, cfg, decisions_id):
         run_id = earlier[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         print(f"decisions {decisions_id}: resuming (run {run_id})")
+        end_open(client, runs_of(client, exp_id, decisions_id, "trajectory"), None)
     else:
         run_id = client.create_run(exp_id, run_name=f"decisions-{decisions_id}").info.run_id
     for k, v in {
@@ -166,6 +167,17 @@ def open_parent(client, cfg, decisions_id):
             client.log_param(run_id, k, v)
     client.set_tag(run_id, "seeds", cfg.seeds)  # the seeds may grow on a resume
     return exp_id, run_id
+
+
+def end_open(client, runs, error):
+    """End the trajectory runs still RUNNING: KILLED after an interrupt or when an earlier build stopped without ending
+    them (killed outright; `error` None), FAILED after an error. What they measured stays and a resume reuses it."""
+    killed = error is None or isinstance(error, (KeyboardInterrupt, SystemExit))
+    why = "interrupted" if killed and error is not None else f"{type(error).__name__}: {error}" if error else None
+    for r in (r for r in runs if r.info.status == "RUNNING"):
+        with tracking.signals_held():
+            client.set_tag(r.info.run_id, "failure_reason", why or "its build stopped before ending it; resumed")
+            client.set_terminated(r.info.run_id, "KILLED" if killed else "FAILED")
 
 
 def main(cfg):
@@ -189,7 +201,11 @@ def main(cfg):
             if int(cfg.parallel) == 1 and cfg.launcher == "local":
                 for job in jobs:  # in this process: no start-up per trajectory
                     run_id = Build(cfg, decisions_id, exp_id, parent, [], 1).create_child(job)
-                    measure(cfg, job.arm, job.seed, run_id, client, exp_id, decisions_id)
+                    try:
+                        measure(cfg, job.arm, job.seed, run_id, client, exp_id, decisions_id)
+                    except BaseException as e:  # one that failed before its run was opened is ended here
+                        end_open(client, [client.get_run(run_id)], e)
+                        raise
             else:
                 build = Build(cfg, decisions_id, exp_id, parent, [], int(cfg.parallel))
                 results = launch.launcher(cfg.launcher)(jobs, build)
