@@ -17,18 +17,22 @@ from lradvisor.errors import DataError
 # ----------------------------------------------------------------------------------------------------------
 # Reading the batch files
 
+
 class _BatchUnpickler(pickle.Unpickler):
     """The batch files are pickles written by Python 2 numpy. They need numpy's array reconstructors and
     nothing else, so anything else (os.system, builtins.eval, ...) is refused: a crafted file in data_dir
     cannot run code."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
         ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes; it only converts text
-
     }
 
     def find_class(self, module, name):
@@ -59,8 +63,10 @@ def _read_batch(path, label_key="labels", n_classes=10):
     # images) train misaligned and finish as if nothing were wrong.
     if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 2 and x.shape[1] == 3 * 32 * 32):
         shape = getattr(x, "shape", None)
-        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got "
-                        f"{type(x).__name__} {getattr(x, 'dtype', '')} {shape}; replace it with the official file")
+        raise DataError(
+            f"{path}: 'data' must be a uint8 array of shape (N, 3072), got "
+            f"{type(x).__name__} {getattr(x, 'dtype', '')} {shape}; replace it with the official file"
+        )
     if len(x) == 0:
         raise DataError(f"{path} is an empty batch (0 images); replace it with the official file")
     try:
@@ -74,8 +80,10 @@ def _read_batch(path, label_key="labels", n_classes=10):
         raise DataError(f"{path}: {len(y)} labels for {len(x)} images; replace it with the official file")
 
     if len(y) and not (0 <= y.min() and y.max() < n_classes):
-        raise DataError(f"{path}: labels must lie in 0..{n_classes - 1}, found {y.min()}..{y.max()}; "
-                        "replace it with the official file")
+        raise DataError(
+            f"{path}: labels must lie in 0..{n_classes - 1}, found {y.min()}..{y.max()}; "
+            "replace it with the official file"
+        )
     return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
 
 
@@ -94,6 +102,7 @@ def ensure(data_dir, name="cifar10"):
     if not os.path.isdir(folder):
         import torchvision.datasets
         from torchvision.datasets.utils import download_and_extract_archive
+
         tv = getattr(torchvision.datasets, files["torchvision"])
         try:  # torchvision's downloader checks the archive's md5 before extracting it
             download_and_extract_archive(tv.url, data_dir, filename=tv.filename, md5=tv.tgz_md5)
@@ -102,7 +111,8 @@ def ensure(data_dir, name="cifar10"):
                 f"{name} not found in {os.path.abspath(folder)} and the download failed ({type(e).__name__}: {e}); "
                 f"extract {tv.url} into {os.path.abspath(data_dir)}, make a small offline copy with "
                 f"`python scripts/make_fake_cifar.py --dataset {name} --out {data_dir}`, or try --dataset digits "
-                "(bundled, no download)") from e
+                "(bundled, no download)"
+            ) from e
     missing = [f for f in files["train"] + files["test"] if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         raise DataError(f"{folder} lacks {', '.join(missing)}; extract the complete official archive there")
@@ -110,7 +120,9 @@ def ensure(data_dir, name="cifar10"):
     # says it once for all its runs (QUIET_MD5 in the children's environment); each run records it as a tag.
     bad = checksums(data_dir, name)
     if bad and not os.environ.get(QUIET_MD5):
-        warnings.warn(f"{name} files in {folder} do not match the official md5: {', '.join(bad)}; using them as they are")
+        warnings.warn(
+            f"{name} files in {folder} do not match the official md5: {', '.join(bad)}; using them as they are"
+        )
     return folder
 
 
@@ -126,8 +138,11 @@ def checksums(data_dir, name="cifar10"):
         return []
     folder = os.path.abspath(os.path.join(data_dir, files["folder"]))
     if folder not in _checked:
-        _checked[folder] = [f for f, md5 in files["md5"].items()
-                            if os.path.isfile(os.path.join(folder, f)) and _md5(os.path.join(folder, f)) != md5]
+        _checked[folder] = [
+            f
+            for f, md5 in files["md5"].items()
+            if os.path.isfile(os.path.join(folder, f)) and _md5(os.path.join(folder, f)) != md5
+        ]
     return _checked[folder]
 
 
@@ -140,8 +155,12 @@ def load(data_dir, name="cifar10"):
     folder = ensure(data_dir, name)
     train = [_read_batch(os.path.join(folder, f), files["labels"], n) for f in files["train"]]
     test = [_read_batch(os.path.join(folder, f), files["labels"], n) for f in files["test"]]
-    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-            np.concatenate([x for x, _ in test]), np.concatenate([y for _, y in test]))
+    return (
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        np.concatenate([x for x, _ in test]),
+        np.concatenate([y for _, y in test]),
+    )
 
 
 def load_digits():
@@ -149,6 +168,7 @@ def load_digits():
     scaled to 0..255 and repeated 4 x 4 (nearest neighbour, so nothing is invented), grey in all three
     channels; split by digits_split. No download, ever."""
     from sklearn.datasets import load_digits as sk_digits
+
     d = sk_digits()
     x = np.round(d.images * (255 / 16)).astype(np.uint8)
     x = np.repeat(np.repeat(x, 4, axis=1), 4, axis=2)  # 8x8 -> 32x32
@@ -170,7 +190,7 @@ def _per_class(labels, idx, fraction, rng):
     drawn = []
     for c in np.unique(labels[idx]):
         members = idx[labels[idx] == c]
-        drawn.append(rng.permutation(members)[:max(1, round(fraction * len(members)))])
+        drawn.append(rng.permutation(members)[: max(1, round(fraction * len(members)))])
     return np.sort(np.concatenate(drawn))
 
 
@@ -192,6 +212,8 @@ def holdout_split(labels, idx, fraction, seed, classes=CLASSES):
     empty = sorted(set(labels[idx]) - set(labels[train]))
     if empty:
         c = empty[0]
-        raise DataError(f"holdout {fraction:g} would leave class {classes[c]} with no training image "
-                        f"({np.sum(labels[idx] == c)} in the training set); lower holdout or raise subset_ratio")
+        raise DataError(
+            f"holdout {fraction:g} would leave class {classes[c]} with no training image "
+            f"({np.sum(labels[idx] == c)} in the training set); lower holdout or raise subset_ratio"
+        )
     return train, val
