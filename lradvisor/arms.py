@@ -11,6 +11,7 @@ The published study's arms each add one signal to the recent losses; parameters 
 (`--signals losses,grad_norms,per_class --every 2 --schedule cosine`).
 """
 
+import difflib
 import json
 import os
 import re
@@ -61,6 +62,8 @@ ADVISORS = (*LLMS, "random", "textbook", "replay")
 # built in schedules.py; `file` follows --schedule-file (a PBT winner's LR per epoch)
 SCHEDULES = ("step", "cosine", "onecycle", "linear", "plateau", "constant", "file")
 MODELS = ("resnet18", "resnet18_imagenet_stem")  # built in engine/network.py
+# The arms a user names; the search arms are what `lradvisor search` trains, named by it.
+OFFERED = tuple(a for a in ARMS if a not in SEARCH_ARMS)
 # Names a sweep's `arms` accepts for several arms at once.
 GROUPS = {
     "published": ["baseline", "cadence3", "cadence5", "losses", "lr_history", "grad_norms", "per_class"],
@@ -93,11 +96,28 @@ def flag(name, value):
     return f"--{name.replace('_', '-')} {value}"
 
 
+def unknown_arm(*names, valid=OFFERED):
+    """One line for arm names that are not arms: for each the closest arm (a typo is the usual cause; a prefix counts,
+    so `radom` finds random_control), then the valid ones."""
+
+    def likeness(name, arm):
+        return max(difflib.SequenceMatcher(None, name, a).ratio() for a in (arm, arm[: len(name) + 1]))
+
+    def said(name):
+        best = max(valid, key=lambda arm: likeness(name, arm))
+        return f"{name!r}" + (f" (did you mean {best}?)" if likeness(name, best) >= 0.75 else "")
+
+    return (
+        f"unknown arm{'s' if len(names) > 1 else ''} {', '.join(map(said, names))}; valid arms: {', '.join(valid)} "
+        "(search_tpe, search_random and search_pbt are trained by `lradvisor search`)"
+    )
+
+
 def resolve(arm, signals="preset", every="preset", advisor="preset", schedule="preset"):
     """The effective definition of an arm: the preset with the overrides applied ("preset" or "" keeps the
     preset's value)."""
     if arm not in ARMS:
-        raise UsageError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
+        raise UsageError(unknown_arm(arm))
     spec = {"advisor": "gemini", "schedule": "step", **ARMS[arm]}  # filled in below, then frozen
     if signals not in ("", "preset"):
         names = tuple(s.strip() for s in signals.split(",") if s.strip())

@@ -75,3 +75,25 @@ def test_modules_and_functions_stay_readable():
         assert lines <= 360, f"{name} has {lines} lines: split it by responsibility"
         for f in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
             assert f.end_lineno - f.lineno < 90, f"{name}.{f.name} has {f.end_lineno - f.lineno + 1} lines"
+
+
+def test_git_ignores_what_runs_leave_and_never_the_package():
+    """A run leaves mlflow.db's WAL files and a search's optuna.db in the working folder: ignored. The package's own
+    files never are (`data/` once hid lradvisor/data/, so a fresh clone lacked its loader)."""
+    import subprocess
+
+    import pytest
+
+    if not os.path.isdir(os.path.join(ROOT, ".git")):
+        pytest.skip("not a git checkout (an unpacked archive): nothing is ignored")
+    left = ["mlflow.db", "mlflow.db-shm", "mlflow.db-wal", "optuna.db", "mlruns/x", "data/cifar-10-batches-py/x"]
+    ignored = subprocess.run(["git", "check-ignore", *left], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert ignored == left
+    ours = [
+        os.path.relpath(p, ROOT)
+        for d in ("lradvisor", "tests", "scripts", "docs")
+        for p in glob.glob(os.path.join(ROOT, d, "**", "*"), recursive=True)
+        if "__pycache__" not in p
+    ]
+    hidden = subprocess.run(["git", "check-ignore", *ours], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert hidden == [], f"ignored by .gitignore, so never committed: {hidden}"

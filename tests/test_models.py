@@ -171,6 +171,14 @@ def test_temperatures_cross_a_provider_model_that_has_no_price(tiny_cifar, exper
         ),
         ("m:\n  provider: openai\n", ["--advisor", "gemini"], "is served by provider openai, but advisor is gemini"),
         ("[1, 2]\n", [], "must map model names to their fields"),
+        # YAML keeps a repeated key's last value silently: a second entry or price would change the study unseen
+        ("m:\n  provider: openai\nm:\n  provider: gemini\n", [], "at line 3, column 1: the key 'm' is given twice"),
+        (
+            "m:\n  provider: openai\n  price_input: 1\n  price_output: 2\n  price_input: 9\n",
+            [],
+            "at line 5, column 3: the key 'price_input' is given twice",
+        ),
+        ("m:\n  provider: [openai\n", [], "is not valid YAML at line 3, column 1"),
     ],
 )
 def test_bad_models_files_are_one_line_and_never_echo_a_key(

@@ -63,8 +63,17 @@ def test_help_version_and_bad_arm_lists(cifar_dir, experiment, capsys):
     assert cli("train", "--help") == 0
     assert "(default: 20)" in capsys.readouterr().out
     assert cli("sweep", "--arms", "baseline,losss,cadense3", "--data-dir", cifar_dir, "--experiment", experiment) == 2
-    line = one_line(capsys, "invalid arms: losss, cadense3; valid: baseline")
-    assert line.endswith("groups: published, ladder, controls")
+    line = one_line(
+        capsys, "unknown arms 'losss' (did you mean losses?), 'cadense3' (did you mean cadence3?); valid arms: baseline"
+    )
+    assert (
+        line.endswith("groups: published, ladder, controls, lrfree")
+        and "search_tpe, search_random, search_pbt" not in line
+    )
+    assert cli("train", "--arm", "radom", "--data-dir", cifar_dir, "--experiment", experiment) == 2
+    one_line(capsys, "unknown arm 'radom' (did you mean random_control?)")
+    assert cli("train", "--arm", "xyz", "--data-dir", cifar_dir, "--experiment", experiment) == 2
+    assert "did you mean" not in one_line(capsys, "unknown arm 'xyz'; valid arms: baseline")
 
 
 @pytest.mark.slow  # starts a process

@@ -95,7 +95,7 @@ def test_mlflow_run_end_to_end(cifar_dir, experiment):
 def test_mlflow_run_bad_input_fails_the_run_it_made(cifar_dir, experiment):
     p = mlflow_run(experiment, data_dir=cifar_dir, arm="nope")
     assert p.returncode != 0
-    assert "unknown arm 'nope'; valid arms: baseline" in p.stderr
+    assert "unknown arm 'nope'; valid arms: baseline" in p.stderr  # no arm is like it: no guess
     assert [r.info.status for r in runs_of(experiment)] == ["FAILED"]
 
 

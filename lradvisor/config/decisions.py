@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lradvisor.arms import ARMS
+from lradvisor.arms import ARMS, unknown_arm
 from lradvisor.config.fields import LAUNCHERS, finite, parse_list, rules, setting
 from lradvisor.config.train import TrainConfig
 from lradvisor.errors import UsageError
@@ -168,7 +168,7 @@ class ScoreConfig:
         rules(
             [
                 (self.decisions_id != "none", "give the benchmark: --decisions-id ID (of `lradvisor decisions build`)"),
-                (self.arm in ARMS, f"unknown arm {self.arm!r}; valid arms: {', '.join(ARMS)}"),
+                (self.arm in ARMS, unknown_arm(self.arm)),
             ]
         )
         check_id(self.decisions_id, "decisions_id")

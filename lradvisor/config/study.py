@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lradvisor.arms import ARMS, GROUPS
+from lradvisor.arms import ARMS, GROUPS, unknown_arm
 from lradvisor.config.fields import (
     ADVISOR,
     LAUNCHERS,
@@ -102,10 +102,11 @@ class SweepConfig:
     def arm_list(self):
         """Arm names, with groups (published, ladder, controls) expanded in place."""
         expanded = ",".join(",".join(GROUPS.get(a.strip(), [a.strip()])) for a in str(self.arms).split(","))
-        try:
-            return parse_list(expanded, "arms", valid=list(ARMS))
-        except UsageError as e:
-            raise UsageError(f"{e}; groups: {', '.join(GROUPS)}") from None
+        arms = parse_list(expanded, "arms")
+        bad = [a for a in arms if a not in ARMS]
+        if bad:
+            raise UsageError(f"{unknown_arm(*bad)}; groups: {', '.join(GROUPS)}")
+        return arms
 
     def dataset_list(self):
         from lradvisor.data.registry import DATASETS

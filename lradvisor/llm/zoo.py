@@ -37,16 +37,40 @@ def read(path):
 
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_loader(yaml))
     except OSError as e:
         raise UsageError(
             f"cannot read models file {path!r} ({e.strerror}); give a YAML file (see scripts/models.example.yaml)"
         ) from None
+    except UnicodeDecodeError:
+        raise UsageError(f"models file {path!r} is not UTF-8 text; give a YAML file") from None
     except yaml.YAMLError as e:
-        raise UsageError(f"models file {path!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"models file {path!r} is not valid YAML{where}: {what}") from None
     if not isinstance(data, dict) or not data:
         raise UsageError(f"models file {path!r} must map model names to their fields (see scripts/models.example.yaml)")
     return {str(name): _entry(path, str(name), fields) for name, fields in data.items()}
+
+
+def _loader(yaml):
+    """yaml's SafeLoader, refusing a key given twice in one mapping: plain YAML keeps the last one silently, so a second
+    `m1:` entry or `price_input` would change a study's model or cost unseen."""
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.MarkedYAMLError(
+                        problem=f"the key {str(key)[:40]!r} is given twice (keep one)", problem_mark=key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def _entry(path, name, fields):
