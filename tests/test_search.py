@@ -213,3 +213,16 @@ def test_pbt_on_a_ray_head_replays_its_winner(remote, ray_head, capsys):  # noqa
     assert winner.data.tags["arm"] == "search_pbt" and winner.data.params["arm.schedule"] == "file"
     assert winner.data.params["seed"] == "0" and winner.data.metrics["search_epochs"] == 8
     assert any(a.path.endswith(".json") for a in remote.list_artifacts(winner.info.run_id))  # the file it followed
+
+
+def test_a_trial_that_trained_all_its_epochs_is_complete_not_pruned(experiment):
+    """Optuna's median pruner judges a 1-epoch trial after its only, last, epoch: one below the median there had spent
+    its whole budget, so it is complete and may win (it used to be tagged stopped_early and told PRUNED)."""
+    flags = ["--method", "random", "--pruner", "median", "--budget-epochs", 6, "--seeds", 0, "--epochs", 1]
+    assert cli("search", *DIGITS, *flags, "--search-id", "prune", "--experiment", experiment) == 0
+    client = mlflow.MlflowClient()
+    trials = [r for r in search_runs(client, "prune") if r.data.tags.get("role") == "trial"]
+    assert len(trials) == 6 and all("stopped_early" not in r.data.tags for r in trials)
+    (parent,) = [r for r in search_runs(client, "prune") if r.data.tags.get("role") == "search"]
+    table = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/optuna/trials.csv")
+    assert [row["state"] for row in csv.DictReader(table.splitlines())] == ["COMPLETE"] * 6
