@@ -121,7 +121,8 @@ def test_async_advice_never_waits_and_replays_exactly(advice, tiny_cifar, experi
 
 
 def test_ctrl_c_with_a_request_in_flight_ends_the_run_killed_at_once(tiny_cifar, experiment):
-    with FakeOpenAI([chat("LR 0.02", delay=SLOW)]) as s:
+    """... and keeps what was spent: the exchange that was answered is counted in the budget of the KILLED run."""
+    with FakeOpenAI([chat("LR 0.02"), chat("LR 0.02", delay=SLOW)]) as s:
         env = {**os.environ, **s.env(), "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
             [
@@ -152,11 +153,11 @@ def test_ctrl_c_with_a_request_in_flight_ends_the_run_killed_at_once(tiny_cifar,
             text=True,
         )
         try:
-            for _ in range(600):  # until the request is on its way
-                if any(r["body"] for r in s.requests) or proc.poll() is not None:
+            for _ in range(600):  # until the second request is on its way
+                if sum(bool(r["body"]) for r in s.requests) == 2 or proc.poll() is not None:
                     break
                 time.sleep(0.1)
-            assert any(r["body"] for r in s.requests), proc.stdout.read()[-2000:]
+            assert sum(bool(r["body"]) for r in s.requests) == 2, proc.stdout.read()[-2000:]
             t0 = time.monotonic()
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=SLOW / 2) == 130
@@ -165,6 +166,7 @@ def test_ctrl_c_with_a_request_in_flight_ends_the_run_killed_at_once(tiny_cifar,
             proc.kill()
     (run,) = runs_of(experiment)
     assert run.info.status == "KILLED" and "interrupt" in run.data.tags["failure_reason"]
+    assert run.data.metrics["llm_calls"] == 1 and run.data.metrics["llm_tokens"] > 0
 
 
 @pytest.mark.parametrize(

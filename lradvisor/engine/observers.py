@@ -66,9 +66,13 @@ class Budget:
             self.unpriced.append(row["epoch"])
 
     def fit_end(self, s: RunState) -> None:
+        self.log(s)
+
+    def log(self, s: RunState) -> None:
+        """The budget as metrics: at the end, or when the run fails or is killed (run.py)."""
         if self.advisor and s.arm.asks_llm:
             if not zoo.priced(self.advisor.llm):  # no price known: the cost is left empty, never 0
-                del s.budget["llm_cost_usd"]
+                s.budget.pop("llm_cost_usd", None)
             elif self.unpriced:  # priced, but some exchanges never said their tokens: the sum is of the others
                 with tracking.writing():
                     mlflow.set_tag(

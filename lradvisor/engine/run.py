@@ -172,6 +172,9 @@ def main(cfg, run_id=None, on_epoch=None, measure=None):
                     f"lost the tracking server {mlflow.get_tracking_uri()} ({why}); the run stays "
                     f"RUNNING there; what it could not send is in {path}"
                 ) from e
+            for h in s.handlers:  # what the exchanges cost, whatever the ending (those recorded; not one in flight)
+                if isinstance(h, Budget):
+                    h.log(s)
             if isinstance(e, KeyboardInterrupt):
                 tracking.end_failed("KILLED", str(e) or "interrupted (Ctrl-C)")
             else:
