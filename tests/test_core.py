@@ -189,3 +189,49 @@ def test_an_advised_lr_scales_the_rest_of_the_schedule(name):
     plain, advised = lrs(False), lrs(True)
     assert advised[:steps] == plain[:steps]
     assert advised[steps:] == pytest.approx([0.5 * x for x in plain[steps:]], rel=1e-9, abs=1e-12)
+
+
+# ---- figures: what they draw, read back from the figure ---------------------------------------------------------
+
+
+def test_forest_keeps_to_what_an_accuracy_difference_can_be_and_says_when_it_clips(tmp_path):
+    from lradvisor.study import figures
+
+    def row(arm, delta, low, high, pairs, verdict="inconclusive"):
+        return dict(arm=arm, baseline="baseline", delta_vs_baseline=delta, delta_ci_low=low, delta_ci_high=high,
+                    pairs=pairs, p_value=0.5, verdict=verdict, dataset="digits")  # fmt: skip
+
+    rows = [row("random_control", 20.0, -300.0, 340.0, 2), row("cosine", 0.5, -0.2, 1.2, 3)]
+    fig = figures.forest(rows, tmp_path / "forest.png", margin=1)
+    (ax,) = fig.axes
+    lo, hi = ax.get_xlim()
+    assert -111 < lo < -100 and 100 < hi < 111  # not -300 .. 340
+    notes = [t.get_text() for t in ax.texts]
+    assert notes[0].endswith("n too small, CI beyond ±100") and "too small" not in notes[1]
+    arrows = [line for line in ax.lines if line.get_marker() in ("<", ">")]
+    assert sorted((line.get_marker(), line.get_xdata()[0]) for line in arrows) == [("<", -100.0), (">", 100.0)]
+    small = figures.forest([rows[1]], tmp_path / "forest2.png", margin=1)
+    assert small.axes[0].get_xlim()[1] < 2  # a small difference keeps a small axis
+
+
+def test_credit_has_whole_epochs_and_a_band_that_shows(tmp_path):
+    from lradvisor.study import figures
+
+    seeds = [{"credits": [{"epoch": 1, "credit_acc": 5.0}, {"epoch": 1, "credit_acc": -40.0}]}]
+    groups = {"random_control": {"seeds": seeds}}
+    fig = figures.credit(groups, tmp_path / "credit.png", {"random_control": ("tab:blue", "-")}, margin=0.1)
+    (ax,) = fig.axes
+    assert ax.get_xlim() == (0.5, 1.5)
+    assert all(t == int(t) for t in ax.get_xticks() if 0.5 <= t <= 1.5)
+    (band,) = ax.patches  # its edges drawn opaque: visible however thin the band is at the axis's scale
+    assert band.get_edgecolor() == (0, 0, 0, 1) and band.get_linestyle() == "--" and band.get_facecolor()[3] == 0.3
+    (shown,) = [h for h in ax.get_legend().legend_handles if "neutral (±0.1 points)" in h.get_label()]
+    assert shown.get_edgecolor() == (0, 0, 0, 1)
+
+
+def test_two_baselines_in_one_comparison_are_drawn_apart():
+    from lradvisor.study import figures
+
+    style = figures.styles(["baseline", "baseline [step_size=1]", "cosine"], {"baseline", "baseline [step_size=1]"})
+    assert style["baseline"][0] == style["baseline [step_size=1]"][0] == "black"
+    assert style["baseline"][1] != style["baseline [step_size=1]"][1]

@@ -52,13 +52,14 @@ DASHES = ("-", "--", "-.", ":")
 
 
 def styles(labels, baselines):
-    """label -> (colour, dash): baselines black and solid; the others a colour and a dash each, so that two
-    curves that coincide (cosine and linear do, early) still both show."""
+    """label -> (colour, dash): baselines black (solid, and each further one a dash of its own: two baseline
+    configurations in one comparison stay apart); the others a colour and a dash each, so that two curves that
+    coincide (cosine and linear do, early) still both show."""
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
     others = [label for label in labels if label not in baselines]
-    out = {label: ("black", "-") for label in labels if label in baselines}
+    out = {label: ("black", DASHES[i % len(DASHES)]) for i, label in enumerate(x for x in labels if x in baselines)}
     out.update({label: (cmap(i % 10), DASHES[(i + i // 10) % len(DASHES)]) for i, label in enumerate(others)})
     return out
 
@@ -92,7 +93,7 @@ def curves_figure(groups, labels, path, title, style):
                 if key == "lr":
                     _rejected(ax, groups[name]["seeds"], color)
             ax.set(title=f"{ds}: {label}" if ds else label, xlabel="epoch", yscale="log" if log else "linear")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             ax.grid(alpha=0.3)
         if ds:  # each data set's rows beside its own panels
             panels[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
@@ -123,11 +124,23 @@ def forest(rows, path, margin):
     from matplotlib.lines import Line2D
 
     rows = [r for r in rows if r["delta_vs_baseline"] is not None]
+    # A difference of accuracies lies in [-100, 100] points; an interval beyond that (two seeds far apart give one)
+    # is drawn to the axis's edge with an arrow there, and its row says so.
+    ends = [x for r in rows for x in (r["delta_vs_baseline"], r["delta_ci_low"], r["delta_ci_high"]) if x is not None]
+    lo, hi = max(-100, min(ends + [-margin, 0])), min(100, max(ends + [margin, 0]))
+    pad = 0.05 * (hi - lo or 1)
     fig, ax = plt.subplots(figsize=(10, 2.0 + 0.45 * len(rows)), dpi=100)
+    ax.set_xlim(lo - pad, hi + pad)
     for i, r in enumerate(rows):
         color = VERDICT_COLORS.get(r["verdict"], "tab:gray")
+        clipped = False
         if r["delta_ci_low"] is not None:
-            ax.plot([r["delta_ci_low"], r["delta_ci_high"]], [i, i], color=color, lw=2)
+            a, b = max(r["delta_ci_low"], -100), min(r["delta_ci_high"], 100)
+            ax.plot([a, b], [i, i], color=color, lw=2)
+            for end, edge, marker in ((r["delta_ci_low"], a, "<"), (r["delta_ci_high"], b, ">")):
+                if end != edge:
+                    ax.plot(edge, i, marker, color=color, ms=9)
+                    clipped = True
         ax.plot(
             r["delta_vs_baseline"],
             i,
@@ -138,9 +151,8 @@ def forest(rows, path, margin):
         if i and r.get("dataset") != rows[i - 1].get("dataset"):  # between data sets, and before the pooled rows
             ax.axhline(i - 0.5, color="black", lw=0.8, alpha=0.5)
         p = "" if r["p_value"] is None or math.isnan(r["p_value"]) else f"p={r['p_value']:.2g}"
-        ax.annotate(
-            f"n={r['pairs']} {p} {r['verdict']}", (1.01, i), xycoords=("axes fraction", "data"), va="center", fontsize=8
-        )
+        note = f"n={r['pairs']} {p} {r['verdict']}" + (": n too small, CI beyond ±100" if clipped else "")
+        ax.annotate(note, (1.01, i), xycoords=("axes fraction", "data"), va="center", fontsize=8)
     ax.axvline(0, color="black", lw=1)
     legend = [Line2D([], [], color=c, marker="o", lw=2, label=v) for v, c in VERDICT_COLORS.items()]
     if margin:  # a verdict needs the whole interval beyond one of these lines
@@ -276,9 +288,13 @@ def credit(groups, path, style, margin):
             label=f"{label} (n={len(pts)})",
         )
     ax.axhline(0, color="black", lw=1)
-    if margin:
-        ax.axhspan(-margin, margin, color="gray", alpha=0.15, lw=0, label=f"neutral (±{margin:g} points)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if margin:  # the band may be thinner than a line at this scale: its edges are drawn, and the legend shows them
+        band = dict(facecolor=(0.5, 0.5, 0.5, 0.3), edgecolor="black", ls="--", lw=0.8)  # opaque edges
+        ax.axhspan(-margin, margin, **band, label=f"neutral (±{margin:g} points)")
+    epochs = [c["epoch"] for g in groups.values() for s in g["seeds"] for c in s["credits"]]
+    if epochs:  # whole epochs, half an epoch of room either side of the sideways spread
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set(
         xlabel="epoch of the decision",
         ylabel="credit: run − branch accuracy (points)",
@@ -289,3 +305,4 @@ def credit(groups, path, style, margin):
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return fig
