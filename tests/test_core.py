@@ -160,6 +160,13 @@ def test_the_table_is_the_paired_statistics_of_the_finals():
     assert cosine["delta_vs_baseline"] == pytest.approx(5 / 3) and cosine["pairs"] == 3
     low, high = stats.confidence_sequence([1, 2, 2], 0.05)
     assert (cosine["cs_low"], cosine["cs_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert "| cosine | 0,1,2 |" in table.markdown(rows, 0.0)  # one baseline: nothing to say
+    # two baseline configurations: each row says which one its Δ is against
+    groups["baseline [step_size=1]"] = {"arm": "baseline", "dataset": "digits", "seeds": seeds([80, 81, 82])}
+    groups["linear"] = {"arm": "linear", "dataset": "digits", "seeds": seeds([83, 84, 85])}
+    pairs = {"baseline": "baseline", "cosine": "baseline", "baseline [step_size=1]": "baseline [step_size=1]"}
+    text = table.markdown(table.table(groups, {**pairs, "linear": "baseline [step_size=1]"}, 0.0, 0.1), 0.0)
+    assert "| cosine (vs baseline) |" in text and "| linear (vs baseline [step_size=1]) |" in text
 
 
 # ---- schedules

@@ -49,10 +49,14 @@ OURS = (
 
 
 def find_runs(run_ids="", sweep_id="", experiment=""):
+    # ids are checked before the store is touched: a refusal is one line, with no store created or migrated first
+    ids = [check_id(r.strip(), "run id") for r in run_ids.split(",") if r.strip()] if run_ids else []
+    if sweep_id and not run_ids:
+        check_id(sweep_id, "sweep_id")
     client = MlflowClient()
     finished = "attributes.status = 'FINISHED'"
     if run_ids:
-        runs, ids = [], [check_id(r.strip(), "run id") for r in run_ids.split(",") if r.strip()]
+        runs = []
         for run_id in ids:
             try:
                 runs.append(client.get_run(run_id))
@@ -60,7 +64,6 @@ def find_runs(run_ids="", sweep_id="", experiment=""):
                 raise UsageError(f"no run {run_id!r} on {mlflow.get_tracking_uri()}") from None
         runs = [r for r in runs if r.info.status == "FINISHED"]
     elif sweep_id:
-        check_id(sweep_id, "sweep_id")
         exp_ids = [e.experiment_id for e in client.search_experiments()]
         runs = client.search_runs(
             exp_ids, f"tags.sweep_id = {tracking.quote(sweep_id)} and {finished}", max_results=5000

@@ -155,10 +155,13 @@ HEADER = [
 ]
 
 
-def _line(r):
+def _line(r, paired=False):
+    """A row of the table; `paired`: the table has several baselines, so each row says which one its Δ is against."""
     acc = f"{r['final_test_acc_mean']:.2f}" + (f" ± {r['final_test_acc_std']:.2f}" if r["runs"] > 1 else "")
     ci = "—" if r["delta_ci_low"] is None else f"[{r['delta_ci_low']:+.2f}, {r['delta_ci_high']:+.2f}]"
     arm = r["arm"] + (SAW_TEST if r["decisions_saw_test"] in ("1", "mixed") else "")
+    if paired and r["baseline"] and r["delta_vs_baseline"] is not None:
+        arm += f" (vs {r['baseline']})"
     cs = "—" if r["cs_low"] is None else f"[{r['cs_low']:+.2f}, {r['cs_high']:+.2f}]".replace("inf", "∞")
     return (
         f"| {arm} | {r['seeds']} | {acc} | {_f(r['delta_vs_baseline'], '+.2f')} | {ci} | "
@@ -179,7 +182,9 @@ def markdown(rows, margin, credit_margin=0.1, alpha=0.05):
     for ds in datasets:
         if len(datasets) > 1:
             lines += [f"### data set: {ds}", ""]
-        lines += HEADER + [_line(r) for r in tasks if r["dataset"] == ds] + ([""] if len(datasets) > 1 else [])
+        mine = [r for r in tasks if r["dataset"] == ds]
+        paired = len({r["baseline"] for r in mine if r["baseline"]}) > 1
+        lines += HEADER + [_line(r, paired) for r in mine] + ([""] if len(datasets) > 1 else [])
     pooled = [r for r in rows if r["dataset"] == "pooled"]
     if pooled:
         lines += [
