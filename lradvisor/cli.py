@@ -275,6 +275,7 @@ def main(argv=None):
             from lradvisor import tracking
 
             tracking.check_server()  # seconds, not minutes, to learn that the tracking server is not there
+            tracking.ready_store()  # a fresh local store made once, however many commands start together
         if command in ("sweep", "search") or isinstance(cfg, DecisionsConfig):
             cfg = check_resources(cfg)
         return run(command, cfg) or 0

@@ -48,6 +48,25 @@ def set_experiment_tag_once(experiment_id, key, value):
             raise
 
 
+def ready_store():
+    """MLflow creates (or migrates) a local sqlite store the first time a process touches it, and two processes that
+    touch a fresh one at once race in that migration: one dies in a 60-line traceback from alembic ("expected to
+    match one row"). The first makes it under a lock on the file; the others wait, then find it made."""
+    import fcntl
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    path = uri.removeprefix("sqlite:///").split("?")[0]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "ab") as f:  # an empty file is an empty database to SQLite; flock does not touch its locks
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            MlflowClient().search_experiments(max_results=1)
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def sqlite_for_many_writers():
     """A sweep's runs write to MLflow's local sqlite store at once. In SQLite's default journal a reader's lock
     blocks a writer's commit, and MLflow's writers wait up to 20 s a turn: a 2-run sweep stopped with SIGTERM

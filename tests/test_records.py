@@ -525,3 +525,17 @@ def test_explicit_bf16_on_a_cpu_that_emulates_it_says_so(tmp_path):
     if native_bf16(torch.device("cpu")):  # and where it is native, no such word
         err = subprocess.run(argv, capture_output=True, text=True, timeout=120).stderr
         assert "no native bf16" not in err and "lacks data_batch_1" in err
+
+
+@pytest.mark.slow  # starts processes
+def test_commands_started_together_on_a_fresh_store_make_it_once(tmp_path):
+    """Two commands touching a fresh local sqlite store at once raced in MLflow's migration of it: one died in a
+    60-line alembic traceback. Now both get as far as their own answer (here: there is no such experiment)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    argv = [sys.executable, "-m", "lradvisor", "compare", "--experiment", "nosuch", "--output-dir", tmp_path / "out"]
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 2 and err.strip().splitlines() == [
+            f"lradvisor compare: error: no experiment named 'nosuch' on sqlite:///{tmp_path}/mlflow.db"
+        ], err[-3000:]
