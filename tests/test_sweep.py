@@ -178,6 +178,22 @@ def test_failing_arm_is_reported_while_the_others_finish(tiny_cifar, remote, cap
     assert status == {"baseline": "FINISHED", "losses": "FAILED", "parent": "FAILED"}
 
 
+def test_a_sweep_started_again_ends_the_runs_an_earlier_start_left_running(tiny_cifar, remote, capfd):
+    """A child that died before it could end its run (its tracking server restarted under it), or a sweep killed
+    outright, leaves runs RUNNING for good; the same sweep started again ends them KILLED, saying why."""
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("sweeps")
+    exp_id = exp.experiment_id if exp else client.create_experiment("sweeps")
+    left = client.create_run(exp_id, run_name="baseline-s0", tags={"sweep_id": "s3", "arm": "baseline"})
+    flags = [x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)]
+    argv = ["sweep", "--arms", "baseline", "--sweep-id", "s3", "--data-dir", tiny_cifar, "--experiment", "sweeps"]
+    assert cli(*argv, *flags) == 0
+    assert f"ended baseline-s0 ({left.info.run_id}) KILLED" in capfd.readouterr().out
+    run = client.get_run(left.info.run_id)
+    assert run.info.status == "KILLED" and "its sweep stopped before ending it" in run.data.tags["failure_reason"]
+    assert "RUNNING" not in {r.info.status for r in sweep_runs(remote, "s3")}
+
+
 def test_compare_says_when_there_is_nothing(remote, capfd, tmp_path):
     assert cli("compare", "--sweep-id", "no-such-sweep", "--output-dir", tmp_path) == 1
     assert "no finished training runs in sweep no-such-sweep" in capfd.readouterr().err

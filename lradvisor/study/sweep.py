@@ -46,6 +46,22 @@ def finished_keys(experiment_id, sweep_id):
     return {r.data.tags.get("sweep_key") for r in runs}
 
 
+def end_strays(client, experiment_id, sweep_id):
+    """Runs of this sweep that an earlier start left RUNNING (it crashed, lost its tracking server, or was killed
+    outright): ended KILLED, saying why, before this start trains what they did not finish. One sweep id at a time."""
+    from lradvisor import tracking
+
+    why = "its sweep stopped before ending it; the same sweep was started again"
+    for r in client.search_runs(
+        [experiment_id], f"tags.sweep_id = {tracking.quote(sweep_id)} and attributes.status = 'RUNNING'"
+    ):
+        if r.info.run_id != os.environ.get("MLFLOW_RUN_ID"):  # not the run `mlflow run` made for this start
+            with tracking.writing():
+                client.set_tag(r.info.run_id, "failure_reason", why)
+                client.set_terminated(r.info.run_id, "KILLED")
+            print(f"sweep {sweep_id}: ended {r.info.run_name} ({r.info.run_id}) KILLED: {why}")
+
+
 class Row(NamedTuple):
     """What a sweep compares: an arm (an LLM arm once per model and temperature) on a data set, over seeds."""
 
@@ -146,6 +162,8 @@ def main(cfg):
     else:
         exp = client.get_experiment_by_name(cfg.experiment)
         exp_id = exp.experiment_id if exp else None
+    if exp_id:
+        end_strays(client, exp_id, sweep_id)
     sweep_rows = rows(cfg)
     todo, skipped = (
         jobs(cfg, sweep_id, exp_id, [(r, seed) for r in sweep_rows for seed in seeds])
