@@ -242,3 +242,23 @@ def test_two_baselines_in_one_comparison_are_drawn_apart():
     style = figures.styles(["baseline", "baseline [step_size=1]", "cosine"], {"baseline", "baseline [step_size=1]"})
     assert style["baseline"][0] == style["baseline [step_size=1]"][0] == "black"
     assert style["baseline"][1] != style["baseline [step_size=1]"][1]
+
+
+def test_pareto_says_what_it_plots_when_every_cost_is_zero_or_unknown(tmp_path):
+    from lradvisor.study import figures
+
+    def row(arm, delta, usd, seconds):
+        return dict(arm=arm, delta_vs_baseline=delta, delta_ci_low=delta - 3, delta_ci_high=delta + 3,
+                    verdict="inconclusive", llm_calls=4, llm_cost_usd=usd, llm_seconds=seconds)  # fmt: skip
+
+    rows = [row("random_control", -3.0, 0.0, 0.0), row("textbook_control", -1.7, 0.0, 0.0), row("losses", -2, 0.0, 0.0)]
+    fig = figures.pareto(rows, tmp_path / "pareto.png")
+    usd = fig.axes[0]
+    assert -0.1 < usd.get_xlim()[0] < 0 and usd.get_xlim()[1] == 1  # no cost axis from -0.04 to +0.04
+    assert usd.get_title() == "3 rows asking an advisor: mean Δ and 95 % CI; all spent 0 USD"
+    assert [t.get_text() for t in usd.get_legend().get_texts()] == ["non-dominated (none cheaper gains more)"]
+    fig.canvas.draw()  # labels of rows at one cost do not print over each other
+    boxes = [t.get_window_extent() for t in usd.texts]
+    assert len(boxes) == 3 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    unpriced = figures.pareto([row("losses [a]", -3.0, None, 3.0)], tmp_path / "pareto2.png")
+    assert unpriced.axes[0].get_title().startswith("no row has a price in the models file")

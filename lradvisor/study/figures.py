@@ -186,6 +186,26 @@ def front(points):
     return out
 
 
+def _cost_label(r, key):
+    return ("≥ " if key == "llm_cost_usd" and r.get("llm_cost_partial") else "") + r["arm"]
+
+
+def _labels(ax, points):
+    """Each point's label beside it, pushed down where it would print over the one above (rows at one cost, say
+    all 0 USD, sit on one vertical line). Offsets in points from the point, so that a later tight_layout keeps them."""
+    per_px = 72 / ax.figure.dpi
+    placed = []  # (x px, y px) of the labels so far
+    for x, y, text in sorted(points, key=lambda p: -p[1]):
+        px, py = ax.transData.transform((x, y))
+        ly = py + 4
+        for qx, qy in placed:
+            if abs(qx - px) < 60 and ly > qy - 11:
+                ly = qy - 11
+        placed.append((px, ly))
+        ax.annotate(text, (x, y), xytext=(6, (ly - py) * per_px), textcoords="offset points", fontsize=8,
+                    arrowprops=dict(arrowstyle="-", color="gray", lw=0.5, shrinkA=0, shrinkB=3))  # fmt: skip
+
+
 def pareto(rows, path):
     """Δ vs the baseline (mean and 95 % CI) against what a run spent: USD, and seconds in LLM requests. One point
     per row that asks an advisor; the non-dominated front (cheapest for its gain) as a step line. Rows without a
@@ -203,25 +223,32 @@ def pareto(rows, path):
             low, high = r["delta_ci_low"], r["delta_ci_high"]
             err = None if low is None else [[r["delta_vs_baseline"] - low], [high - r["delta_vs_baseline"]]]
             ax.errorbar(r[key], r["delta_vs_baseline"], yerr=err, fmt="o", color=color, capsize=3, ms=6)
-            ax.annotate(
-                ("≥ " if key == "llm_cost_usd" and r.get("llm_cost_partial") else "") + r["arm"],
-                (r[key], r["delta_vs_baseline"]),
-                xytext=(5, 4),
-                textcoords="offset points",
-                fontsize=8,
-            )
         best = front([(r[key], r["delta_vs_baseline"]) for r in shown])
-        if best:
+        if len(best) > 1:  # a front of one point is no line: the point is ringed instead
             xs, ys = zip(*best)
             ax.step(xs, ys, where="post", color="tab:blue", lw=1.5, alpha=0.8, label="non-dominated front")
+        if best:
+            ax.plot(
+                *zip(*best), "o", ms=13, mfc="none", mec="tab:blue", label="non-dominated (none cheaper gains more)"
+            )
             ax.legend(fontsize=8, loc="best")
         ax.axhline(0, color="black", lw=1, ls=":")
+        top = max((r[key] for r in shown), default=0)
+        span = top * 1.15 if top > 0 else 1
+        ax.set_xlim(-0.03 * span, span)  # a cost or a time is never negative; a little room to see points at 0
+        _labels(ax, [(r[key], r["delta_vs_baseline"], _cost_label(r, key)) for r in shown])
         missing = len(rows) - len(shown)
-        ax.set(
-            xlabel=xlabel,
-            ylabel="Δ final test accuracy vs baseline (points)",
-            title=f"{len(shown)} rows" + (f"; {missing} without a price not shown" if missing else ""),
-        )
+        what = "USD" if key == "llm_cost_usd" else "seconds"
+        if not shown:
+            title = f"no row has a price in the models file ({missing} rows ask an LLM): nothing to plot"
+            ax.text(0.5, 0.5, "no prices", transform=ax.transAxes, ha="center", color="gray")
+        else:
+            title = f"{len(shown)} rows asking an advisor: mean Δ and 95 % CI" + (
+                f"; {missing} without a price not shown" if missing else ""
+            )
+            if top == 0:
+                title += f"; all spent 0 {what}"
+        ax.set(xlabel=xlabel, ylabel="Δ final test accuracy vs baseline (points)", title=title)
         ax.grid(alpha=0.3)
     fig.suptitle("accuracy gained against what the advisor cost")
     fig.tight_layout()
