@@ -51,20 +51,24 @@ def set_experiment_tag_once(experiment_id, key, value):
 def ready_store():
     """MLflow creates (or migrates) a local sqlite store the first time a process touches it, and two processes that
     touch a fresh one at once race in that migration: one dies in a 60-line traceback from alembic ("expected to
-    match one row"). The first makes it under a lock on the file; the others wait, then find it made."""
+    match one row"). The first makes it under a lock; the others wait, then find it made.
+
+    The lock is on the store's folder, never on the database file: SQLite keeps POSIX locks on that file, and closing
+    any descriptor of it in a process drops all of them (fcntl's rule), so a command run in a process whose MLflow
+    already had the store open broke its locking ("disk I/O error" in the next sweep of the same process)."""
     import fcntl
 
     uri = mlflow.get_tracking_uri()
     if not uri.startswith("sqlite:///"):
         return
-    path = uri.removeprefix("sqlite:///").split("?")[0]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "ab") as f:  # an empty file is an empty database to SQLite; flock does not touch its locks
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            MlflowClient().search_experiments(max_results=1)
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    folder = os.path.dirname(os.path.abspath(uri.removeprefix("sqlite:///").split("?")[0]))
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        MlflowClient().search_experiments(max_results=1)
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def sqlite_for_many_writers():

@@ -84,6 +84,22 @@ def outside_the_checkout(tmp_path_factory):
     assert not new, f"the tests wrote into the checkout: {sorted(new)}"
 
 
+@pytest.fixture(autouse=True)
+def no_run_left_active():
+    """A test that leaves an MLflow run active in this process (or MLFLOW_RUN_ID set) fails here, by name, and the
+    run is ended: otherwise every later in-process run fails with 'Run ... is already active' and the cause is lost."""
+    env = os.environ.get("MLFLOW_RUN_ID")
+    yield
+    left = mlflow.active_run()
+    while mlflow.active_run():
+        mlflow.end_run("KILLED")
+    leaked = os.environ.get("MLFLOW_RUN_ID") != env
+    if leaked:
+        os.environ.pop("MLFLOW_RUN_ID", None) if env is None else os.environ.__setitem__("MLFLOW_RUN_ID", env)
+    assert left is None, f"the test left run {left.info.run_id} active in this process"
+    assert not leaked, "the test left MLFLOW_RUN_ID set"
+
+
 @pytest.fixture(scope="session")
 def tracking_uri(tmp_path_factory):
     """One sqlite store for the session (creating one costs seconds); each test uses its own experiment."""

@@ -189,25 +189,25 @@ def main(cfg):
     # Ctrl-C or SIGTERM: stop the children (they end KILLED), keep their logs, end the parent KILLED.
     with tracking.interrupts_end_runs():
         parent = tracking.open_run(cfg.experiment, run_name=f"sweep-{sweep_id}")
-        tracking.sqlite_for_many_writers()
-        # mlflow.runName also under `mlflow run`, which names its run at random
-        with tracking.writing():
-            mlflow.set_tags({"sweep_id": sweep_id, "role": "sweep", "mlflow.runName": f"sweep-{sweep_id}"})
-        tracking.log_params_once(
-            {
-                "arms": ",".join(arms),
-                "datasets": ",".join(datasets),
-                "llm_models": cfg.llm_models,
-                "temperatures": cfg.temperatures,
-                "seeds": ",".join(map(str, seeds)),
-                "sweep_id": sweep_id,
-                "parallel": cfg.parallel,
-                "launcher": cfg.launcher,
-                **({k: getattr(cfg, k) for k in sequential.SETTINGS} if cfg.until_decided else {}),
-            }
-        )
-        sw = launch.Sweep(cfg, sweep_id, parent.info.experiment_id, parent.info.run_id, shared_flags(cfg), parallel)
-        try:
+        try:  # whatever fails from here ends the parent, never leaves it RUNNING
+            tracking.sqlite_for_many_writers()
+            # mlflow.runName also under `mlflow run`, which names its run at random
+            with tracking.writing():
+                mlflow.set_tags({"sweep_id": sweep_id, "role": "sweep", "mlflow.runName": f"sweep-{sweep_id}"})
+            tracking.log_params_once(
+                {
+                    "arms": ",".join(arms),
+                    "datasets": ",".join(datasets),
+                    "llm_models": cfg.llm_models,
+                    "temperatures": cfg.temperatures,
+                    "seeds": ",".join(map(str, seeds)),
+                    "sweep_id": sweep_id,
+                    "parallel": cfg.parallel,
+                    "launcher": cfg.launcher,
+                    **({k: getattr(cfg, k) for k in sequential.SETTINGS} if cfg.until_decided else {}),
+                }
+            )
+            sw = launch.Sweep(cfg, sweep_id, parent.info.experiment_id, parent.info.run_id, shared_flags(cfg), parallel)
             if cfg.until_decided:
                 results, skipped = sequential.rounds(
                     cfg, sw, sweep_rows, launch.launcher(cfg.launcher), lambda row, seed: job(cfg, row, seed)
