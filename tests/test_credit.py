@@ -130,9 +130,9 @@ def test_published_default_reads_test_and_is_tagged_so(cifar_dir, experiment, mo
     assert cli("compare", "--experiment", experiment, "--output-dir", tmp_path) == 0
     out = capsys.readouterr()
     assert out.err.count("mixes runs whose decisions saw the test set") == 1
-    assert "| per_class † |" in out.out and "| baseline |" in out.out
+    assert "| per_class [m] † |" in out.out and "| baseline |" in out.out
     with open(tmp_path / "results.csv") as f:
-        assert {r["arm"]: r["decisions_saw_test"] for r in csv.DictReader(f)} == {"baseline": "0", "per_class": "1"}
+        assert {r["arm"]: r["decisions_saw_test"] for r in csv.DictReader(f)} == {"baseline": "0", "per_class [m]": "1"}
     assert run.data.tags["decisions_saw_test"] == "1" and run.data.params["n_val"] == "0"
     split, shown = per_class_in(calls(run)[0]["prompt"])
     assert split == "test" and shown == {

@@ -147,7 +147,8 @@ def test_temperatures_cross_a_provider_model_that_has_no_price(tiny_cifar, exper
     out = tmp_path / "cmp"
     assert cli("compare", "--sweep-id", "temps1", "--output-dir", out) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [r["arm"] for r in rows] == ["losses [temperature=0.2]", "losses [temperature=0.9]"]
+    # rows are named as their runs are (issue 28: the table said `losses [temperature=0.2]`, the runs `... T=0.2]`)
+    assert [r["arm"] for r in rows] == [run.info.run_name.replace("-s0", "") for run in runs]
     assert all(r["llm_cost_usd"] == "" for r in rows)
 
 

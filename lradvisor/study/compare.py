@@ -22,7 +22,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from lradvisor import tracking
-from lradvisor.arms import ARMS, check_id
+from lradvisor.arms import ARMS, LLMS, check_id, llm_tag
 from lradvisor.data.registry import DATASETS
 from lradvisor.errors import UsageError
 from lradvisor.study.figures import CURVES, credit, curves_figure, forest, heatmap, pareto, styles
@@ -117,12 +117,15 @@ def group(runs):
         varying = sorted(
             {k for c in configs for k, v in c if k not in tied and any(dict(o).get(k) != v for o in configs)}
         )
-        if "llm_model" in varying:  # `losses [fake-a]`: the model by its name, first
-            varying = ["llm_model"] + [k for k in varying if k not in FROM_LLM_MODEL | {"llm_model"}]
         for config, members in sorted(configs.items()):
             d = dict(config)
-            shown = [d.get(k, "") if k == "llm_model" else f"{k}={d.get(k, '')}" for k in varying]
-            label = arm + (" [" + ", ".join(shown) + "]" if varying else "")
+            # An LLM arm's row is named as its runs are (`losses [flash, T=0.2]`, arms.llm_tag): the model when one
+            # is named, the temperature when not 1; then whatever else differs.
+            asked = d.get("arm.advisor") in LLMS
+            named = llm_tag(d.get("llm_model", "auto"), float(d.get("temperature", 1))) if asked else ""
+            rest = [k for k in varying if not (asked and k in FROM_LLM_MODEL | {"llm_model", "temperature"})]
+            shown = ([named] if named else []) + [f"{k}={d.get(k, '')}" for k in rest]
+            label = arm + (" [" + ", ".join(shown) + "]" if shown else "")
             groups[label] = {
                 "arm": arm,
                 "dataset": d["dataset"],
