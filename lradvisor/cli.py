@@ -287,6 +287,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"lradvisor {command}: interrupted; the run was ended KILLED", file=sys.stderr)
         return 130
+    except OSError as e:  # the disk or a file, not a bug of ours: one line (the run's error.txt has the traceback)
+        print(
+            f"lradvisor {command}: error: {type(e).__name__}: {e} (any run started was ended FAILED)", file=sys.stderr
+        )
+        return 1
 
 
 def run(command, cfg):

@@ -1,6 +1,7 @@
 """Every error lradvisor raises on purpose: one base, a few kinds, each knowing its exit code and its one line.
 
-Anything else that escapes is a bug, and the CLI lets its traceback through (the run is already marked FAILED).
+Anything else that escapes is a bug, and the CLI lets its traceback through (the run is already marked FAILED); an
+OSError (a full disk, a file that cannot be written) is the machine's, and gets one line.
 """
 
 

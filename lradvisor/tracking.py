@@ -167,18 +167,38 @@ def end_finished():
 
 def end_failed(status, reason, exc=None):
     """End the active run as FAILED or KILLED, with the reason as a tag and the traceback as an artifact.
-    Logging problems here must not hide the original error, so they are only printed."""
+    Logging problems here must not hide the original error, so they are only printed, saying exactly what was
+    recorded and what was not (a full disk fails the artifact and leaves the tag and the status in the database)."""
     with signals_held():
+        steps = [("the tag failure_reason", lambda: mlflow.set_tag("failure_reason", reason[:5000]))]
+        if exc is not None:
+            steps.append(
+                (
+                    "the traceback (error.txt)",
+                    lambda: mlflow.log_text("".join(traceback.format_exception(exc)), "error.txt"),
+                )
+            )
+        recorded, missed = [], []
+        for what, step in steps:
+            try:
+                step()
+                recorded.append(what)
+            except Exception as e:  # the tracking server, or the disk, may be the thing that failed
+                missed.append(f"{what}: {type(e).__name__}: {e}")
         try:
-            mlflow.set_tag("failure_reason", reason[:5000])
-            if exc is not None:
-                mlflow.log_text("".join(traceback.format_exception(exc)), "error.txt")
-        except Exception as e:  # the tracking server may be the thing that failed
-            print(f"lradvisor: could not record the failure in MLflow: {e}")
-        finally:
             mlflow.end_run(status)
-            if status == "KILLED" and launcher.UNDER_MLFLOW_RUN and not launcher.LAUNCHER["gone"]:
-                launcher.outlast(status)
+            recorded.insert(0, f"the status {status}")
+        except Exception as e:
+            missed.insert(0, f"the status {status} (the run stays RUNNING there): {type(e).__name__}: {e}")
+        if missed:
+            print(
+                "lradvisor: recorded in MLflow: "
+                + (", ".join(recorded) or "nothing")
+                + "; not recorded: "
+                + "; ".join(missed)
+            )
+        if status == "KILLED" and launcher.UNDER_MLFLOW_RUN and not launcher.LAUNCHER["gone"]:
+            launcher.outlast(status)
 
 
 def log_series(key, values, first_step):

@@ -211,6 +211,32 @@ def test_dead_tracking_server_is_one_line_within_seconds(cifar_dir, tracking_uri
         mlflow.set_tracking_uri(tracking_uri)
 
 
+def test_an_artifact_store_that_cannot_be_written_says_what_was_recorded(tiny_cifar, experiment, tmp_path, capsys):
+    """Issue 28: 19. A full disk (here an artifact root that is a file: every artifact fails, the database does not)
+    printed 'could not record the failure' although FAILED and the reason were recorded. Say exactly which."""
+    blocked = tmp_path / "artifacts-is-a-file"
+    blocked.write_text("")
+    mlflow.create_experiment(experiment, artifact_location=blocked.as_uri())
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text(json.dumps({"lr": [0.01]}))
+    capsys.readouterr()
+    assert (
+        cli("train", "--schedule-file", schedule, "--epochs", 1, "--data-dir", tiny_cifar, "--experiment", experiment)
+        == 1
+    )
+    (run,) = runs_of(experiment)
+    assert run.info.status == "FAILED" and run.data.tags["failure_reason"].startswith(
+        ("NotADirectoryError", "FileExistsError")
+    )
+    out = capsys.readouterr()
+    assert out.err.strip().splitlines()[-1].startswith("lradvisor train: error: NotADirectoryError: ")
+    (said,) = [line for line in out.out.splitlines() if line.startswith("lradvisor: recorded")]
+    assert said.startswith(
+        "lradvisor: recorded in MLflow: the status FAILED, the tag failure_reason; "
+        "not recorded: the traceback (error.txt): "
+    )
+
+
 def test_server_lost_mid_run_stops_and_keeps_what_was_not_sent(tiny_cifar, tmp_path):
     # Retries shortened for the test; the defaults (4 retries, 20 s timeout) bound it to ~2 minutes.
     with mlflow_server(tmp_path) as (url, server):
