@@ -18,8 +18,11 @@ DIGITS = ["--dataset", "digits", "--lr", 0.02, "--batch-size", 16]
 
 @pytest.mark.parametrize(
     "arm, epochs, subset, floor",
+    # Floors well above chance (10 %) and below what any CPU gave: bf16 rounds differently on AMD's AVX512-BF16 and on
+    # Intel's AMX, and two epochs on half of digits move with it (schedulefree: 92.8 % on the first, 72.7 % on the
+    # second, 2026-12-02)
     [
-        ("schedulefree", 2, 0.5, 80),  # 92.8 % here (2026-12-02)
+        ("schedulefree", 2, 0.5, 50),
         ("prodigy", 2, 0.5, 50),  # 68.0 %: its d grows from 1e-6 over the first ~100 steps
         ("dadapt_sgd", 4, 1.0, 50),  # 84.4 %: D-Adaptation's d needs ~300 steps to grow; after 3 epochs it was at 14 %
     ],

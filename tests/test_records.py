@@ -338,13 +338,15 @@ def test_compare_never_pools_configurations_and_logs_only_its_files(cifar_dir, e
 # ---- 9, 10, 12: runs end KILLED on signals, and keep their consoles ---------------------------------------
 
 
-def _read_until(stream, text, limit=120):
+def _read_until(stream, *texts, limit=120):
+    """What the process printed until every one of texts has shown (or it ended, or limit seconds passed)."""
     t0 = time.monotonic()
-    seen = []
+    seen, left = [], set(texts)
     while time.monotonic() - t0 < limit:
         line = stream.readline()
         seen.append(line)
-        if text in line or not line:
+        left = {t for t in left if t not in line}
+        if not left or not line:
             return "".join(seen)
     return "".join(seen)
 
@@ -380,8 +382,9 @@ def test_sigterm_to_a_sweep_ends_everything_killed_and_keeps_the_logs(tiny_cifar
         text=True,
     )
     try:
-        seen = _read_until(proc.stdout, "epoch   1/100")
-        assert "epoch   1/100" in seen, seen
+        # both children training (each has recorded its tags by then; under load the second may start late)
+        seen = _read_until(proc.stdout, "[baseline-s0] epoch   1/100", "[baseline-s1] epoch   1/100")
+        assert "[baseline-s0] epoch   1/100" in seen and "[baseline-s1] epoch   1/100" in seen, seen
         proc.send_signal(signal.SIGTERM)
         rest = proc.communicate(timeout=120)[0]  # read on, as a terminal would
         assert proc.returncode == 130, rest
