@@ -94,8 +94,9 @@ def no_run_left_active():
     while mlflow.active_run():
         mlflow.end_run("KILLED")
     leaked = os.environ.get("MLFLOW_RUN_ID") != env
-    if leaked:
-        os.environ.pop("MLFLOW_RUN_ID", None) if env is None else os.environ.__setitem__("MLFLOW_RUN_ID", env)
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    if env is not None:
+        os.environ["MLFLOW_RUN_ID"] = env
     assert left is None, f"the test left run {left.info.run_id} active in this process"
     assert not leaked, "the test left MLFLOW_RUN_ID set"
 
