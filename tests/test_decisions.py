@@ -288,3 +288,55 @@ def test_a_resume_ends_the_trajectory_runs_a_build_killed_outright_left_running(
     assert [r.info.status for r in runs("decisions")] == ["FINISHED"]
     assert "RUNNING" not in {r.info.status for r in runs("trajectory")}
     assert mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/decisions/states.json") == states
+
+
+def test_the_short_horizon_bias_script_compares_best_actions_state_by_state(bench):
+    """scripts/horizon_bias.py against a `--horizon end` build from the same trajectory: for every shared state its
+    best action at each horizon and the end regret of the k=1 choice are what the two outcome tables say."""
+    end = ["--decisions-id", "t-end", "--horizon", "end", "--replicates", 1, "--experiment", "decisions-end"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        build = ["decisions", "build", "--seeds", 0, "--grid", "0.1,1,10", *DATA, "--data-dir", bench["data"]]
+        assert cli(*build, *end) == 0
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "horizon_bias.py"), "t", "t-end"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()},
+    )
+    assert p.returncode == 0, p.stderr
+
+    def means(decisions_id):
+        client = mlflow.MlflowClient()
+        exp_ids = [e.experiment_id for e in client.search_experiments()]
+        (run,) = client.search_runs(exp_ids, f"tags.decisions_id = '{decisions_id}' and tags.role = 'decisions'")
+        by = {}
+        for r in table(run.info.run_id, "decisions/outcomes.json"):
+            by.setdefault(r["state"], {}).setdefault(r["multiplier"], []).append(r["val_acc"])
+        return {s: {m: statistics.mean(v) for m, v in acts.items()} for s, acts in by.items()}
+
+    short, final = means("t"), means("t-end")
+    shared = sorted(set(short) & set(final))
+    assert len(shared) == 2 and len(short) > len(final)  # the baseline's 2 states; random_control's only in "t"
+    differ = 0
+    for s in shared:
+        top_short, top_end = max(short[s].values()), max(final[s].values())
+        choice = min((m for m, v in short[s].items() if v == top_short), key=lambda m: abs(math.log(m)))
+        at_end = sorted(m for m, v in final[s].items() if v == top_end)
+        differ += choice not in at_end
+        row = f"| {s} | ×{choice:g} | {', '.join(f'×{m:g}' for m in at_end)} | {top_end - final[s][choice]:.2f} |"
+        assert row in p.stdout, p.stdout
+    assert f"not among the best at the end in {differ} of 2 states" in p.stdout
+
+
+@pytest.mark.parametrize("arm", ["cosine", "onecycle"])
+def test_a_schedule_scores_the_lr_a_training_run_of_it_sets(arm, bench, experiment):
+    """A per-step schedule's LR at a state depends on the steps an epoch has (the trajectories' n_train): the score
+    applies what `train --arm <schedule>` of the same settings sets at that epoch."""
+    assert cli("train", "--arm", arm, *DATA, "--data-dir", bench["data"], "--experiment", experiment) == 0
+    (trained,) = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    lrs = dict(history(trained.info.run_id, "lr"))
+    _, scores = score(arm)
+    assert len(scores) == 3
+    for s in scores:
+        assert s["applied_lr"] == pytest.approx(lrs[s["epoch"] + 1]), s
+    assert len({s["applied_lr"] for s in scores}) > 1  # it moved: not the first epoch's LR throughout

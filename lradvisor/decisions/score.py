@@ -27,6 +27,7 @@ from lradvisor import tracking
 from lradvisor.arms import resolve
 from lradvisor.config import TrainConfig, settings
 from lradvisor.decisions.build import OUTCOMES, STATES, outcomes_of, spread
+from lradvisor.engine import schedules
 from lradvisor.errors import UsageError
 from lradvisor.study import stats
 
@@ -81,8 +82,6 @@ def schedule_lr(cfg, arm, epoch, n_train):
     """The LR a schedule of the ladder sets for epoch `epoch` + 1 of a run of these settings."""
     import torch
 
-    from lradvisor.engine import schedules
-
     if arm.schedule not in schedules.PER_STEP + ("step", "constant"):
         raise UsageError(
             f"arm {cfg.arm!r}: schedule {arm.schedule} depends on the run's losses and cannot be scored "
@@ -97,6 +96,23 @@ def schedule_lr(cfg, arm, epoch, n_train):
     return opt.param_groups[0]["lr"]
 
 
+def n_train(run):
+    """The training images of the benchmark's runs (a per-step schedule's LR at an epoch depends on the steps an
+    epoch has): its trajectories' param; every trajectory has the same settings and data."""
+    client = MlflowClient()
+    children = client.search_runs(
+        [run.info.experiment_id],
+        f"tags.mlflow.parentRunId = {tracking.quote(run.info.run_id)} and tags.role = 'trajectory'",
+        max_results=1,
+    )
+    if not children or "n_train" not in children[0].data.params:
+        raise UsageError(
+            f"benchmark {run.data.tags.get('decisions_id')!r} has no trajectory run that says its n_train, so a "
+            "per-step schedule's LR cannot be computed; score its LLM or control arms, baseline or oracle"
+        )
+    return int(children[0].data.params["n_train"])
+
+
 class Chooser:
     """What an arm chooses at a state: the LR training would apply, with the exchange that chose it."""
 
@@ -104,7 +120,7 @@ class Chooser:
         from lradvisor.llm.advisor import Advisor
 
         self.cfg, self.arm = tcfg, resolve(tcfg.arm, tcfg.signals, tcfg.every, tcfg.advisor, tcfg.schedule)
-        self.n_train = int(run.data.params.get("n_train", 0))
+        self.n_train = n_train(run) if self.arm.schedule in schedules.PER_STEP else None
         self.advisor = Advisor(tcfg, self.arm) if self.arm.every else None
 
     def __call__(self, variables, means):
