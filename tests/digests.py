@@ -391,12 +391,26 @@ def machine():
     import torch
 
     return {
+        "cpu": cpu(),
         "torch": torch.__version__,
         "arch": platform.machine(),
         "kernels": torch.backends.cpu.get_cpu_capability(),
         "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "threads": torch.get_num_threads(),
     }
+
+
+def cpu():
+    """The processor's vendor and model: CPUs with the same kernels (AVX2 here) still differ in the last bits."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            first = f.read().split("\n\n")[0].splitlines()
+        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first if ":" in line)}
+        return f"{info['vendor_id']} family {info['cpu family']} model {info['model']}: {info['model name']}"
+    except (OSError, KeyError):
+        import platform
+
+        return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":
