@@ -98,11 +98,13 @@ def schedule_lr(cfg, arm, epoch, n_train):
 
 def n_train(run):
     """The training images of the benchmark's runs (a per-step schedule's LR at an epoch depends on the steps an
-    epoch has): its trajectories' param; every trajectory has the same settings and data."""
+    epoch has): its finished trajectories' param (every one has the same settings and data; a trajectory killed
+    outright before it logged anything has none, and the benchmark holds only finished ones)."""
     client = MlflowClient()
     children = client.search_runs(
         [run.info.experiment_id],
-        f"tags.mlflow.parentRunId = {tracking.quote(run.info.run_id)} and tags.role = 'trajectory'",
+        f"tags.mlflow.parentRunId = {tracking.quote(run.info.run_id)} and tags.role = 'trajectory' "
+        "and attributes.status = 'FINISHED'",
         max_results=1,
     )
     if not children or "n_train" not in children[0].data.params:
