@@ -19,7 +19,7 @@ TABLE = "advisor/calls.json"  # an advisor run's exchanges, one row each (llm/re
 CLASS_TABLE, CLASS_METRICS = "class_acc.json", 20
 
 
-def open_run(experiment, run_name=None, run_id=None):
+def open_run(experiment, run_name=None, run_id=None, unique=False):
     """Inside `mlflow run` or a sweep (MLFLOW_RUN_ID is set) attach to its run, or to `run_id` (a search's trial,
     made by the search); otherwise start one in `experiment`. The run is named `run_name` either way (`mlflow
     run` names its runs at random)."""
@@ -27,12 +27,38 @@ def open_run(experiment, run_name=None, run_id=None):
         return mlflow.start_run(run_id=run_id)
     if os.environ.get("MLFLOW_RUN_ID"):
         run = mlflow.start_run()  # set_experiment() here would raise: the run already has one
-        if run_name:
-            mlflow.set_tag("mlflow.runName", run_name)
-        return run
-    if experiment:
-        mlflow.set_experiment(experiment)
-    return mlflow.start_run(run_name=run_name)
+    else:
+        if experiment:
+            mlflow.set_experiment(experiment)
+        run = mlflow.start_run(run_name=run_name)
+    if run_name:
+        name = unique_name(run, run_name) if unique else run_name
+        if name != run.info.run_name:
+            with writing():
+                mlflow.set_tag("mlflow.runName", name)
+    return run
+
+
+def unique_name(run, name):
+    """`name`, or `name (2)`, `(3)`... when another run of the experiment has it (a try-out's `baseline-digits-s0`
+    and a sweep's seed-0 baseline would read alike in the UI's list). The attempts of one sweep job (a resume
+    trains a killed one again: same sweep id and key) share their name: they are the same job."""
+    job = {k: run.data.tags.get(k) for k in ("sweep_id", "sweep_key")}
+    same_job = all(job.values())
+    others = MlflowClient().search_runs(
+        [run.info.experiment_id], f"attributes.run_name LIKE {quote(name + '%')}", max_results=5000
+    )
+    taken = {
+        r.info.run_name
+        for r in others
+        if r.info.run_id != run.info.run_id
+        and not (same_job and all(r.data.tags.get(k) == v for k, v in job.items()))
+    }
+    n, candidate = 1, name
+    while candidate in taken:
+        n += 1
+        candidate = f"{name} ({n})"
+    return candidate
 
 
 def set_experiment_tag_once(experiment_id, key, value):

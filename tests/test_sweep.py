@@ -231,3 +231,27 @@ def test_registry_prompt_is_rendered_recorded_and_linked(tiny_cifar, remote, cap
     capfd.readouterr()
     assert cli("train", "--arm", "losses", "--prompt", "prompts:/no-such-prompt/1", "--data-dir", tiny_cifar) == 2
     assert "cannot load prompt 'prompts:/no-such-prompt/1'" in capfd.readouterr().err
+
+
+def test_run_names_are_unique_in_an_experiment_but_a_sweep_jobs_attempts_share_theirs(tiny_cifar, remote):
+    """A try-out's `baseline-s0` and a sweep's seed-0 baseline read alike in the UI's list: the later one is
+    `baseline-s0 (2)`, `(3)`... A sweep job trained again after it was killed keeps its name: it is the same job."""
+    flags = [x for k, v in SHARED.items() for x in (f"--{k.replace('_', '-')}", v)]
+    where = ["--data-dir", tiny_cifar, "--experiment", "names"]
+    for _ in range(2):
+        assert cli("train", "--arm", "baseline", *where, *flags) == 0
+    sweep = ["sweep", "--arms", "baseline", "--seeds", 0, "--sweep-id", "n1", *where, *flags]
+    assert cli(*sweep) == 0
+    (child,) = [r for r in sweep_runs(remote, "n1") if r.data.tags["role"] == "arm"]
+    remote.set_terminated(child.info.run_id, "KILLED")  # as if the sweep had been stopped in it
+    assert cli(*sweep) == 0
+    exp_id = remote.get_experiment_by_name("names").experiment_id
+    names = sorted((r.info.run_name, r.info.status) for r in remote.search_runs([exp_id]))
+    assert names == [
+        ("baseline-s0", "FINISHED"),
+        ("baseline-s0 (2)", "FINISHED"),
+        ("baseline-s0 (3)", "FINISHED"),
+        ("baseline-s0 (3)", "KILLED"),
+        ("sweep-n1", "FINISHED"),
+        ("sweep-n1", "FINISHED"),
+    ]

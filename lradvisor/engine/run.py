@@ -139,7 +139,7 @@ def main(cfg, run_id=None, on_epoch=None, measure=None):
     with tracking.interrupts_end_runs():
         tag = llm_tag(cfg.llm_model, cfg.temperature) if arm.asks_llm else ""
         name = None if run_id else run_name(cfg.arm, cfg.dataset, cfg.seed, tag)
-        run = tracking.open_run(cfg.experiment, run_name=name, run_id=run_id)
+        run = tracking.open_run(cfg.experiment, run_name=name, run_id=run_id, unique=True)
         try:
             tracking.log_params_once(params_of(cfg, arm, advisor, device, s))
             bad = checksums(cfg.data_dir, cfg.dataset)
