@@ -262,3 +262,44 @@ def test_pareto_says_what_it_plots_when_every_cost_is_zero_or_unknown(tmp_path):
     assert len(boxes) == 3 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     unpriced = figures.pareto([row("losses [a]", -3.0, None, 3.0)], tmp_path / "pareto2.png")
     assert unpriced.axes[0].get_title().startswith("no row has a price in the models file")
+
+
+# ---- dependencies
+
+
+def test_every_package_imported_is_declared_and_conda_yaml_lists_the_same():
+    """What lradvisor/ and scripts/ import is the standard library, ours, or declared in pyproject.toml (the base
+    or an extra); conda.yaml's pip list (what `mlflow run` builds) is the base list."""
+    import ast
+    import pathlib
+    import re
+    import sys
+    import tomllib
+
+    import yaml
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    names = lambda reqs: {re.split(r"[<>=\[; ]", r)[0].lower() for r in reqs}  # noqa: E731
+    base = names(project["dependencies"])
+    declared = base | {n for reqs in project["optional-dependencies"].values() for n in names(reqs)}
+    # import name -> distribution
+    dist = {"google": "google-genai", "sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow"}
+    ours = {"lradvisor"} | {p.stem for p in (root / "tests").glob("*.py")}  # scripts may start the stand-ins
+    imported = {}
+    for path in [*(root / "lradvisor").rglob("*.py"), *(root / "scripts").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if top not in sys.stdlib_module_names and top not in ours:
+                    imported.setdefault(dist.get(top, top), set()).add(path.relative_to(root).as_posix())
+    assert {"torch", "mlflow", "pyyaml"} <= set(imported)  # the walk saw the package
+    assert {d: sorted(f) for d, f in imported.items() if d not in declared} == {}
+    conda = yaml.safe_load((root / "conda.yaml").read_text())["dependencies"]
+    (pip,) = [d["pip"] for d in conda if isinstance(d, dict)]
+    assert sorted(pip) == sorted(project["dependencies"])
