@@ -51,8 +51,7 @@ def unique_name(run, name):
     taken = {
         r.info.run_name
         for r in others
-        if r.info.run_id != run.info.run_id
-        and not (same_job and all(r.data.tags.get(k) == v for k, v in job.items()))
+        if r.info.run_id != run.info.run_id and not (same_job and all(r.data.tags.get(k) == v for k, v in job.items()))
     }
     n, candidate = 1, name
     while candidate in taken:
