@@ -244,6 +244,11 @@ def test_scores_are_the_regrets_the_outcome_table_gives(arm, reply, bench, monke
     metrics = run.data.metrics
     assert metrics["regret_mean"] == pytest.approx(statistics.mean(s["regret"] for s in scores))
     assert metrics["regret/mean"] == pytest.approx(metrics["regret_mean"])  # MLflow's own scorer says the same
+    spread = {}  # the noise floor: the replicates' standard deviation, per action, averaged per state, then over states
+    for r in rows:
+        spread.setdefault(r["state"], {}).setdefault(r["multiplier"], []).append(r["val_acc"])
+    floor = statistics.mean(statistics.mean(map(statistics.pstdev, a.values())) for a in spread.values())
+    assert metrics["noise_floor"] == pytest.approx(floor)
     traces = mlflow.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id, return_type="list")
     assert len(traces) == 3 and {a.name for a in traces[0].info.assessments} >= {"regret", "gain", "accepted"}
 
@@ -294,9 +299,16 @@ def test_the_short_horizon_bias_script_compares_best_actions_state_by_state(benc
     """scripts/horizon_bias.py against a `--horizon end` build from the same trajectory: for every shared state its
     best action at each horizon and the end regret of the k=1 choice are what the two outcome tables say."""
     end = ["--decisions-id", "t-end", "--horizon", "end", "--replicates", 1, "--experiment", "decisions-end"]
-    with contextlib.redirect_stdout(io.StringIO()):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
         build = ["decisions", "build", "--seeds", 0, "--grid", "0.1,1,10", *DATA, "--data-dir", bench["data"]]
         assert cli(*build, *end) == 0
+    # one replicate measures no spread: the noise floor is said to be unmeasured, not 0
+    assert "noise floor (replicate spread) unmeasured (1 replicate)" in out.getvalue()
+    (end_run,) = mlflow.search_runs(
+        experiment_names=["decisions-end"], filter_string="tags.role = 'decisions'", output_format="list"
+    )
+    assert "noise_floor" not in end_run.data.metrics and "headroom_mean" in end_run.data.metrics
     p = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "horizon_bias.py"), "t", "t-end"],
         capture_output=True,

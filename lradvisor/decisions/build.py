@@ -256,14 +256,14 @@ def gather(cfg, client, exp_id, parent, decisions_id, seconds):
         mlflow.log_dict(states, STATES)
         tracking.write_table(rows, OUTCOMES)
         best = [headroom(rows, s) for s in states]
-        noise = [spread(rows, s) for s in states]
+        noise = noise_floor(rows, states)
         mlflow.log_metrics(
             {
                 "states": len(states),
                 "branches": len(rows),
                 "build_seconds": seconds,
                 "headroom_mean": statistics.mean(best) if best else 0.0,
-                "noise_floor": statistics.mean(noise) if noise else 0.0,
+                **({} if noise is None else {"noise_floor": noise}),
             }
         )
     name = f"decisions-{decisions_id}"
@@ -285,7 +285,7 @@ def gather(cfg, client, exp_id, parent, decisions_id, seconds):
     print(
         f"decisions {decisions_id}: {len(states)} states, {len(rows)} branches in {seconds:.0f} s; headroom (best "
         f"action − the scheduler's, validation accuracy, mean over states) {statistics.mean(best) if best else 0:+.2f} "
-        f"points; noise floor (replicate spread) {statistics.mean(noise) if noise else 0:.2f}"
+        f"points; noise floor (replicate spread) {said_noise(noise)}"
     )
 
 
@@ -303,10 +303,20 @@ def headroom(rows, state):
     return max(means.values()) - means["1"]
 
 
-def spread(rows, state):
-    """Mean over the state's actions of the standard deviation of the replicates (0 with one replicate)."""
+def noise_floor(rows, states):
+    """Mean over states and actions of the standard deviation of the replicates; None with one replicate (a spread
+    of one value is no measurement, and 0 would read as noiseless)."""
     by = {}
     for r in rows:
-        if r["state"] == state:
-            by.setdefault(r["multiplier"], []).append(r["val_acc"])
-    return statistics.mean(statistics.pstdev(v) for v in by.values())
+        if r["state"] in states:
+            by.setdefault((r["state"], r["multiplier"]), []).append(r["val_acc"])
+    if not by or min(map(len, by.values())) < 2:
+        return None
+    per_state = {}
+    for (state, _), v in by.items():
+        per_state.setdefault(state, []).append(statistics.pstdev(v))
+    return statistics.mean(statistics.mean(v) for v in per_state.values())
+
+
+def said_noise(noise):
+    return "unmeasured (1 replicate)" if noise is None else f"{noise:.2f}"

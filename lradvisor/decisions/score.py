@@ -17,7 +17,6 @@ the next epoch of a run of the benchmark's settings).
 import dataclasses
 import math
 import os
-import statistics
 import time
 
 import mlflow
@@ -26,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from lradvisor import tracking
 from lradvisor.arms import resolve
 from lradvisor.config import TrainConfig, settings
-from lradvisor.decisions.build import OUTCOMES, STATES, outcomes_of, spread
+from lradvisor.decisions.build import OUTCOMES, STATES, noise_floor, outcomes_of, said_noise
 from lradvisor.engine import schedules
 from lradvisor.errors import UsageError
 from lradvisor.study import stats
@@ -265,10 +264,12 @@ def summarize(table, rows, states):
         "states": len(table),
         "off_grid": sum(r["off_grid"] for r in table),
         "changed": sum(r["changed"] for r in table),
-        "noise_floor": statistics.mean(spread(rows, s) for s in states),
         "llm_seconds": sum(r["latency_s"] for r in table),
         "llm_tokens": sum(r["tokens"] for r in table),
     }
+    noise = noise_floor(rows, states)
+    if noise is not None:  # one replicate: none
+        out["noise_floor"] = noise
     if low is not None:
         out.update(regret_ci_low=low, regret_ci_high=high, gain_ci_low=glow, gain_ci_high=ghigh)
     if all(r["cost_usd"] is not None for r in table) and any(r["cost_usd"] for r in table):
@@ -302,7 +303,8 @@ def report(cfg, run_id, s):
     gci = f" [{s['gain_ci_low']:+.2f}, {s['gain_ci_high']:+.2f}]" if "gain_ci_low" in s else ""
     print(
         f"score {cfg.arm} on decisions {cfg.decisions_id}: regret {s['regret_mean']:.2f}{ci} points, gain over the "
-        f"scheduler {s['gain_mean']:+.2f}{gci} over {s['states']} states (noise floor {s['noise_floor']:.2f}); "
+        f"scheduler {s['gain_mean']:+.2f}{gci} over {s['states']} states "
+        f"(noise floor {said_noise(s.get('noise_floor'))}); "
         f"{s['changed']} changed the LR, {s['off_grid']} off the grid; run {run_id}"
     )
     if "delta_regret" in s:
