@@ -47,4 +47,8 @@ class SearchError(RunFailed):
 
 
 class ServerLost(LradvisorError):
-    """The tracking server stopped answering mid-run; the message says where the unsent records are."""
+    """The tracking server stopped answering mid-run; the message says where the unsent records are. Its own exit
+    code (EX_TEMPFAIL) tells a sweep that its child lost the server, not that it failed: the sweep waits for the
+    server and trains that child again."""
+
+    code = 75

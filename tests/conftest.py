@@ -195,10 +195,10 @@ def free_port():
 
 
 @contextlib.contextmanager
-def mlflow_server(d):
-    """A real MLflow server (sqlite backend, proxied artifacts) on a loopback port, in its own process group;
-    yields (url, process)."""
-    port = free_port()
+def mlflow_server(d, port=None):
+    """A real MLflow server (sqlite backend, proxied artifacts) on a loopback port (a given one: a restart), in its
+    own process group; yields (url, process)."""
+    port = port or free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = open(d / "server.log", "w")
     proc = subprocess.Popen(

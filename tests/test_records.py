@@ -273,7 +273,7 @@ def test_server_lost_mid_run_stops_and_keeps_what_was_not_sent(tiny_cifar, tmp_p
             assert proc.stdout.readline().startswith("epoch   1/50")
             os.killpg(server.pid, signal.SIGKILL)
             t0 = time.monotonic()
-            assert proc.wait(timeout=120) == 1
+            assert proc.wait(timeout=120) == 75  # ServerLost: the sweep knows its child lost the server
             assert time.monotonic() - t0 < 60
         finally:
             proc.kill()
@@ -283,6 +283,62 @@ def test_server_lost_mid_run_stops_and_keeps_what_was_not_sent(tiny_cifar, tmp_p
     assert path in err[0]
     kept = json.load(open(path))
     assert kept["tracking_uri"] == url and kept["records"][0]["metrics"]["lr"] == 0.1
+
+
+def test_a_sweep_rides_out_a_tracking_server_restart(tiny_cifar, tmp_path):
+    """The server is killed while a sweep's first child trains: the child stops (its own exit code), the sweep says
+    it waits, and once a server answers again on the same store it ends that run FAILED saying why, trains the job
+    again and finishes the sweep: nothing left RUNNING, every job FINISHED once."""
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }
+    argv = ["sweep", "--arms", "baseline,cosine", "--seeds", 0, "--epochs", 8, "--batch-size", 8]
+    argv += ["--data-dir", tiny_cifar, "--experiment", "rides", "--sweep-id", "r1"]
+    seen = []
+
+    def until(text):
+        for line in proc.stdout:
+            seen.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"no {text!r} in: " + "".join(seen))
+
+    proc = None
+    try:
+        with mlflow_server(tmp_path) as (url, server):
+            port = int(url.rsplit(":", 1)[1])
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lradvisor", *map(str, argv)],
+                cwd=tmp_path,
+                env={**env, "MLFLOW_TRACKING_URI": url},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            until("[baseline-s0] epoch   2/8")
+            os.killpg(server.pid, signal.SIGKILL)
+            until("waiting up to 600 s for it to answer again")
+        with mlflow_server(tmp_path, port=port):  # the restart: the same store, the same address
+            assert proc.wait(timeout=600) == 0, "".join(seen) + proc.stdout.read()
+            out = "".join(seen) + proc.stdout.read()
+            assert "the tracking server answers again" in out and "2 finished, 0 failed" in out, out
+            client = mlflow.MlflowClient(url)
+            exp = client.get_experiment_by_name("rides")
+            runs = client.search_runs([exp.experiment_id])
+            got = sorted((r.info.run_name, r.info.status, r.data.tags.get("failure_reason", "")) for r in runs)
+            assert got == [
+                ("baseline-s0", "FAILED", "lost its tracking server mid-run; trained again"),
+                ("baseline-s0", "FINISHED", ""),
+                ("cosine-s0", "FINISHED", ""),
+                ("sweep-r1", "FINISHED", ""),
+            ], got
+    finally:
+        if proc is not None:
+            proc.kill()
 
 
 # ---- 2, 3: compare keeps configurations apart and logs only its own files --------------------------------

@@ -139,7 +139,15 @@ def main(cfg, run_id=None, on_epoch=None, measure=None):
     with tracking.interrupts_end_runs():
         tag = llm_tag(cfg.llm_model, cfg.temperature) if arm.asks_llm else ""
         name = None if run_id else run_name(cfg.arm, cfg.dataset, cfg.seed, tag)
-        run = tracking.open_run(cfg.experiment, run_name=name, run_id=run_id, unique=True)
+        try:
+            run = tracking.open_run(cfg.experiment, run_name=name, run_id=run_id, unique=True)
+        except Exception as e:  # the server went away between the start-up check and here (a sweep's child)
+            why = tracking.server_down(timeout=3)
+            if why:
+                raise ServerLost(
+                    f"lost the tracking server {mlflow.get_tracking_uri()} ({why}) before the run could start"
+                ) from e
+            raise
         try:
             tracking.log_params_once(params_of(cfg, arm, advisor, device, s))
             bad = checksums(cfg.data_dir, cfg.dataset)

@@ -114,16 +114,25 @@ def _pump(proc, prefix, log):
         sys.stdout.flush()
 
 
-def _keep_logs(client, logs, logdir):
-    """Each child's console as an artifact of its run, however the sweep ends; then the temp folder goes."""
+def _keep_logs(client, logs, logdir, server_lost=False):
+    """Each child's console as an artifact of its run, however the sweep ends; then the temp folder goes, unless a
+    console could not be logged (it stays, and the line says where)."""
+    kept = False
     for run_id, log in logs:
         log.close()
+        if server_lost:
+            kept = True
+            continue
         try:
             with tracking.writing():
                 client.log_artifact(run_id, log.name)
         except Exception as e:
+            kept = True
             print(f"sweep: could not log {log.name} to run {run_id}: {e}")
-    shutil.rmtree(logdir, ignore_errors=True)
+    if kept:
+        print(f"sweep: the children's consoles that are not in MLflow are kept in {logdir}")
+    else:
+        shutil.rmtree(logdir, ignore_errors=True)
 
 
 def parallel_auto(device):
@@ -146,13 +155,38 @@ def parallel_auto(device):
 RUN_GIB, MAX_PER_GPU = 3.0, 8
 
 
+def wait_for_server(what):
+    """After a child lost the tracking server (a restart, an outage): wait for it to answer again, saying so, up to
+    LRADVISOR_SERVER_WAIT seconds (default 600); ServerLost when it does not come back."""
+    from lradvisor.errors import ServerLost
+
+    limit, t0 = float(os.environ.get("LRADVISOR_SERVER_WAIT", "600")), time.monotonic()
+    why = tracking.server_down(timeout=3)
+    if why:
+        print(f"sweep: {what} lost the tracking server ({why}); waiting up to {limit:.0f} s for it to answer again")
+    while why:
+        if time.monotonic() - t0 > limit:
+            raise ServerLost(
+                f"the tracking server {tracking.mlflow.get_tracking_uri()} did not answer for {limit:.0f} s "
+                f"({why}); this sweep's runs that were training stay RUNNING there: start the same sweep again "
+                "once it answers (it ends them KILLED and trains what is missing)"
+            )
+        time.sleep(2)
+        why = tracking.server_down(timeout=3)
+        if not why:
+            print(f"sweep: the tracking server answers again after {time.monotonic() - t0:.0f} s; going on")
+
+
 def local(jobs, sw):
     import torch
+
+    from lradvisor.errors import ServerLost
 
     n = torch.cuda.device_count()
     # GPU slots: with several GPUs each child gets one of its own, `parallel / n` children per GPU.
     gpus = [g for g in range(n) for _ in range(max(1, -(-sw.parallel // n)))] if n > 1 else []
     todo, results, running, logs = list(jobs), {}, [], []  # running: (proc, run_id, job, gpu, pump)
+    retried = []  # jobs trained again after their child lost the tracking server
     logdir = tempfile.mkdtemp(prefix=f"lradvisor-sweep-{sw.sweep_id}-")
     try:
         while todo or running:
@@ -179,16 +213,24 @@ def local(jobs, sw):
                 pump.join()
                 if gpu is not None:
                     gpus.append(gpu)
+                if proc.returncode == ServerLost.code and retried.count(job) < 2:  # a restart, not its failure
+                    wait_for_server(job.name)
+                    retried.append(job)
+                    sw.settle(run_id, proc.returncode, reason="lost its tracking server mid-run; trained again")
+                    todo.insert(0, job)
+                    continue
                 results[job] = sw.settle(run_id, proc.returncode)  # killed too hard to end its run: FAILED
-    except BaseException:
+    except BaseException as e:
+        lost = isinstance(e, ServerLost)  # nothing can be recorded: the next start of the sweep ends them
         with tracking.signals_held():  # a second Ctrl-C must not leave children or runs behind
             for proc, *_ in running:  # children end their own runs KILLED on SIGTERM
                 proc.terminate()
             for proc, run_id, job, gpu, pump in running:
                 proc.wait()
                 pump.join(timeout=10)
-                sw.settle(run_id, proc.returncode, "KILLED")
-            _keep_logs(sw.client, logs, logdir)
+                if not lost:
+                    sw.settle(run_id, proc.returncode, "KILLED")
+            _keep_logs(sw.client, logs, logdir, lost)
         raise
     _keep_logs(sw.client, logs, logdir)
     return results

@@ -150,6 +150,7 @@ def main(cfg):
     from mlflow.tracking import MlflowClient
 
     from lradvisor import tracking
+    from lradvisor.errors import ServerLost
     from lradvisor.study import launch, sequential
 
     arms, datasets, seeds = cfg.arm_list(), cfg.dataset_list(), cfg.seed_list()
@@ -214,6 +215,8 @@ def main(cfg):
                 )
             else:
                 results = launch.launcher(cfg.launcher)(todo, sw)
+        except ServerLost:  # nothing can be recorded now; the same sweep started again ends what it left RUNNING
+            raise
         except BaseException as e:  # SystemExit too: what a library's own SIGTERM handler raises
             killed = isinstance(e, (KeyboardInterrupt, SystemExit))
             tracking.end_failed("KILLED" if killed else "FAILED", str(e) if killed else f"{type(e).__name__}: {e}", e)
