@@ -18,16 +18,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from lradvisor.decisions.build import outcomes_of  # noqa: E402
 from lradvisor.decisions.score import benchmark  # noqa: E402
 
 
 def means(rows, state, metric):
     """{multiplier: mean of metric over the replicates} of a state."""
-    by = {}
-    for r in rows:
-        if r["state"] == state:
-            by.setdefault(r["multiplier"], []).append(r[metric])
-    return {m: statistics.mean(v) for m, v in by.items()}
+    return {float(m): v for m, v in outcomes_of(rows, state, metric).items()}
 
 
 def best(outcomes):

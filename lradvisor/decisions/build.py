@@ -289,12 +289,12 @@ def gather(cfg, client, exp_id, parent, decisions_id, seconds):
     )
 
 
-def outcomes_of(rows, state):
-    """{multiplier: mean validation accuracy over replicates} of a state."""
+def outcomes_of(rows, state, metric="val_acc"):
+    """{multiplier as text: mean of the metric over replicates} of a state (validation accuracy: the decision's)."""
     by = {}
     for r in rows:
         if r["state"] == state:
-            by.setdefault(f"{r['multiplier']:g}", []).append(r["val_acc"])
+            by.setdefault(f"{r['multiplier']:g}", []).append(r[metric])
     return {m: statistics.mean(v) for m, v in by.items()}
 
 
