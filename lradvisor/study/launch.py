@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import mlflow
 from mlflow.tracking import MlflowClient
 
 from lradvisor import tracking
@@ -167,7 +168,7 @@ def wait_for_server(what):
     while why:
         if time.monotonic() - t0 > limit:
             raise ServerLost(
-                f"the tracking server {tracking.mlflow.get_tracking_uri()} did not answer for {limit:.0f} s "
+                f"the tracking server {mlflow.get_tracking_uri()} did not answer for {limit:.0f} s "
                 f"({why}); this sweep's runs that were training stay RUNNING there: start the same sweep again "
                 "once it answers (it ends them KILLED and trains what is missing)"
             )
