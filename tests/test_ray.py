@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import mlflow
 import pytest
 
 from conftest import free_port, runs_of
@@ -50,8 +51,6 @@ def test_sweep_on_ray_nests_and_resumes(ray_head, cifar_dir, experiment):
     assert all(
         r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children
     )
-    import mlflow
-
     for r in children:  # the console came back from the worker, as with the local launcher
         assert f"{r.data.tags['arm']}-s0.log" in [a.path for a in mlflow.MlflowClient().list_artifacts(r.info.run_id)]
     out = sweep(ray_head, experiment, cifar_dir, *args).communicate(timeout=300)[0]
@@ -87,6 +86,43 @@ def test_sigterm_cancels_the_ray_tasks_and_ends_everything_killed(ray_head, cifa
     assert status == [("arm", "KILLED"), ("arm", "KILLED"), ("sweep", "KILLED")]
     left = subprocess.run(["pgrep", "-f", f"lradvisor train .*--data-dir {cifar_dir}"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "a child outlived the cancelled sweep"
+
+
+PARENT = """
+import subprocess, sys
+from lradvisor.study.ray_launch import _term_with_parent
+subprocess.Popen(sys.argv[1:], preexec_fn=_term_with_parent()).wait()
+"""
+
+
+@pytest.mark.slow
+def test_a_child_whose_ray_worker_dies_ends_its_run_killed(tiny_cifar, experiment):
+    """A task force-cancelled after the grace (or a worker that dies with its node) leaves no child training on: the
+    child, started as _ray_child starts it, gets SIGTERM when its parent is SIGKILLed, and ends its run KILLED."""
+    cmd = ["lradvisor", "train", "--data-dir", tiny_cifar, "--epochs", 100000, "--batch-size", 20]
+    cmd += ["--experiment", experiment]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, sys.executable, "-m", *map(str, cmd)],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for line in parent.stdout:
+            if line.startswith("epoch"):
+                break
+        (run,) = runs_of(experiment)
+        assert run.info.status == "RUNNING"
+        parent.kill()
+        for _ in range(120):
+            if mlflow.get_run(run.info.run_id).info.status != "RUNNING":
+                break
+            time.sleep(0.5)
+    finally:
+        parent.kill()
+        subprocess.run(["pkill", "-f", "--", f"--data-dir {tiny_cifar} --epochs 100000"])  # only if the test failed
+    assert mlflow.get_run(run.info.run_id).info.status == "KILLED"
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -41,11 +42,31 @@ FORWARD = (
 )
 
 
+def _term_with_parent():
+    """For the child, run between fork and exec: SIGTERM when the Ray worker that started it dies (Linux's
+    parent-death signal; the worker runs its task on its main thread, which lives as long as it does). A worker killed
+    by a forced cancel, a driver that exits or a dying node would otherwise leave the child training, and later
+    finishing, a run the sweep had already ended. Resolved before the fork (nothing to import or look up in the
+    child of a threaded process), as Ray does for its own processes."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+    import signal
+
+    prctl, term = ctypes.CDLL(None, use_errno=True).prctl, int(signal.SIGTERM)
+    return lambda: prctl(1, term)  # PR_SET_PDEATHSIG
+
+
 def _ray_child(command, env, prefix, file):
     """Runs on a Ray worker: start the child, stream its console (Ray forwards it to the sweep's terminal), and
     stop it with SIGTERM if the task is cancelled, so that it ends its run KILLED. Returns (exit code, console)."""
     proc = subprocess.Popen(
-        command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_term_with_parent(),
     )
     lines = []
     try:
@@ -65,6 +86,10 @@ def _ray_child(command, env, prefix, file):
 
 
 RAY_TIMEOUT = "LRADVISOR_RAY_TIMEOUT"  # seconds to wait for Ray to start or answer (default 30)
+# Seconds an interrupted sweep gives its cancelled tasks, all together, to stop their children and return the
+# consoles; a task still running then (a loaded node, a task Ray was handing to a worker as it was cancelled) is
+# force-cancelled: its worker dies and its child gets SIGTERM from _term_with_parent.
+CANCEL_GRACE = 30
 
 
 def ray_connect(address, cpus_per_run, gpus_per_run):
@@ -157,6 +182,15 @@ def ray_connect(address, cpus_per_run, gpus_per_run):
     return gpus
 
 
+def _await_ended(run_ids, client, limit=15):
+    """Give the children of force-cancelled tasks (SIGTERMed as their workers died) a moment to end their runs KILLED
+    themselves, so that none is still training when the sweep says it stopped everything."""
+    t0 = time.monotonic()
+    while run_ids and time.monotonic() - t0 < limit:
+        run_ids = [r for r in run_ids if client.get_run(r).info.status == "RUNNING"]
+        time.sleep(0.5 if run_ids else 0)
+
+
 def ray(jobs, sw):
     import ray as ray_
 
@@ -201,9 +235,13 @@ def ray(jobs, sw):
             with tracking.signals_held():
                 for ref in pending:
                     ray_.cancel(ref)  # KeyboardInterrupt in the task, which SIGTERMs its child
+                _, late = ray_.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE)
+                for ref in late:
+                    ray_.cancel(ref, force=True)
+                _await_ended([pending[ref][1] for ref in late], sw.client)
                 for ref, (job, run_id) in pending.items():
                     try:
-                        code, console = ray_.get(ref, timeout=120)
+                        code, console = ray_.get(ref, timeout=10)
                     except Exception:  # cancelled (as it should be) or gone
                         code, console = -1, ""
                     if console:
