@@ -285,10 +285,12 @@ def test_server_lost_mid_run_stops_and_keeps_what_was_not_sent(tiny_cifar, tmp_p
     assert kept["tracking_uri"] == url and kept["records"][0]["metrics"]["lr"] == 0.1
 
 
-def test_a_sweep_rides_out_a_tracking_server_restart(tiny_cifar, tmp_path):
+@pytest.mark.parametrize("launcher", ["local", "ray"])
+def test_a_sweep_rides_out_a_tracking_server_restart(launcher, tiny_cifar, tmp_path, request):
     """The server is killed while a sweep's first child trains: the child stops (its own exit code), the sweep says
     it waits, and once a server answers again on the same store it ends that run FAILED saying why, trains the job
-    again and finishes the sweep: nothing left RUNNING, every job FINISHED once."""
+    again and finishes the sweep: nothing left RUNNING, every job FINISHED once. On Ray both jobs train at once, so
+    the second may lose the server too (or start after the restart)."""
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -296,8 +298,12 @@ def test_a_sweep_rides_out_a_tracking_server_restart(tiny_cifar, tmp_path):
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
     }
-    argv = ["sweep", "--arms", "baseline,cosine", "--seeds", 0, "--epochs", 8, "--batch-size", 8]
-    argv += ["--data-dir", tiny_cifar, "--experiment", "rides", "--sweep-id", "r1"]
+    epochs = 8 if launcher == "local" else 40  # on Ray the kill waits for MLflow to show the epochs (below)
+    argv = ["sweep", "--arms", "baseline,cosine", "--seeds", 0, "--epochs", epochs, "--batch-size", 8]
+    argv += ["--data-dir", tiny_cifar, "--experiment", f"rides-{launcher}", "--sweep-id", "r1"]
+    if launcher == "ray":
+        pytest.importorskip("ray")  # the optional extra; the README's test command installs it
+        argv += ["--launcher", "ray", "--ray-address", request.getfixturevalue("ray_head")]
     seen = []
 
     def until(text):
@@ -306,6 +312,18 @@ def test_a_sweep_rides_out_a_tracking_server_restart(tiny_cifar, tmp_path):
             if text in line:
                 return
         raise AssertionError(f"no {text!r} in: " + "".join(seen))
+
+    def trained(url, epochs):
+        """Until a child has logged this many epochs. (The console of a task on a separate Ray head reaches the
+        sweep's terminal late or not at all, so on Ray the test watches MLflow instead.)"""
+        client = mlflow.MlflowClient(url)
+        for _ in range(600):
+            exp = client.get_experiment_by_name(f"rides-{launcher}")
+            runs = client.search_runs([exp.experiment_id], "tags.role = 'arm'") if exp else []
+            if any(len(client.get_metric_history(r.info.run_id, "train_loss")) >= epochs for r in runs):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"no child of the sweep logged {epochs} epochs in 300 s")
 
     proc = None
     try:
@@ -319,7 +337,10 @@ def test_a_sweep_rides_out_a_tracking_server_restart(tiny_cifar, tmp_path):
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-            until("[baseline-s0] epoch   2/8")
+            if launcher == "local":
+                until("[baseline-s0] epoch   2/8")
+            else:
+                trained(url, 2)
             os.killpg(server.pid, signal.SIGKILL)
             until("waiting up to 600 s for it to answer again")
         with mlflow_server(tmp_path, port=port):  # the restart: the same store, the same address
@@ -327,9 +348,16 @@ def test_a_sweep_rides_out_a_tracking_server_restart(tiny_cifar, tmp_path):
             out = "".join(seen) + proc.stdout.read()
             assert "the tracking server answers again" in out and "2 finished, 0 failed" in out, out
             client = mlflow.MlflowClient(url)
-            exp = client.get_experiment_by_name("rides")
+            exp = client.get_experiment_by_name(f"rides-{launcher}")
             runs = client.search_runs([exp.experiment_id])
             got = sorted((r.info.run_name, r.info.status, r.data.tags.get("failure_reason", "")) for r in runs)
+            if launcher == "ray":
+                again = ("FAILED", "lost its tracking server mid-run; trained again")
+                assert [g for g in got if g[1] == "FINISHED"] == [
+                    (n, "FINISHED", "") for n in ("baseline-s0", "cosine-s0", "sweep-r1")
+                ], got
+                assert any(g[1:] == again for g in got) and all(g[1:] == again for g in got if g[1] != "FINISHED"), got
+                return
             assert got == [
                 ("baseline-s0", "FAILED", "lost its tracking server mid-run; trained again"),
                 ("baseline-s0", "FINISHED", ""),

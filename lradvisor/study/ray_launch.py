@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 from lradvisor import tracking
 from lradvisor.config import SweepConfig, to_flags
 from lradvisor.data.files import QUIET_MD5
-from lradvisor.errors import UsageError
+from lradvisor.errors import ServerLost, UsageError
+from lradvisor.study.launch import wait_for_server
 
 # What a child on another node needs from this environment. Passed as the task's argument, so it is in no
 # param, tag, or Ray job metadata (runtime_env) that Ray's dashboard shows.
@@ -216,10 +217,15 @@ def ray(jobs, sw):
         forward = {k: os.environ[k] for k in (*FORWARD, *keys) if k in os.environ}
         forward["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()  # the resolved one, not only what the env said
         pending, results = {}, {}
-        for job in jobs:
+        retried = []  # jobs trained again after their child lost the tracking server
+
+        def submit(job):
             run_id = sw.create_child(job)
             env = {**forward, "MLFLOW_RUN_ID": run_id, "PYTHONUNBUFFERED": "1", QUIET_MD5: "1"}
             pending[task.remote(sw.command(job, flags), env, job.name, job.file)] = (job, run_id)
+
+        for job in jobs:
+            submit(job)
         try:
             while pending:
                 (ref,), _ = ray_.wait(list(pending), num_returns=1)
@@ -229,15 +235,26 @@ def ray(jobs, sw):
                     reason = None
                 except ray_.exceptions.RayError as e:  # the worker or its node died: the child went with it
                     code, console, reason = -1, "", f"ray: {type(e).__name__}: {str(e).splitlines()[0]}"
+                lost = code == ServerLost.code and retried.count(job) < 2  # a restart, not its failure
+                if lost:
+                    wait_for_server(job.name)
                 sw.client.log_text(run_id, console, f"{job.file}.log")
+                if lost:
+                    retried.append(job)
+                    sw.settle(run_id, code, reason="lost its tracking server mid-run; trained again")
+                    submit(job)
+                    continue
                 results[job] = sw.settle(run_id, code, "FAILED", reason)
-        except BaseException:
+        except BaseException as e:
+            server_lost = isinstance(e, ServerLost)  # nothing can be recorded: the next start of the sweep ends them
             with tracking.signals_held():
                 for ref in pending:
                     ray_.cancel(ref)  # KeyboardInterrupt in the task, which SIGTERMs its child
                 _, late = ray_.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE)
                 for ref in late:
                     ray_.cancel(ref, force=True)
+                if server_lost:
+                    raise
                 _await_ended([pending[ref][1] for ref in late], sw.client)
                 for ref, (job, run_id) in pending.items():
                     try:
