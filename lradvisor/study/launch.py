@@ -178,6 +178,21 @@ def wait_for_server(what):
             print(f"sweep: the tracking server answers again after {time.monotonic() - t0:.0f} s; going on")
 
 
+TRAINED_AGAIN = "lost its tracking server mid-run; trained again"  # the reason on the run a restart cut short
+
+
+def train_again(job, code, retried):
+    """Whether a child's job is trained again: it stopped because it lost the tracking server (exit 75: a restart,
+    not its failure) and has been trained again fewer than twice. Waits for the server first (wait_for_server)."""
+    from lradvisor.errors import ServerLost
+
+    if code != ServerLost.code or retried.count(job) >= 2:
+        return False
+    wait_for_server(job.name)
+    retried.append(job)
+    return True
+
+
 def local(jobs, sw):
     import torch
 
@@ -214,10 +229,8 @@ def local(jobs, sw):
                 pump.join()
                 if gpu is not None:
                     gpus.append(gpu)
-                if proc.returncode == ServerLost.code and retried.count(job) < 2:  # a restart, not its failure
-                    wait_for_server(job.name)
-                    retried.append(job)
-                    sw.settle(run_id, proc.returncode, reason="lost its tracking server mid-run; trained again")
+                if train_again(job, proc.returncode, retried):
+                    sw.settle(run_id, proc.returncode, reason=TRAINED_AGAIN)
                     todo.insert(0, job)
                     continue
                 results[job] = sw.settle(run_id, proc.returncode)  # killed too hard to end its run: FAILED
