@@ -22,12 +22,12 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import mlflow
 from mlflow.tracking import MlflowClient
 
 from lradvisor import tracking
 from lradvisor.arms import run_name
 from lradvisor.data.files import QUIET_MD5  # the sweep said it once; its children only record it
+from lradvisor.study import outage
 
 
 class Job(NamedTuple):
@@ -156,43 +156,6 @@ def parallel_auto(device):
 RUN_GIB, MAX_PER_GPU = 3.0, 8
 
 
-def wait_for_server(what):
-    """After a child lost the tracking server (a restart, an outage): wait for it to answer again, saying so, up to
-    LRADVISOR_SERVER_WAIT seconds (default 600); ServerLost when it does not come back."""
-    from lradvisor.errors import ServerLost
-
-    limit, t0 = float(os.environ.get("LRADVISOR_SERVER_WAIT", "600")), time.monotonic()
-    why = tracking.server_down(timeout=3)
-    if why:
-        print(f"sweep: {what} lost the tracking server ({why}); waiting up to {limit:.0f} s for it to answer again")
-    while why:
-        if time.monotonic() - t0 > limit:
-            raise ServerLost(
-                f"the tracking server {mlflow.get_tracking_uri()} did not answer for {limit:.0f} s "
-                f"({why}); this sweep's runs that were training stay RUNNING there: start the same sweep again "
-                "once it answers (it ends them KILLED and trains what is missing)"
-            )
-        time.sleep(2)
-        why = tracking.server_down(timeout=3)
-        if not why:
-            print(f"sweep: the tracking server answers again after {time.monotonic() - t0:.0f} s; going on")
-
-
-TRAINED_AGAIN = "lost its tracking server mid-run; trained again"  # the reason on the run a restart cut short
-
-
-def train_again(job, code, retried):
-    """Whether a child's job is trained again: it stopped because it lost the tracking server (exit 75: a restart,
-    not its failure) and has been trained again fewer than twice. Waits for the server first (wait_for_server)."""
-    from lradvisor.errors import ServerLost
-
-    if code != ServerLost.code or retried.count(job) >= 2:
-        return False
-    wait_for_server(job.name)
-    retried.append(job)
-    return True
-
-
 def local(jobs, sw):
     import torch
 
@@ -229,8 +192,8 @@ def local(jobs, sw):
                 pump.join()
                 if gpu is not None:
                     gpus.append(gpu)
-                if train_again(job, proc.returncode, retried):
-                    sw.settle(run_id, proc.returncode, reason=TRAINED_AGAIN)
+                if outage.train_again(job, proc.returncode, retried):
+                    sw.settle(run_id, proc.returncode, reason=outage.TRAINED_AGAIN)
                     todo.insert(0, job)
                     continue
                 results[job] = sw.settle(run_id, proc.returncode)  # killed too hard to end its run: FAILED

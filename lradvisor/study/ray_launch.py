@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from lradvisor import tracking
 from lradvisor.config import SweepConfig, to_flags
 from lradvisor.data.files import QUIET_MD5
+from lradvisor.study import outage
 from lradvisor.errors import ServerLost, UsageError
-from lradvisor.study.launch import TRAINED_AGAIN, train_again
 
 # What a child on another node needs from this environment. Passed as the task's argument, so it is in no
 # param, tag, or Ray job metadata (runtime_env) that Ray's dashboard shows.
@@ -235,10 +235,10 @@ def ray(jobs, sw):
                     reason = None
                 except ray_.exceptions.RayError as e:  # the worker or its node died: the child went with it
                     code, console, reason = -1, "", f"ray: {type(e).__name__}: {str(e).splitlines()[0]}"
-                again = train_again(job, code, retried)  # after waiting for the server, if it was lost
+                again = outage.train_again(job, code, retried)  # after waiting for the server, if it was lost
                 sw.client.log_text(run_id, console, f"{job.file}.log")
                 if again:
-                    sw.settle(run_id, code, reason=TRAINED_AGAIN)
+                    sw.settle(run_id, code, reason=outage.TRAINED_AGAIN)
                     submit(job)
                     continue
                 results[job] = sw.settle(run_id, code, "FAILED", reason)
