@@ -34,8 +34,11 @@ def test_digits_are_a_fixed_stratified_split_of_the_bundled_images():
     d = load_digits()
     train, test = files.digits_split(d.target)
     assert not set(train) & set(test) and len(train) + len(test) == 1797
-    # Each 8x8 image scaled to 0..255, every pixel a 4x4 block, the same in the three channels.
-    assert np.array_equal(xt[5, 1, ::4, ::4], np.round(d.images[test[5]] * 255 / 16).astype(np.uint8))
+    # scikit-learn's images (read from its file without importing it), each scaled to 0..255, every pixel a 4x4
+    # block, the same in the three channels.
+    assert np.array_equal(yt, d.target[test]) and np.array_equal(y, d.target[train])
+    assert np.array_equal(xt[:, 1, ::4, ::4], np.round(d.images[test] * 255 / 16).astype(np.uint8))
+    assert np.array_equal(x[:, 0, ::4, ::4], np.round(d.images[train] * 255 / 16).astype(np.uint8))
     assert np.array_equal(xt[5, 0], xt[5, 2]) and np.array_equal(xt[5, 0, 8:12, 8:12], np.full((4, 4), xt[5, 0, 8, 8]))
     # Normalised by its own training statistics (the registry's numbers, recomputed).
     f = x.astype(np.float64) / 255
