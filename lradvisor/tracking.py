@@ -121,6 +121,12 @@ def log_params_once(params):
             mlflow.log_params(new)
 
 
+def _ignore(signum, frame):
+    """Ignores a signal, as SIG_IGN would, but in Python: a signal that arrived together with the first (a terminal's
+    Ctrl-C and the launcher's SIGTERM) is already pending when the first one's handler runs, and CPython raises
+    "OSError: Signal 15 ignored due to race condition" for a pending signal whose handler became SIG_IGN."""
+
+
 def _interrupt(signum, frame):
     if WRITING["depth"]:  # inside an MLflow write: raise when it is done (see writing())
         WRITING["pending"] = signum
@@ -128,7 +134,7 @@ def _interrupt(signum, frame):
     # The first Ctrl-C or SIGTERM ends the run KILLED; the ones after it (`mlflow run` SIGTERMs its child right
     # after a Ctrl-C reached both) must not cut that short, or the run is left RUNNING and then marked FAILED.
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _ignore)
     if launcher.LAUNCHER["gone"]:
         raise KeyboardInterrupt(f"the process that started this run ({launcher.LAUNCHER['gone']}) is gone")
     raise KeyboardInterrupt("terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)")
@@ -177,7 +183,7 @@ def signals_held():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

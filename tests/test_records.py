@@ -528,6 +528,37 @@ def test_ctrl_c_under_mlflow_run_ends_the_run_killed(tiny_cifar, experiment):
     assert history(run.info.run_id, "train_loss")[0][0] == 1
 
 
+# ---- 18: a Ctrl-C and a SIGTERM at once ------------------------------------------------------------------------
+
+
+def test_a_ctrl_c_and_a_sigterm_together_end_the_run_killed_in_one_line(tiny_cifar, experiment):
+    """A sweep's child gets the terminal's Ctrl-C and its launcher's SIGTERM within microseconds. Both are pending
+    when the first one's handler runs (made certain here by sending them to a stopped process); the second must be
+    ignored quietly, not print CPython's "OSError: Signal 15 ignored due to race condition" traceback."""
+    cmd = [sys.executable, "-m", "lradvisor", "train", "--data-dir", tiny_cifar, "--epochs", "100", "--batch-size", "8"]
+    proc = subprocess.Popen(
+        [*cmd, "--experiment", experiment],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        seen = _read_until(proc.stdout, "epoch   1/100")
+        assert "epoch   1/100" in seen, seen
+        proc.send_signal(signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGCONT)  # both are delivered before it runs another instruction
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and rest.strip() == "lradvisor train: interrupted; the run was ended KILLED", rest
+    (run,) = runs_of(experiment)
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "interrupted (Ctrl-C)"
+
+
 # ---- 13: the link printed opens the runs table ------------------------------------------------------------
 
 
