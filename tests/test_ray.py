@@ -79,11 +79,15 @@ def test_sigterm_cancels_the_ray_tasks_and_ends_everything_killed(ray_head, cifa
             if "epoch   1/200" in line or time.monotonic() - t0 > 120:
                 break
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=180) == 130
+        rest = proc.communicate(timeout=180)[0]
+        assert proc.returncode == 130, rest
     finally:
         proc.kill()
     status = sorted((r.data.tags.get("role"), r.info.status) for r in runs_of(experiment))
     assert status == [("arm", "KILLED"), ("arm", "KILLED"), ("sweep", "KILLED")]
+    # Ray's wait re-raises the sweep's KeyboardInterrupt without its words: "interrupted", not "terminated (SIGTERM)"
+    stopping = rest.index("sweep cancel: stopping (interrupted): 2 run(s) in training end KILLED")
+    assert stopping < rest.index("lradvisor sweep: interrupted; the run was ended KILLED"), rest
     left = subprocess.run(["pgrep", "-f", f"lradvisor train .*--data-dir {cifar_dir}"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "a child outlived the cancelled sweep"
 

@@ -102,6 +102,22 @@ class Sweep:
         ok = code == 0 and run.info.status == "FINISHED"
         return ok, run_id, run.data.metrics.get("test_acc"), code
 
+    def say_stopping(self, n, e):
+        """Said at once when a sweep stops with runs in training. The children's own "interrupted; the run was
+        ended KILLED" lines follow, and were taken for the sweep's while its run stayed RUNNING until its last line
+        (over a minute at load ~20: consoles to log, runs to settle)."""
+        from lradvisor.errors import ServerLost
+
+        if n and not isinstance(e, ServerLost):
+            why = type(e).__name__  # an error of ours; a signal says which (a bare one: Ray re-raised it in its wait)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                why = str(e) if isinstance(e, KeyboardInterrupt) and str(e) else "interrupted"
+            print(
+                f"sweep {self.sweep_id}: stopping ({why}): {n} run(s) in training end KILLED, then this sweep's run; "
+                "its last line says when that is done",
+                flush=True,
+            )
+
 
 # ----------------------------------------------------------------------------------------------------------
 # local: processes on this machine
@@ -199,6 +215,7 @@ def local(jobs, sw):
                 results[job] = sw.settle(run_id, proc.returncode)  # killed too hard to end its run: FAILED
     except BaseException as e:
         lost = isinstance(e, ServerLost)  # nothing can be recorded: the next start of the sweep ends them
+        sw.say_stopping(len(running), e)
         with tracking.signals_held():  # a second Ctrl-C must not leave children or runs behind
             for proc, *_ in running:  # children end their own runs KILLED on SIGTERM
                 proc.terminate()

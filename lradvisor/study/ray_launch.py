@@ -244,6 +244,7 @@ def ray(jobs, sw):
                 results[job] = sw.settle(run_id, code, "FAILED", reason)
         except BaseException as e:
             server_lost = isinstance(e, ServerLost)  # nothing can be recorded: the next start of the sweep ends them
+            sw.say_stopping(len(pending), e)
             with tracking.signals_held():
                 for ref in pending:
                     ray_.cancel(ref)  # KeyboardInterrupt in the task, which SIGTERMs its child
