@@ -481,9 +481,9 @@ def test_sigterm_to_a_sweep_ends_everything_killed_and_keeps_the_logs(tiny_cifar
     # Said at once, before the children's own "the run was ended KILLED" lines, and the sweep's line last (issue 28,
     # 17: those children's lines were read as the sweep's while its run was still ending).
     stopping = rest.index("sweep term: stopping (terminated (SIGTERM)): 2 run(s) in training end KILLED")
-    children = [i for i, line in enumerate(rest.splitlines()) if "] lradvisor train: interrupted;" in line]
     lines = rest.splitlines()
-    assert len(children) == 2 and stopping < rest.index(lines[children[0]]), rest
+    children = [line for line in lines if "] lradvisor train: interrupted;" in line]
+    assert len(children) == 2 and stopping < rest.index(children[0]), rest
     assert lines[-1] == "lradvisor sweep: interrupted; the run was ended KILLED", rest
     for child in [r for r in runs if r.data.tags["role"] == "arm"]:
         (log,) = [a.path for a in mlflow.MlflowClient().list_artifacts(child.info.run_id) if a.path.endswith(".log")]

@@ -109,9 +109,10 @@ class Sweep:
         from lradvisor.errors import ServerLost
 
         if n and not isinstance(e, ServerLost):
-            why = type(e).__name__  # an error of ours; a signal says which (a bare one: Ray re-raised it in its wait)
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                why = str(e) if isinstance(e, KeyboardInterrupt) and str(e) else "interrupted"
+            if isinstance(e, KeyboardInterrupt):
+                why = str(e) or "interrupted"  # a signal says which; a bare one was re-raised by Ray's wait
+            else:
+                why = "interrupted" if isinstance(e, SystemExit) else type(e).__name__
             print(
                 f"sweep {self.sweep_id}: stopping ({why}): {n} run(s) in training end KILLED, then this sweep's run; "
                 "its last line says when that is done",

@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from lradvisor import tracking
 from lradvisor.config import SweepConfig, to_flags
 from lradvisor.data.files import QUIET_MD5
-from lradvisor.study import outage
 from lradvisor.errors import ServerLost, UsageError
+from lradvisor.study import outage
 
 # What a child on another node needs from this environment. Passed as the task's argument, so it is in no
 # param, tag, or Ray job metadata (runtime_env) that Ray's dashboard shows.
