@@ -102,6 +102,8 @@ def test_a_sweeps_children_keep_the_identity_they_had():
     assert flags[:6] == ["--epochs", "20", "--batch-size", "128", "--lr", "0.1"]
     assert sweep_key("baseline", "cifar10", 0, flags) == "8acb3cf08041bd31"  # as the code of 2026-11-26 computed it
     assert sweep_key("baseline", "digits", 0, flags) != sweep_key("baseline", "cifar10", 0, flags)
+    narrow = shared_flags(SweepConfig(train=TrainConfig(width=16)))
+    assert sweep_key("baseline", "cifar10", 0, narrow) != sweep_key("baseline", "cifar10", 0, flags)
 
 
 def test_the_cost_of_an_exchange():

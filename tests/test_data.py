@@ -186,6 +186,25 @@ def test_md5_list_and_model_equal_torchvision():
         assert torch.equal(ours.eval()(x), ref.eval()(x))
 
 
+def test_width_scales_every_stage_and_64_is_the_published_network():
+    """Width w: stages of w, 2w, 4w and 8w channels (the stem's conv makes w), so a quarter of the width is ~1/16 of
+    the weights; 64 builds ResNet-18 itself, weight for weight (the test above holds that to torchvision)."""
+    from lradvisor.engine.network import build_model
+
+    for name in ("resnet18", "resnet18_imagenet_stem"):
+        torch.manual_seed(3)
+        default = build_model(name).state_dict()
+        torch.manual_seed(3)
+        same = build_model(name, 10, 64).state_dict()
+        assert list(default) == list(same) and all(torch.equal(default[k], same[k]) for k in default)
+        narrow = build_model(name, 10, 16)
+        assert narrow.conv1.out_channels == 16 and narrow.fc.in_features == 128
+        assert [narrow.get_submodule(f"layer{i}")[1].conv2.out_channels for i in (1, 2, 3, 4)] == [16, 32, 64, 128]
+        n_narrow, n_full = (sum(p.numel() for p in m.parameters()) for m in (narrow, build_model(name)))
+        assert 14 < n_full / n_narrow < 17, (n_full, n_narrow)
+        assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_a_run_does_not_import_torchvision(cifar_dir, tmp_path):
     code = (
         "import sys; from lradvisor.cli import main; "

@@ -21,6 +21,9 @@ from conftest import ROOT
 # The commit whose behaviour the digests hold: the last one before the training engine was rewritten.
 REFERENCE = "c84f585"
 RECORDED = os.path.join(ROOT, "tests", "digests.json")
+# Settings added since REFERENCE, at the value that trains as REFERENCE did: a run records them as params, and they are
+# taken out of its digest before it is compared (at any other value they stay, and the run differs).
+ADDED = {"width": "64"}
 
 
 def record(out, pythonpath=None):
@@ -36,7 +39,11 @@ def record(out, pythonpath=None):
     )
     assert p.returncode == 0, p.stderr[-3000:]
     with open(out) as f:
-        return json.load(f)
+        got = json.load(f)
+    for case in got["cases"].values():
+        for run in case["runs"].values():
+            run["params"] = {k: v for k, v in run["params"].items() if ADDED.get(k, object()) != v}
+    return got
 
 
 def differences(want, got, path=""):

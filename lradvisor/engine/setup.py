@@ -28,7 +28,7 @@ def setup(cfg, x_tr, y_tr, x_te, y_te, schedule="step", optimizer="sgd"):
     )
     test_loader = Loader(x_te, y_te, 1000, train=False, seed=cfg.seed, channels_last=channels_last, dataset=cfg.dataset)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(DATASETS[cfg.dataset]["classes"])).to(dev)
+    model = build_model(cfg.model, len(DATASETS[cfg.dataset]["classes"]), cfg.width).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cuda:  # cuDNN picks the fastest convolution algorithms for these shapes once; CPUs have nothing to pick

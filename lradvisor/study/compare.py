@@ -87,6 +87,7 @@ def config_of(run):
     config = {k: v for k, v in run.data.params.items() if k not in NOT_CONFIG}
     config.setdefault("dataset", "cifar10")  # runs from before data sets were a parameter trained on CIFAR-10
     config.setdefault("advice", "sync")  # ... and before advice was one, waited for every reply
+    config.setdefault("width", "64")  # ... and before width was one, were ResNet-18 as published
     return tuple(sorted(config.items()))
 
 
