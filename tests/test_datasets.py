@@ -181,8 +181,8 @@ def test_compare_rows_per_data_set_and_the_pooled_row(cifar_dir, experiment, tmp
     baseline, and the pooled row is the DerSimonian-Laird combination of the two Δs, computed here by hand. (One
     epoch; onecycle's LR moves within it, so its Δ varies by seed.)"""
     for dataset, flags in (
-        ("digits", ["--subset-ratio", 0.3, "--lr", 0.01, "--batch-size", 16]),
-        ("cifar10", ["--data-dir", cifar_dir, "--lr", 0.05, "--batch-size", 8]),
+        ("digits", ["--subset-ratio", 0.3, "--lr", 0.01, "--batch-size", 16, "--width", 16]),
+        ("cifar10", ["--data-dir", cifar_dir, "--lr", 0.05, "--batch-size", 8, "--width", 16]),
     ):
         for arm in ("baseline", "onecycle"):
             for seed in (0, 1, 2):

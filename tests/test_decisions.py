@@ -21,10 +21,12 @@ from fake_openai import FakeOpenAI, chat
 
 EXPERIMENT = "decisions"
 # 10 synthetic images a class (6 train, 4 validation), batch 10: 6 steps an epoch at lr 0.01, where it learns to
-# 40-60 % in 3 epochs; StepLR cuts every 2.
+# 40-60 % in 3 epochs; StepLR cuts every 2. Width 16: a quarter of ResNet-18's channels, ~8x faster here.
 DATA = [
     "--dataset",
     "cifar10",
+    "--width",
+    16,
     "--lr",
     0.01,
     "--batch-size",

@@ -143,6 +143,10 @@ def test_a_sweep_until_decided_stops_an_identical_arm_at_once_and_a_bad_one_by_m
             10,
             "--epochs",
             3,
+            "--width",
+            16,
+            "--parallel",
+            2,
             "--experiment",
             experiment,
         ]

@@ -12,7 +12,7 @@ import scipy.stats
 from conftest import cli, mlflow_run, point
 from fake_gemini import FakeGemini, error, reply
 
-SHARED = {"epochs": 2, "batch_size": 20, "subset_ratio": 0.5}  # 10 of tiny_cifar's images
+SHARED = {"epochs": 2, "batch_size": 20, "subset_ratio": 0.5, "width": 16}  # 10 of tiny_cifar's images
 
 
 def sweep_runs(client, sweep_id):
@@ -50,6 +50,7 @@ def test_sweep_then_compare_through_mlflow_run(tiny_cifar, remote, tmp_path, cap
     assert all(
         r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children
     )
+    assert {r.data.params["width"] for r in children} == {"16"}  # -P width=16, through the sweep to each child
 
     out = tmp_path / "cmp"
     p = mlflow_run("sweeps", entry_point="compare", sweep_id="s1", output_dir=out)

@@ -287,7 +287,7 @@ EMULATED = not native_bf16(torch.device("cpu"))
 def test_bf16_same_seed_same_run(tmp_path, experiment):
     # Where bf16 is emulated: one step of 10 images (the first step is the slowest) and 10 test images.
     per_class, epochs, flags = (2, 1, ["--subset-ratio", 0.5]) if EMULATED else (16, 3, [])
-    a, b = _bf16_runs(tmp_path, experiment, per_class, [("bf16", 2), ("bf16", 2)], epochs, *flags)
+    a, b = _bf16_runs(tmp_path, experiment, per_class, [("bf16", 2), ("bf16", 2)], epochs, *flags, "--width", 16)
     assert a == b
 
 
@@ -297,9 +297,10 @@ def test_bf16_same_seed_same_run(tmp_path, experiment):
     "this comparison needs would take minutes; it runs where bf16 is native",
 )
 def test_bf16_learns_like_fp32(tmp_path, experiment):
-    """On real images (digits, 2 epochs, the same seed), bf16 and fp32 both learn and end close together. (After
-    one epoch digits is still in its steep, seed-sensitive phase: 43-69 % here; after two, 95-96 %.)"""
-    finals = _bf16_runs(tmp_path, experiment, 0, [("bf16", 0), ("fp32", 0)], 2)
+    """On real images (digits, 3 epochs at width 16, the same seed), bf16 and fp32 both learn and end close together.
+    (Before that digits is still in its steep, seed-sensitive phase: at width 16 after two epochs, 89.7 % in bf16 and
+    73.8 % in fp32 on Intel's AMX; at width 64, after one, 43-69 %.)"""
+    finals = _bf16_runs(tmp_path, experiment, 0, [("bf16", 0), ("fp32", 0)], 3, "--width", 16)
     final = {"bf16": finals[0][2][-1][1], "fp32": finals[1][2][-1][1]}
     assert min(final.values()) > 80, final  # chance is 10 %
-    assert abs(final["bf16"] - final["fp32"]) < 8, final  # 95.3 and 96.1 % on this project's CPU
+    assert abs(final["bf16"] - final["fp32"]) < 8, final  # 91.1 and 93.9 % (Intel AMX, 2026-12-03)
