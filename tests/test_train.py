@@ -68,6 +68,7 @@ def test_same_seed_same_run_other_seed_differs(cifar_dir, experiment):
         (["--batch-size", 0], "batch_size must be > 0"),
         (["--lr", -0.1], "lr must be > 0"),
         (["--model", "vgg"], "valid models: resnet18, resnet18_imagenet_stem"),
+        (["--width", 0], "width must be > 0 (64 = ResNet-18 as published), got 0"),
         (["--signals", "losses,vibes"], "comma-separated list of losses, lr_history"),
     ],
 )

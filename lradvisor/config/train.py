@@ -47,7 +47,7 @@ class TrainConfig:
     width: int = setting(
         64,
         "channels of the model's first stage, doubled at each of the other three: 64 is ResNet-18 as published; "
-        "16 has 1/16 of its FLOPs and trains ~7x faster on a CPU (a quick try-out, not the published network)",
+        "16 has 1/16 of its FLOPs and trains digits ~8x faster on 2 CPU cores (a quick look, not the published net)",
     )
     device: str = setting("auto", DEVICES)
     compile: int = setting(0, "1: torch.compile the model (one-time compile cost)")
