@@ -319,7 +319,11 @@ def digest(client, run, words):
 def record(out, only=None):
     import contextlib
 
+    import atexit
+    import shutil
+
     tmp = tempfile.mkdtemp(prefix="lradvisor-digests-")
+    atexit.register(shutil.rmtree, tmp, True)  # this process works in it to the end; gone when it exits
     data = os.path.join(tmp, "data")
     subprocess.run(
         [
