@@ -1,5 +1,5 @@
 import sys
 
-from lradvisor.cli import main
+from lradvisor.cli import console
 
-sys.exit(main())
+sys.exit(console())

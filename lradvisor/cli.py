@@ -294,6 +294,19 @@ def main(argv=None):
         return 1
 
 
+def console():
+    """`lradvisor` and `python -m lradvisor`: main(), then leave. After a Ray connect that never answered
+    (study/ray_launch.py: HUNG), a normal exit could abort in Ray's thread after our one line: leave at once instead,
+    with main's code (nothing is left to write: the command was refused before any run)."""
+    code = main()
+    ray_launch = sys.modules.get("lradvisor.study.ray_launch")
+    if ray_launch is not None and ray_launch.HUNG:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def run(command, cfg):
     if command == "train":
         from lradvisor.engine import run

@@ -3,6 +3,7 @@ group, a sweep through `--launcher ray`, its resume, and Ctrl-C ending everythin
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -132,7 +133,8 @@ def test_a_child_whose_ray_worker_dies_ends_its_run_killed(tiny_cifar, experimen
 @pytest.mark.parametrize(
     "where, flags, says",
     [
-        ("nothing", [], "no Ray cluster at '127.0.0.1:"),
+        ("nothing", [], "no Ray cluster at '127.0.0.1:"),  # refused at once, before Ray is asked
+        ("silent", [], "no answer within 5 s"),  # it listens, says nothing: Ray is asked, and never answers
         (
             "head",
             ["--cpus-per-run", 64],
@@ -141,9 +143,14 @@ def test_a_child_whose_ray_worker_dies_ends_its_run_killed(tiny_cifar, experimen
     ],
 )
 def test_ray_refusals_come_before_any_run(where, flags, says, request, cifar_dir, experiment):
-    """Nothing at the address (Ray itself would wait forever), or no node that can ever hold a run (a task would
-    queue forever): one line, exit 2, within seconds, and no run."""
-    address = request.getfixturevalue("ray_head") if where == "head" else f"127.0.0.1:{free_port()}"
+    """Nothing at the address, something there that never answers (Ray itself would wait forever), or no node that
+    can ever hold a run (a task would queue forever): one line, exit 2, within seconds, and no run. The silent one
+    leaves Ray's connect hanging in a thread; the process must still exit 2 (it once aborted after its line, -6)."""
+    silent = socket.create_server(("127.0.0.1", 0)) if where == "silent" else None  # accepts, never speaks
+    if where == "head":
+        address = request.getfixturevalue("ray_head")
+    else:
+        address = f"127.0.0.1:{silent.getsockname()[1] if silent else free_port()}"
     t0 = time.monotonic()
     proc = sweep(
         address,
@@ -158,6 +165,8 @@ def test_ray_refusals_come_before_any_run(where, flags, says, request, cifar_dir
         stderr=subprocess.PIPE,
     )
     out, err = proc.communicate(timeout=120)
+    if silent:
+        silent.close()
     assert proc.returncode == 2, out + err
     assert time.monotonic() - t0 < 60
     last = err.strip().splitlines()[-1]

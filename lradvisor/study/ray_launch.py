@@ -5,6 +5,7 @@ how lradvisor connects to Ray at all (ray_connect), for sweeps, builds and PBT s
 import dataclasses
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -86,11 +87,28 @@ def _ray_child(command, env, prefix, file):
         raise
 
 
+ELSE = "give --ray-address HOST:PORT, or use --ray-address local"
 RAY_TIMEOUT = "LRADVISOR_RAY_TIMEOUT"  # seconds to wait for Ray to start or answer (default 30)
 # Seconds an interrupted sweep gives its cancelled tasks, all together, to stop their children and return the
 # consoles; a task still running then (a loaded node, a task Ray was handing to a worker as it was cancelled) is
 # force-cancelled: its worker dies and its child gets SIGTERM from _term_with_parent.
 CANCEL_GRACE = 30
+# Set when a connect never answered: its thread is still inside Ray's C++ client, and the interpreter's normal exit
+# could abort in it (SIGABRT after our one line, seen on a loaded machine); cli.console then leaves with os._exit.
+HUNG = False
+
+
+def something_listens(address, limit):
+    """Refuse HOST:PORT where nothing answers a TCP connect (refused, timed out) in one line, before ray.init: that
+    would go on retrying, in a thread nothing can stop, for as long as the process lives."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "/" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=min(limit, 5)).close()
+    except OSError as e:
+        why = e.strerror or str(e) or type(e).__name__
+        raise UsageError(f"no Ray cluster at {address!r} ({why}); start one (`ray start --head`), {ELSE}") from None
 
 
 def ray_connect(address, cpus_per_run, gpus_per_run):
@@ -112,6 +130,8 @@ def ray_connect(address, cpus_per_run, gpus_per_run):
         # token exists on the machine, and a cluster without token auth accepts a client that sends one. Ray
         # reads this when it is imported, so before that.
         os.environ["RAY_AUTH_MODE"] = "token"
+    if address not in ("auto", "local"):
+        something_listens(address, limit)
     import ray
 
     kwargs = (
@@ -149,6 +169,8 @@ def ray_connect(address, cpus_per_run, gpus_per_run):
             os.close(saved)
         else:  # Ray goes on trying in the background until we exit: its lines stay aside, ours go out
             sys.stderr = os.fdopen(saved, "w", buffering=1)
+            global HUNG
+            HUNG = True
     with log:  # fd 2 keeps the file open where Ray goes on writing
         log.seek(0)
         said = [
@@ -164,9 +186,7 @@ def ray_connect(address, cpus_per_run, gpus_per_run):
         )
         why += f"; Ray said: {said[-1][:200]}" if said else ""
         what = "could not start a local Ray instance" if address == "local" else f"no Ray cluster at {address!r}"
-        raise UsageError(
-            f"{what} ({why}); start one (`ray start --head`), give --ray-address HOST:PORT, or use --ray-address local"
-        )
+        raise UsageError(f"{what} ({why}); start one (`ray start --head`), {ELSE}")
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     if gpus_per_run in ("", "auto"):  # one GPU per run where the cluster has GPUs
         gpus_per_run = 1.0 if any(n.get("GPU", 0) > 0 for n in nodes) else 0.0
