@@ -164,9 +164,11 @@ def test_ray_refusals_come_before_any_run(where, flags, says, request, cifar_dir
         env_extra={"LRADVISOR_RAY_TIMEOUT": "5"},
         stderr=subprocess.PIPE,
     )
-    out, err = proc.communicate(timeout=120)
-    if silent:
-        silent.close()
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if silent:
+            silent.close()
     assert proc.returncode == 2, out + err
     assert time.monotonic() - t0 < 60
     last = err.strip().splitlines()[-1]
