@@ -98,7 +98,7 @@ CANCEL_GRACE = 30
 HUNG = False
 
 
-def something_listens(address, limit):
+def refuse_where_nothing_listens(address, limit):
     """Refuse HOST:PORT where nothing answers a TCP connect (refused, timed out) in one line, before ray.init: that
     would go on retrying, in a thread nothing can stop, for as long as the process lives."""
     host, _, port = address.rpartition(":")
@@ -131,7 +131,7 @@ def ray_connect(address, cpus_per_run, gpus_per_run):
         # reads this when it is imported, so before that.
         os.environ["RAY_AUTH_MODE"] = "token"
     if address not in ("auto", "local"):
-        something_listens(address, limit)
+        refuse_where_nothing_listens(address, limit)
     import ray
 
     kwargs = (

@@ -25,8 +25,8 @@ def sweep_key(arm, dataset, seed, flags):
     """Identity of a child within a sweep: same arm, data set, seed and training parameters -> same key. CIFAR-10's
     is the key from before data sets were a parameter, and width 64's the key from before width was one, so that a
     sweep started then resumes as before."""
-    if "--width" in flags and flags[flags.index("--width") + 1] == "64":
-        i = flags.index("--width")
+    i = flags.index("--width") if "--width" in flags else None
+    if i is not None and flags[i + 1] == "64":
         flags = flags[:i] + flags[i + 2 :]
     ident = [arm, seed, flags] if dataset == "cifar10" else [arm, dataset, seed, flags]
     return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
