@@ -191,20 +191,26 @@ def test_pbt_on_a_ray_head_replays_its_winner(remote, ray_head, capsys):  # noqa
         "pbt",
     )
     out = proc.communicate(timeout=400)[0]
-    assert proc.returncode == 0, out[-4000:]
     runs = search_runs(remote, "p1")
-    (parent,) = [r for r in runs if r.data.tags["role"] == "search"]
     members = [r for r in runs if r.data.tags["role"] == "member"]
+    said = "\n".join(  # each member's records, for a failure's message
+        f"{r.data.tags['trial']} {r.info.status} lr {history(r.info.run_id, 'lr')} "
+        + " ".join(f"{k}={r.data.tags[k]}" for k in ("pbt_cloned", "pbt_count_differs") if k in r.data.tags)
+        for r in members
+    )
+    assert proc.returncode == 0, out[-3000:] + "\n" + said
+    (parent,) = [r for r in runs if r.data.tags["role"] == "search"]
     (winner,) = [r for r in runs if r.data.tags["role"] == "arm"]
     assert (
         parent.info.status == "FINISHED"
         and parent.data.metrics["budget_used"] == 8 <= parent.data.metrics["budget_allowed"]
     )
-    assert len(members) == 4 and all(r.info.status == "FINISHED" for r in members)
+    assert len(members) == 4 and all(r.info.status == "FINISHED" for r in members), said
     starts = sorted(history(r.info.run_id, "lr")[0][1] for r in members)  # log-even over [lr/10, 10 lr]
     assert starts == pytest.approx([0.02 * 10 ** (-1 + 2 * (i + 0.5) / 4) for i in range(4)])
     for r in members:
-        assert [s for s, _ in history(r.info.run_id, "val_acc")] == [1, 2] and r.data.params["schedule"] == "constant"
+        assert [s for s, _ in history(r.info.run_id, "val_acc")] == [1, 2], said
+        assert r.data.params["schedule"] == "constant"
     # The schedule Ray Tune's replay read from the best member's policy, followed epoch by epoch by the winner.
     path = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="pbt/schedule.json")
     schedule = json.load(open(path))["lr"]

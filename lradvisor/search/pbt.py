@@ -82,7 +82,10 @@ class Member:
         from lradvisor.errors import TrainingError
 
         s = self.state
-        s.epoch = self.iteration + 1
+        if s.epoch != self.iteration:  # Ray Tune's count and the weights' own: said, and the weights' is followed
+            said = json.loads(self.client.get_run(self.run_id).data.tags.get("pbt_count_differs", "[]"))
+            self.client.set_tag(self.run_id, "pbt_count_differs", json.dumps(said + [[self.iteration, s.epoch]]))
+        s.epoch += 1  # the epoch this step trains, counted along the weights' history (restored with them)
         schedules.override(s.sched, s.opt, self.config["lr"])
         t0 = time.perf_counter()
         try:
@@ -117,6 +120,7 @@ class Member:
                 "run_name": self.client.get_run(self.run_id).info.run_name,
                 "run_id": self.run_id,
                 "trial": self.trial_id,
+                "epoch": s.epoch,  # the epochs these weights have trained, along their own history
             },
             os.path.join(checkpoint_dir, "state.pt"),
         )
@@ -133,12 +137,13 @@ class Member:
         )
         state["rng"] = state["rng"].cpu()  # a generator's state is a CPU tensor, whatever the device
         restore(state, s.model, s.opt, s.sched, s.train_loader)
+        s.epoch = state["epoch"]
         if state["trial"] != self.trial_id:  # said for people (pbt_exploits) and for lineage() (pbt_cloned)
             tags = self.client.get_run(self.run_id).data.tags
-            now = f"after epoch {self.iteration}: the weights, optimizer and data order of {state['run_name']}"
+            now = f"after epoch {s.epoch}: the weights, optimizer and data order of {state['run_name']}"
             said = tags.get("pbt_exploits")
             self.client.set_tag(self.run_id, "pbt_exploits", f"{said}; {now}" if said else now)
-            cloned = json.loads(tags.get("pbt_cloned", "[]")) + [[self.iteration, state["run_id"]]]
+            cloned = json.loads(tags.get("pbt_cloned", "[]")) + [[s.epoch, state["run_id"]]]
             self.client.set_tag(self.run_id, "pbt_cloned", json.dumps(cloned))
 
 
@@ -148,10 +153,14 @@ def lineage(client, run, epochs):
     donor's lineage before."""
     own = {m.step: m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.timestamp)}
     earlier = [(k, donor) for k, donor in json.loads(run.data.tags.get("pbt_cloned", "[]")) if k < epochs]
-    if not earlier:
-        return [own[e] for e in range(1, epochs + 1)]
-    k, donor = max(earlier)
-    return lineage(client, client.get_run(donor), k) + [own[e] for e in range(k + 1, epochs + 1)]
+    k, donor = max(earlier) if earlier else (0, None)
+    missing = [e for e in range(k + 1, epochs + 1) if e not in own]
+    if missing:
+        raise SearchError(
+            f"member {run.info.run_name} ({run.info.run_id}) has no LR recorded for epoch(s) {missing}: the winner's "
+            "schedule cannot be read from the members' records; nothing was trained again"
+        )
+    return (lineage(client, client.get_run(donor), k) if donor else []) + [own[e] for e in range(k + 1, epochs + 1)]
 
 
 def replay_schedule(policy_file, lr, epochs):
@@ -201,7 +210,7 @@ def pbt_search(s):
     n = cfg.population
     lrs = [cfg.train.lr * 10 ** (-1 + 2 * (i + 0.5) / n) for i in range(n)]  # even in log scale over [lr/10, 10 lr]
     pbt = PopulationBasedTraining(
-        time_attr="training_iteration",
+        time_attr="epoch",  # the weights' own count (Member.step), not Ray Tune's, which a restore can set off
         perturbation_interval=cfg.perturb_every,
         hyperparam_mutations={"lr": tune.loguniform(cfg.train.lr / 10, cfg.train.lr * 10)},
         synch=True,
@@ -239,7 +248,7 @@ def pbt_search(s):
                 name=f"pbt-{s.id}",
                 storage_path=folder,
                 verbose=0,
-                stop={"training_iteration": cfg.train.epochs},
+                stop={"epoch": cfg.train.epochs},
                 # a member that fails ends the search: synchronous PBT would
                 # otherwise wait for it forever
                 failure_config=tune.FailureConfig(fail_fast=True),
